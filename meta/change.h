@@ -1,0 +1,100 @@
+// Change: one mutation of a store, as the mirrored volume makes it locally
+// and as every peer must apply it. Mirror: where the volume hands changes to
+// be replicated (implemented by sync::FanOut; cli wires the two together so
+// that fs/ and sync/ never include each other).
+//
+// Thread-safety: Change is a value. Completion and Mirror are thread-safe.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+
+#include "meta/status.h"
+
+namespace mirrorfs::meta {
+
+// The wire codes of these kinds are fixed (sync/WIRE_FORMAT.md): append only.
+enum class ChangeKind : uint8_t {
+  kWrite = 1,      // path, offset, data[length]
+  kPunchHole = 2,  // path, offset, length: deallocate, size unchanged
+  kZeroRange = 3,  // path, offset, length, flags & kKeepSize
+  kAllocate = 4,   // path, offset, length, flags & kKeepSize (fallocate 0)
+  kTruncate = 5,   // path, length = new size
+  kCreate = 6,     // path, mode: a regular file (existing one is kept)
+  kMkdir = 7,      // path, mode
+  kSymlink = 8,    // path (the link), target (what it points to)
+  kUnlink = 9,     // path (file or symlink)
+  kRmdir = 10,     // path
+  kRename = 11,    // path -> target, flags = RENAME_NOREPLACE/RENAME_EXCHANGE
+  kChmod = 12,     // path, mode (permission bits)
+  kChown = 13,     // path, uid, gid (uint32 max = leave unchanged)
+  kSetTimes = 14,  // path, atime, mtime (resolved values, never UTIME_NOW)
+  kFsync = 15,     // path ("" = the whole store), flags & kDataSync
+};
+
+// Flag bits of Change::flags (meaning depends on kind, see above).
+inline constexpr uint32_t kKeepSize = 1u << 0;  // fallocate FALLOC_FL_KEEP_SIZE
+inline constexpr uint32_t kDataSync = 1u << 1;  // fdatasync instead of fsync
+inline constexpr uint32_t kDsyncWrite = 1u << 2;  // kWrite: O_DSYNC, flush it
+
+struct Timespec {
+  int64_t sec = 0;
+  int64_t nsec = 0;
+};
+
+struct Change {
+  ChangeKind kind = ChangeKind::kWrite;
+  // Relative to the store root, without a leading '/', e.g. "vm/disk.img".
+  // Never empty except for a whole-store kFsync; never inside ".mirrorfs".
+  std::string path;
+  std::string target;  // kRename destination or kSymlink target
+  uint64_t offset = 0;
+  uint64_t length = 0;  // kWrite: bytes at `data`; kTruncate: the new size
+  uint32_t mode = 0;
+  uint32_t uid = UINT32_MAX;
+  uint32_t gid = UINT32_MAX;
+  uint32_t flags = 0;
+  Timespec atime;
+  Timespec mtime;
+  // kWrite only: `length` bytes, borrowed; valid until Mirror::Submit returns.
+  const char* data = nullptr;
+};
+
+// Counts down the peers a submitted change still waits for.
+class Completion {
+ public:
+  explicit Completion(int pending) : pending_(pending) {}
+  // One peer is done with the change: applied it, or was dropped from
+  // mirroring (its miss is then logged, not reported to the application).
+  void Done() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--pending_ == 0) cv_.notify_all();
+  }
+  // Blocks until every peer is done.
+  void Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return pending_ <= 0; });
+  }
+
+ private:
+  std::mutex mu_;  // guards pending_
+  std::condition_variable cv_;
+  int pending_;
+};
+
+class Mirror {
+ public:
+  virtual ~Mirror() = default;
+  // Queues `change` for every peer, in call order, without waiting on the
+  // network. Callers serialize Submit() (and their local operation) for
+  // changes whose relative order matters; the volume's locks do that.
+  // Returns what to Wait() on for sync mode, or nullptr when no peer needs
+  // to be waited for (no peer connected, or async mode).
+  virtual std::shared_ptr<Completion> Submit(const Change& change) = 0;
+};
+
+}  // namespace mirrorfs::meta
