@@ -71,8 +71,8 @@ class [[nodiscard]] Result {
 }  // namespace mirrorfs::meta
 
 // Returns early from the enclosing function if `expr` is an error Status.
-#define MFS_RETURN_IF_ERROR(expr)                \
-  do {                                           \
-    ::mirrorfs::meta::Status _mfs_s = (expr);    \
-    if (!_mfs_s.ok()) return _mfs_s;             \
+#define MFS_RETURN_IF_ERROR(expr)             \
+  do {                                        \
+    ::mirrorfs::meta::Status _mfs_s = (expr); \
+    if (!_mfs_s.ok()) return _mfs_s;          \
   } while (0)

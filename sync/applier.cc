@@ -1,0 +1,251 @@
+#include "sync/applier.h"
+
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "meta/log.h"
+
+namespace mirrorfs::sync {
+namespace {
+
+constexpr size_t kMaxOpenFiles = 64;
+
+meta::Status Errno(const std::string& what, const std::string& path) {
+  int err = errno;
+  return meta::Status::Error(err,
+                             what + " " + path + ": " + std::strerror(err));
+}
+
+int OpenBeneath(int dirfd, const char* path, uint64_t flags, uint64_t mode) {
+  struct open_how how;
+  std::memset(&how, 0, sizeof(how));
+  how.flags = flags | O_CLOEXEC;
+  how.mode = mode;
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+  return static_cast<int>(
+      ::syscall(SYS_openat2, dirfd, path, &how, sizeof(how)));
+}
+
+}  // namespace
+
+Applier::Applier(int store_root_fd) : root_fd_(store_root_fd) {}
+
+Applier::~Applier() { CloseAll(); }
+
+void Applier::CloseAll() { ForgetFiles(); }
+
+void Applier::ForgetFiles() {
+  for (auto& [path, fd] : lru_) ::close(fd);
+  lru_.clear();
+  files_.clear();
+}
+
+meta::Result<int> Applier::OpenParent(const std::string& path,
+                                      std::string* name) {
+  size_t slash = path.rfind('/');
+  if (slash == std::string::npos) {
+    *name = path;
+    int fd = ::dup(root_fd_);
+    if (fd < 0) return Errno("dup store root for", path);
+    return fd;
+  }
+  *name = path.substr(slash + 1);
+  std::string dir = path.substr(0, slash);
+  int fd = OpenBeneath(root_fd_, dir.c_str(), O_PATH | O_DIRECTORY, 0);
+  if (fd < 0) return Errno("open parent directory of", path);
+  return fd;
+}
+
+meta::Result<int> Applier::FileFd(const std::string& path) {
+  auto it = files_.find(path);
+  if (it != files_.end()) {
+    lru_.splice(lru_.begin(), lru_, it->second);
+    return it->second->second;
+  }
+  int fd = OpenBeneath(root_fd_, path.c_str(), O_RDWR | O_NOFOLLOW, 0);
+  if (fd < 0) return Errno("open", path);
+  if (lru_.size() >= kMaxOpenFiles) {
+    ::close(lru_.back().second);
+    files_.erase(lru_.back().first);
+    lru_.pop_back();
+  }
+  lru_.emplace_front(path, fd);
+  files_[path] = lru_.begin();
+  return fd;
+}
+
+meta::Status Applier::Apply(const meta::Change& c) {
+  using meta::ChangeKind;
+  using meta::Status;
+  switch (c.kind) {
+    case ChangeKind::kWrite: {
+      auto fd = FileFd(c.path);
+      if (!fd.ok()) return fd.status();
+      uint64_t done = 0;
+      while (done < c.length) {
+        ssize_t n = ::pwrite(*fd, c.data + done, c.length - done,
+                             static_cast<off_t>(c.offset + done));
+        if (n < 0) {
+          if (errno == EINTR) continue;
+          return Errno("write", c.path);
+        }
+        done += static_cast<uint64_t>(n);
+      }
+      if ((c.flags & meta::kDsyncWrite) && ::fdatasync(*fd) != 0) {
+        return Errno("fdatasync", c.path);
+      }
+      return Status::Ok();
+    }
+    case ChangeKind::kPunchHole:
+    case ChangeKind::kZeroRange:
+    case ChangeKind::kAllocate: {
+      auto fd = FileFd(c.path);
+      if (!fd.ok()) return fd.status();
+      int mode = 0;
+      if (c.kind == ChangeKind::kPunchHole) {
+        mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+      } else {
+        if (c.kind == ChangeKind::kZeroRange) mode = FALLOC_FL_ZERO_RANGE;
+        if (c.flags & meta::kKeepSize) mode |= FALLOC_FL_KEEP_SIZE;
+      }
+      if (::fallocate(*fd, mode, static_cast<off_t>(c.offset),
+                      static_cast<off_t>(c.length)) != 0) {
+        return Errno("fallocate", c.path);
+      }
+      return Status::Ok();
+    }
+    case ChangeKind::kTruncate: {
+      auto fd = FileFd(c.path);
+      if (!fd.ok()) return fd.status();
+      if (::ftruncate(*fd, static_cast<off_t>(c.length)) != 0) {
+        return Errno("truncate", c.path);
+      }
+      return Status::Ok();
+    }
+    case ChangeKind::kFsync: {
+      if (c.path.empty()) return SyncAll();
+      auto fd = FileFd(c.path);
+      if (!fd.ok()) {
+        // A directory (fsyncdir) or a file replaced meanwhile: sync by path.
+        int dfd = OpenBeneath(root_fd_, c.path.c_str(), O_RDONLY, 0);
+        if (dfd < 0) return Errno("open for fsync", c.path);
+        int rc = ::fsync(dfd);
+        ::close(dfd);
+        return rc == 0 ? Status::Ok() : Errno("fsync", c.path);
+      }
+      int rc = (c.flags & meta::kDataSync) ? ::fdatasync(*fd) : ::fsync(*fd);
+      return rc == 0 ? Status::Ok() : Errno("fsync", c.path);
+    }
+    default:
+      break;
+  }
+
+  // Namespace and attribute changes: resolve the parent beneath the root.
+  ForgetFiles();
+  std::string name;
+  auto parent = OpenParent(c.path, &name);
+  if (!parent.ok()) return parent.status();
+  int dir = *parent;
+  Status result;
+  switch (c.kind) {
+    case ChangeKind::kCreate: {
+      int fd =
+          ::openat(dir, name.c_str(),
+                   O_CREAT | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, c.mode & 07777);
+      if (fd < 0) {
+        result = Errno("create", c.path);
+      } else {
+        if (::fchmod(fd, c.mode & 07777) != 0) result = Errno("chmod", c.path);
+        ::close(fd);
+      }
+      break;
+    }
+    case ChangeKind::kMkdir:
+      if (::mkdirat(dir, name.c_str(), c.mode & 07777) != 0) {
+        struct stat st;
+        if (errno == EEXIST &&
+            ::fstatat(dir, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+            S_ISDIR(st.st_mode)) {
+          break;
+        }
+        result = Errno("mkdir", c.path);
+      } else if (::fchmodat(dir, name.c_str(), c.mode & 07777, 0) != 0) {
+        result = Errno("chmod", c.path);
+      }
+      break;
+    case ChangeKind::kSymlink:
+      if (::symlinkat(c.target.c_str(), dir, name.c_str()) != 0) {
+        result = Errno("symlink", c.path);
+      }
+      break;
+    case ChangeKind::kUnlink:
+      if (::unlinkat(dir, name.c_str(), 0) != 0 && errno != ENOENT) {
+        result = Errno("unlink", c.path);
+      }
+      break;
+    case ChangeKind::kRmdir:
+      if (::unlinkat(dir, name.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT) {
+        result = Errno("rmdir", c.path);
+      }
+      break;
+    case ChangeKind::kRename: {
+      std::string to_name;
+      auto to_parent = OpenParent(c.target, &to_name);
+      if (!to_parent.ok()) {
+        result = to_parent.status();
+        break;
+      }
+      if (::renameat2(dir, name.c_str(), *to_parent, to_name.c_str(),
+                      c.flags) != 0) {
+        result = Errno("rename " + c.path + " to", c.target);
+      }
+      ::close(*to_parent);
+      break;
+    }
+    case ChangeKind::kChmod:
+      if (::fchmodat(dir, name.c_str(), c.mode & 07777, 0) != 0) {
+        result = Errno("chmod", c.path);
+      }
+      break;
+    case ChangeKind::kChown:
+      if (::fchownat(dir, name.c_str(), c.uid, c.gid, AT_SYMLINK_NOFOLLOW) !=
+          0) {
+        result = Errno("chown", c.path);
+      }
+      break;
+    case ChangeKind::kSetTimes: {
+      struct timespec ts[2];
+      ts[0].tv_sec = c.atime.sec;
+      ts[0].tv_nsec = c.atime.nsec;
+      ts[1].tv_sec = c.mtime.sec;
+      ts[1].tv_nsec = c.mtime.nsec;
+      if (::utimensat(dir, name.c_str(), ts, AT_SYMLINK_NOFOLLOW) != 0) {
+        result = Errno("set times of", c.path);
+      }
+      break;
+    }
+    default:
+      result =
+          Status::Error(EPROTO, "unknown change kind " +
+                                    std::to_string(static_cast<int>(c.kind)));
+  }
+  ::close(dir);
+  return result;
+}
+
+meta::Status Applier::SyncAll() {
+  meta::Status first;
+  for (auto& [path, fd] : lru_) {
+    if (::fsync(fd) != 0 && first.ok()) first = Errno("fsync", path);
+  }
+  if (::syncfs(root_fd_) != 0 && first.ok()) first = Errno("syncfs", "store");
+  return first;
+}
+
+}  // namespace mirrorfs::sync

@@ -1,0 +1,61 @@
+// Applier: applies replicated changes (meta::Change) to a store directory on
+// a secondary, by path relative to the store root.
+//
+// Paths are resolved strictly beneath the store root (openat2 with
+// RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS on the parent directory), so a
+// crafted path can never reach outside the store or into `.mirrorfs`.
+// Replays are idempotent where POSIX allows it (mkdir of an existing
+// directory, unlink of a missing name), because resync may send a change the
+// peer already has.
+//
+// Thread-safety: not thread-safe; one replica thread owns an Applier, which
+// is what keeps changes applied in the order they were sent.
+#pragma once
+
+#include <list>
+#include <string>
+#include <unordered_map>
+
+#include "meta/change.h"
+#include "meta/status.h"
+
+namespace mirrorfs::sync {
+
+class Applier {
+ public:
+  // `store_root_fd` is an O_DIRECTORY descriptor of the store; it must stay
+  // open for the Applier's lifetime (the Applier does not close it).
+  explicit Applier(int store_root_fd);
+  ~Applier();
+  Applier(const Applier&) = delete;
+  Applier& operator=(const Applier&) = delete;
+
+  // Applies `change`. Returns OK once it is applied (in the page cache;
+  // durable too for kFsync and kDsyncWrite), or the error of the failed
+  // system call with the path in the message (e.g. ENOSPC).
+  meta::Status Apply(const meta::Change& change);
+
+  // Flushes every cached file and the store (syncfs). Returns the first error.
+  meta::Status SyncAll();
+
+  // Closes cached descriptors (e.g. before the store is handed to a mount).
+  void CloseAll();
+
+ private:
+  // Opens the parent directory of `path` beneath the root; `*name` receives
+  // the last component. Returns an owned fd.
+  meta::Result<int> OpenParent(const std::string& path, std::string* name);
+  // Returns a cached read-write fd of the regular file at `path` (not owned).
+  meta::Result<int> FileFd(const std::string& path);
+  void ForgetFiles();
+
+  int root_fd_;
+  // Open files by path, least recently used last; bounded by kMaxOpenFiles.
+  // Any namespace change clears the cache: paths may then name other files.
+  std::list<std::pair<std::string, int>> lru_;
+  std::unordered_map<std::string,
+                     std::list<std::pair<std::string, int>>::iterator>
+      files_;
+};
+
+}  // namespace mirrorfs::sync

@@ -1,0 +1,296 @@
+#include "sync/replica_server.h"
+
+#include <zmq.hpp>
+
+#include "meta/log.h"
+#include "sync/wire.h"
+
+namespace mirrorfs::sync {
+
+ReplicaServer::ReplicaServer(
+    zmq::context_t* context, std::string listen_endpoint,
+    ReplicaIdentity identity, int store_root_fd,
+    std::function<meta::Status(const meta::Uuid&)> adopt_store_uuid)
+    : context_(context),
+      endpoint_(std::move(listen_endpoint)),
+      adopt_store_uuid_(std::move(adopt_store_uuid)),
+      applier_(store_root_fd),
+      identity_(std::move(identity)) {}
+
+ReplicaServer::~ReplicaServer() { Stop(); }
+
+meta::Status ReplicaServer::Bind() {
+  try {
+    socket_ =
+        std::make_unique<zmq::socket_t>(*context_, zmq::socket_type::router);
+    socket_->set(zmq::sockopt::linger, 0);
+    socket_->set(zmq::sockopt::sndhwm, 0);
+    socket_->set(zmq::sockopt::rcvhwm, 0);
+    socket_->set(zmq::sockopt::maxmsgsize,
+                 static_cast<int64_t>(kFrameHeaderSize + kMaxPayloadBytes));
+    socket_->bind(endpoint_);
+  } catch (const zmq::error_t& e) {
+    socket_.reset();
+    return meta::Status::Error(
+        e.num() == EADDRINUSE ? EADDRINUSE : EINVAL,
+        "cannot listen on " + endpoint_ + ": " + e.what());
+  }
+  return meta::Status::Ok();
+}
+
+void ReplicaServer::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
+
+void ReplicaServer::Stop() {
+  stopping_ = true;
+  if (thread_.joinable()) thread_.join();
+}
+
+ReplicaSnapshot ReplicaServer::Snapshot() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  ReplicaSnapshot s;
+  s.endpoint = endpoint_;
+  s.store_uuid = identity_.store_uuid;
+  s.has_primary = session_ != 0;
+  s.primary_name = primary_name_;
+  s.primary_uuid = primary_uuid_;
+  s.primary_endpoint = primary_endpoint_;
+  if (session_ != 0) {
+    s.last_seen_seconds_ago =
+        std::chrono::duration<double>(Clock::now() - last_seen_).count();
+  }
+  s.changes_applied = changes_applied_;
+  s.bytes_applied = bytes_applied_;
+  s.bad_frames = bad_frames_;
+  s.apply_errors = apply_errors_;
+  return s;
+}
+
+void ReplicaServer::Run() {
+  while (!stopping_) {
+    zmq::pollitem_t items[] = {{socket_->handle(), 0, ZMQ_POLLIN, 0}};
+    try {
+      zmq::poll(items, 1, std::chrono::milliseconds(100));
+    } catch (const zmq::error_t& e) {
+      meta::LogError(std::string("replication socket: ") + e.what());
+      continue;
+    }
+    for (int budget = 0; budget < 256 && !stopping_; ++budget) {
+      zmq::message_t id, body;
+      try {
+        if (!socket_->recv(id, zmq::recv_flags::dontwait)) break;
+        if (!id.more()) {
+          BadFrame("a message without routing envelope");
+          continue;
+        }
+        (void)socket_->recv(body);
+        // Only single-part frames are valid; drain any extra parts.
+        bool extra = body.more();
+        while (body.more()) {
+          zmq::message_t rest;
+          (void)socket_->recv(rest);
+          body.swap(rest);
+          if (!rest.more() && !body.more()) break;
+        }
+        if (extra) {
+          BadFrame("a multi-part message (frames are single-part)");
+          continue;
+        }
+      } catch (const zmq::error_t& e) {
+        meta::LogError(std::string("replication socket: ") + e.what());
+        break;
+      }
+      Handle(
+          std::string(static_cast<const char*>(id.data()), id.size()),
+          std::string_view(static_cast<const char*>(body.data()), body.size()));
+    }
+  }
+  socket_.reset();
+  auto synced = applier_.SyncAll();
+  if (!synced.ok()) {
+    meta::LogError("flushing the store at stop failed: " + synced.message());
+  }
+  applier_.CloseAll();
+}
+
+void ReplicaServer::BadFrame(const std::string& what) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++bad_frames_;
+  auto now = Clock::now();
+  if (now - log_window_ > std::chrono::seconds(1)) {
+    if (logs_in_window_ > kMaxBadFrameLogsPerSecond) {
+      meta::LogWarning(
+          "... " + std::to_string(logs_in_window_ - kMaxBadFrameLogsPerSecond) +
+          " more bad frames not logged");
+    }
+    log_window_ = now;
+    logs_in_window_ = 0;
+  }
+  if (++logs_in_window_ <= kMaxBadFrameLogsPerSecond) {
+    meta::LogWarning("replication port " + endpoint_ + ": dropped " + what);
+  }
+}
+
+void ReplicaServer::Reply(const std::string& routing_id,
+                          const std::string& frame) {
+  try {
+    zmq::message_t id(routing_id.data(), routing_id.size());
+    zmq::message_t body(frame.data(), frame.size());
+    (void)socket_->send(id,
+                        zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+    (void)socket_->send(body, zmq::send_flags::dontwait);
+  } catch (const zmq::error_t& e) {
+    meta::LogWarning(std::string("replication reply failed: ") + e.what());
+  }
+}
+
+void ReplicaServer::Handle(const std::string& routing_id,
+                           std::string_view bytes) {
+  auto decoded = DecodeFrame(bytes);
+  if (!decoded.ok()) {
+    BadFrame("a bad frame (" + std::to_string(bytes.size()) +
+             " bytes): " + decoded.status().message());
+    return;
+  }
+  const FrameHeader& h = decoded->header;
+  meta::Uuid store;
+  uint64_t session;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    store = identity_.store_uuid;
+    session = session_;
+  }
+
+  if (auto* hello = std::get_if<Hello>(&decoded->body)) {
+    HelloReply reply;
+    reply.role = Role::kSecondary;
+    reply.flags = kHelloConsistent;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      reply.node_name = identity_.name;
+      reply.node_uuid = identity_.node_uuid;
+    }
+    if (hello->role != Role::kPrimary) {
+      reply.reason = "this node is a secondary and accepts only a primary";
+    } else if (store.IsZero()) {
+      auto adopted = adopt_store_uuid_(hello->store_uuid);
+      if (!adopted.ok()) {
+        reply.reason = "cannot record the store identity: " + adopted.message();
+      } else {
+        store = hello->store_uuid;
+        meta::LogInfo("store identity fixed: " + store.ToString() +
+                      " (first primary: " + hello->node_name + ")");
+      }
+    } else if (store != hello->store_uuid) {
+      reply.reason = "this node holds store " + store.ToString() +
+                     ", not store " + hello->store_uuid.ToString();
+    }
+    reply.store_uuid = store;
+    reply.accepted = reply.reason.empty();
+    if (reply.accepted) {
+      std::lock_guard<std::mutex> lock(mu_);
+      identity_.store_uuid = store;
+      session_ = h.session;
+      primary_routing_id_ = routing_id;
+      primary_name_ = hello->node_name;
+      primary_uuid_ = hello->node_uuid;
+      primary_endpoint_ = hello->endpoint;
+      last_seen_ = Clock::now();
+      expected_seq_ = 1;  // the hello was seq 0
+      reply_seq_ = 1;     // and so is our reply
+    }
+    if (reply.accepted) {
+      meta::LogInfo("primary " + hello->node_name + " " +
+                    hello->node_uuid.ToString() + " connected (session " +
+                    std::to_string(h.session) + ")");
+    } else {
+      meta::LogWarning("refused primary " + hello->node_name + ": " +
+                       reply.reason);
+    }
+    FrameHeader rh;
+    rh.store_uuid = store;
+    rh.session = h.session;
+    EncodeHelloReply(rh, reply, &scratch_);
+    Reply(routing_id, scratch_);
+    return;
+  }
+
+  if (store.IsZero() || h.store_uuid != store) {
+    BadFrame("a " + std::string(FrameTypeName(h.type)) + " frame for store " +
+             h.store_uuid.ToString() + " (this node holds " +
+             (store.IsZero() ? std::string("no store identity yet")
+                             : store.ToString()) +
+             ")");
+    FrameHeader eh;
+    eh.store_uuid = store;
+    eh.session = h.session;
+    eh.seq = h.seq;
+    EncodeError(eh, ErrorFrame{EXDEV, "frame for another store"}, &scratch_);
+    Reply(routing_id, scratch_);
+    return;
+  }
+  if (h.session != session || session == 0) {
+    BadFrame("a " + std::string(FrameTypeName(h.type)) +
+             " frame of an old or unknown session");
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    last_seen_ = Clock::now();
+  }
+  FrameHeader rh;
+  rh.store_uuid = store;
+  rh.session = session;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (h.seq != expected_seq_) {
+      // Frames were lost or duplicated in this session (WIRE_FORMAT.md):
+      // never apply past a gap; end the session, the primary starts afresh.
+      std::string why = "sequence gap: expected frame " +
+                        std::to_string(expected_seq_) + ", got " +
+                        std::to_string(h.seq);
+      session_ = 0;
+      rh.seq = reply_seq_++;
+      EncodeError(rh, ErrorFrame{ESTALE, why}, &scratch_);
+      meta::LogWarning("primary " + primary_name_ + ": " + why +
+                       "; session ended");
+      Reply(routing_id, scratch_);
+      return;
+    }
+    ++expected_seq_;
+    rh.seq = reply_seq_++;
+  }
+
+  if (auto* change = std::get_if<meta::Change>(&decoded->body)) {
+    auto applied = applier_.Apply(*change);
+    Ack ack;
+    ack.seq = h.seq;
+    if (!applied.ok()) {
+      ack.err = applied.err();
+      ack.message = applied.message();
+      meta::LogError("applying a change failed: " + applied.message());
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (applied.ok()) {
+        ++changes_applied_;
+        bytes_applied_ +=
+            change->kind == meta::ChangeKind::kWrite ? change->length : 0;
+      } else {
+        ++apply_errors_;
+      }
+    }
+    EncodeAck(rh, ack, &scratch_);
+    Reply(routing_id, scratch_);
+  } else if (auto* ping = std::get_if<Ping>(&decoded->body)) {
+    EncodePong(rh, Pong{ping->nonce}, &scratch_);
+    Reply(routing_id, scratch_);
+  } else if (std::holds_alternative<Pong>(decoded->body)) {
+    // Liveness only.
+  } else {
+    BadFrame("an unexpected " + std::string(FrameTypeName(h.type)) + " frame");
+  }
+}
+
+}  // namespace mirrorfs::sync

@@ -1,0 +1,198 @@
+// Wire codec: turns replication messages into frames and back. One frame is
+// one ZeroMQ message: a fixed 48-byte little-endian header (magic, version,
+// type, store UUID, session epoch, sequence number, payload length, CRC-32C)
+// followed by the payload of its type. The byte layout, the versioning rules
+// and what a receiver does with a bad frame are described once, in
+// sync/WIRE_FORMAT.md; this header is the C++ view of it.
+//
+// Encoders never fail: they write exactly what they are given (strings longer
+// than the format allows are cut at 65535 bytes, which the receiver then
+// refuses where a limit applies). Decoding validates every byte of untrusted
+// input, never reads outside it, never throws, and returns an error Status
+// (EBADMSG for a checksum mismatch, EPROTO for anything else) whose message
+// says exactly what is wrong, ready for one log line.
+//
+// Thread-safety: free functions over values; safe from any thread. Each call
+// touches only its arguments.
+#pragma once
+
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "meta/change.h"
+#include "meta/status.h"
+#include "meta/uuid.h"
+
+namespace mirrorfs::sync {
+
+// "MFSW" as little-endian bytes 'M','F','S','W'.
+inline constexpr uint32_t kWireMagic = 0x5753464du;
+// The only version this build speaks; see "Versioning" in WIRE_FORMAT.md.
+inline constexpr uint16_t kWireVersion = 1;
+inline constexpr size_t kFrameHeaderSize = 48;
+
+// Limits enforced by the decoder (and to be respected by senders).
+inline constexpr size_t kMaxPathBytes = 4096;          // path or symlink target
+inline constexpr size_t kMaxNameComponentBytes = 255;  // one path component
+inline constexpr size_t kMaxNodeNameBytes = 255;
+inline constexpr size_t kMaxEndpointBytes = 1024;
+inline constexpr size_t kMaxGenerationHistory = 32;
+// Largest kWrite data in one frame; senders split larger writes.
+inline constexpr size_t kMaxWriteBytes = 32u << 20;
+// Largest payload of any frame; transports may use kFrameHeaderSize +
+// kMaxPayloadBytes as their message size limit (ZMQ_MAXMSGSIZE).
+inline constexpr size_t kMaxPayloadBytes = kMaxWriteBytes + 64 * 1024;
+
+// Frame type codes are fixed on the wire: append only.
+enum class FrameType : uint16_t {
+  kHello = 1,       // primary -> secondary, opens a session
+  kHelloReply = 2,  // secondary -> primary, accepts or refuses it
+  kChange = 3,      // primary -> secondary, one meta::Change
+  kAck = 4,         // secondary -> primary, a change was applied (or failed)
+  kPing = 5,        // heartbeat request, either direction
+  kPong = 6,        // heartbeat answer, echoes the nonce
+  kError = 7,       // the receiver refused a frame (e.g. wrong store)
+};
+
+// Returns "hello", "hello-reply", "change", ... or "unknown" for logs.
+std::string_view FrameTypeName(FrameType type);
+
+// The role a node announces in its handshake.
+enum class Role : uint8_t {
+  kPrimary = 1,
+  kSecondary = 2,
+};
+
+// Flag bits of Hello::flags and HelloReply::flags.
+// The sender's copy is consistent (not mid-resync; DESIGN.md guarantee 7).
+inline constexpr uint32_t kHelloConsistent = 1u << 0;
+inline constexpr uint32_t kHelloKnownFlags = kHelloConsistent;
+
+// Flag bits of a kRename change (the values of Linux renameat2()).
+inline constexpr uint32_t kRenameNoReplace = 1u << 0;
+inline constexpr uint32_t kRenameExchange = 1u << 1;
+
+struct FrameHeader {
+  // Set by the decoder; encoders always write kWireVersion.
+  uint16_t version = kWireVersion;
+  // Set by the decoder; each encoder writes its own type.
+  FrameType type = FrameType::kPing;
+  // The sender's store UUID. Never zero in a kHello.
+  meta::Uuid store_uuid;
+  // Session epoch: a primary picks a fresh random one per connection;
+  // frames of any other session are stale and dropped.
+  uint64_t session = 0;
+  // Per session and direction: 0 for the hello (reply), then +1 per frame;
+  // Ack::seq names the kChange seq it answers.
+  uint64_t seq = 0;
+};
+
+// Opens a session. Strings hold no NUL bytes; node_uuid is never zero.
+struct Hello {
+  std::string node_name;  // <= kMaxNodeNameBytes, not empty
+  meta::Uuid node_uuid;
+  meta::Uuid store_uuid;  // the primary's; equal to the header's
+  Role role = Role::kPrimary;
+  // The sender's current generation and the ones before it, newest first
+  // (at most kMaxGenerationHistory); compared to detect split brain.
+  meta::Uuid generation;
+  std::vector<meta::Uuid> generation_history;
+  std::string endpoint;  // where the sender listens; <= kMaxEndpointBytes
+  uint32_t flags = 0;    // kHello* bits; unknown bits are refused
+};
+
+struct HelloReply {
+  bool accepted = false;
+  Role role = Role::kSecondary;
+  uint32_t flags = 0;  // kHello* bits; unknown bits are refused
+  std::string node_name;
+  meta::Uuid node_uuid;
+  meta::Uuid store_uuid;  // after adoption, if the replier adopted one
+  meta::Uuid generation;
+  std::vector<meta::Uuid> generation_history;
+  std::string reason;  // why it was refused; empty when accepted
+};
+
+struct Ack {
+  uint64_t seq = 0;  // the kChange frame's seq
+  int32_t err = 0;   // 0: applied; else the errno of the failed apply (> 0)
+  std::string message;
+};
+
+struct Ping {
+  uint64_t nonce = 0;
+};
+
+struct Pong {
+  uint64_t nonce = 0;  // the nonce of the Ping it answers
+};
+
+struct ErrorFrame {
+  int32_t err = EPROTO;  // errno-style reason, > 0
+  std::string message;
+};
+
+// Encoders replace *out with one complete frame (out is cleared first; its
+// capacity is kept, so reusing one string per thread avoids allocation on
+// the hot path). header.version and header.type are ignored.
+// REQUIRES: out != nullptr.
+//
+// EncodeChange copies change.data exactly once, into the frame.
+// REQUIRES: ValidateChange(change).ok() — otherwise the frame is written
+// anyway and the receiver refuses it.
+void EncodeChange(const FrameHeader& header, const meta::Change& change,
+                  std::string* out);
+void EncodeHello(const FrameHeader& header, const Hello& hello,
+                 std::string* out);
+void EncodeHelloReply(const FrameHeader& header, const HelloReply& reply,
+                      std::string* out);
+void EncodeAck(const FrameHeader& header, const Ack& ack, std::string* out);
+void EncodePing(const FrameHeader& header, const Ping& ping, std::string* out);
+void EncodePong(const FrameHeader& header, const Pong& pong, std::string* out);
+void EncodeError(const FrameHeader& header, const ErrorFrame& error,
+                 std::string* out);
+
+// Returns the exact size of the frame EncodeChange writes for `change`
+// (header, fixed fields, strings, and for kWrite the data bytes).
+size_t ChangeFrameSize(const meta::Change& change);
+
+// Returns OK if `change` obeys every rule the decoder enforces (paths,
+// per-kind flags, ranges, sizes); else EPROTO naming the first broken rule.
+// Senders may call it before queueing; DecodeFrame applies it to each
+// received kChange.
+meta::Status ValidateChange(const meta::Change& change);
+
+// Returns OK if `path` is a valid store-relative path: not empty, not
+// absolute, no empty, "." or ".." component, no NUL, components at most
+// kMaxNameComponentBytes, at most kMaxPathBytes in all, and not ".mirrorfs"
+// or anything under it. Else EPROTO saying which rule `path` breaks.
+meta::Status ValidateStorePath(std::string_view path);
+
+struct DecodedFrame {
+  FrameHeader header;
+  // kChange decodes to meta::Change. For kWrite, Change::data points INTO
+  // the buffer given to DecodeFrame (zero copy): that buffer must outlive
+  // the use of the Change.
+  std::variant<Hello, HelloReply, meta::Change, Ack, Ping, Pong, ErrorFrame>
+      body;
+};
+
+// Decodes and validates one whole frame (one ZeroMQ message).
+// On success returns the header and the typed body. On failure returns
+// EBADMSG ("frame checksum mismatch ...") or EPROTO with a precise message;
+// `bytes` may be anything, including empty or hostile input.
+meta::Result<DecodedFrame> DecodeFrame(std::string_view bytes);
+
+// Decodes only the header and checks size, magic, payload length and
+// checksum, but neither the version nor the type nor the payload. The header
+// layout is the same in every version, so a receiver can still learn the
+// session and seq of a frame it cannot decode (e.g. a newer version) and
+// answer with a kError. Errors as DecodeFrame.
+meta::Result<FrameHeader> DecodeFrameHeader(std::string_view bytes);
+
+}  // namespace mirrorfs::sync
