@@ -40,6 +40,10 @@ enum class ChangeKind : uint8_t {
 inline constexpr uint32_t kKeepSize = 1u << 0;  // fallocate FALLOC_FL_KEEP_SIZE
 inline constexpr uint32_t kDataSync = 1u << 1;  // fdatasync instead of fsync
 inline constexpr uint32_t kDsyncWrite = 1u << 2;  // kWrite: O_DSYNC, flush it
+// Any kind: a replay of a change the peer missed (resync). The peer may
+// already have it, so a failure to apply it is logged, not fatal: the
+// namespace reconcile that follows every replay settles the result.
+inline constexpr uint32_t kReplay = 1u << 3;
 
 struct Timespec {
   int64_t sec = 0;
@@ -68,6 +72,11 @@ struct Change {
 class Completion {
  public:
   explicit Completion(int pending) : pending_(pending) {}
+  // One more party to wait for. REQUIRES: the count has not reached zero.
+  void AddPending(int n = 1) {
+    std::lock_guard<std::mutex> lock(mu_);
+    pending_ += n;
+  }
   // One peer is done with the change: applied it, or was dropped from
   // mirroring (its miss is then logged, not reported to the application).
   void Done() {

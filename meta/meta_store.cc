@@ -11,8 +11,11 @@
 #include <exception>
 #include <functional>
 #include <new>
+#include <set>
+#include <string_view>
 #include <utility>
 
+#include "meta/change_codec.h"
 #include "meta/keys.h"
 
 namespace mirrorfs::meta {
@@ -126,8 +129,13 @@ Status ForEachWithPrefix(
     const std::function<Status(const rocksdb::Slice&, const rocksdb::Slice&)>&
         fn,
     const std::function<Status(const rocksdb::Status&)>& on_error) {
-  std::unique_ptr<rocksdb::Iterator> it(
-      db->NewIterator(rocksdb::ReadOptions()));
+  // The upper bound keeps the iterator from wandering past the prefix
+  // through deleted keys, and lets RocksDB skip whole files.
+  const std::string end = keys::PrefixEnd(prefix);
+  const rocksdb::Slice upper(end);
+  rocksdb::ReadOptions ro;
+  ro.iterate_upper_bound = &upper;
+  std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(ro));
   for (it->Seek(rocksdb::Slice(prefix.data(), prefix.size()));
        it->Valid() && StartsWith(it->key(), prefix); it->Next()) {
     MFS_RETURN_IF_ERROR(fn(it->key(), it->value()));
@@ -145,14 +153,41 @@ Result<uint64_t> ParseDecimal(std::string_view text) {
   return v;
 }
 
+// `bytes` with every byte outside printable ASCII as \xNN, for messages
+// about keys that may hold anything.
+std::string Printable(std::string_view bytes) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (char ch : bytes) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out.push_back(ch);
+    } else {
+      out += "\\x";
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 0xf]);
+    }
+  }
+  return out;
+}
+
+std::string_view View(const rocksdb::Slice& s) {
+  return std::string_view(s.data(), s.size());
+}
+
+constexpr std::string_view kFullSyncAdvice =
+    "; clear the peer's log and run a full sync of it";
+
 }  // namespace
 
 MetaStore::MetaStore(std::string dir, std::unique_ptr<rocksdb::DB> db)
     : dir_(std::move(dir)), db_(std::move(db)) {}
 
 MetaStore::~MetaStore() {
-  // Close() reports problems flushing memtables; acknowledged writes are in
-  // the WAL already, so there is nothing useful to do with it here.
+  // Writes made with sync = false must not depend on how the next process
+  // opens the database. Errors have no one to go to: a lost unsynced write
+  // is what a host crash would lose, and the intent journal covers it.
+  db_->SyncWAL().PermitUncheckedError();
   db_->Close().PermitUncheckedError();
 }
 
@@ -170,9 +205,21 @@ Result<std::unique_ptr<MetaStore>> MetaStore::Open(const std::string& db_dir) {
     std::string version;
     bool found = false;
     MFS_RETURN_IF_ERROR(store->Get(keys::kVersion, &version, &found));
+    const std::string start_over =
+        "; move it aside to start over (peers will then need a full sync)";
     if (!found) {
-      // A fresh database (or one from before versioning, which is the same
-      // thing at version 1): stamp it.
+      std::unique_ptr<rocksdb::Iterator> it(
+          store->db_->NewIterator(rocksdb::ReadOptions()));
+      it->SeekToFirst();
+      if (!it->status().ok()) {
+        return store->FromRocks(it->status(), "read layout version");
+      }
+      if (it->Valid()) {
+        return Status::Error(ENOTSUP, "state database " + db_dir +
+                                          " has no key layout version (it "
+                                          "predates versioning)" +
+                                          start_over);
+      }
       rocksdb::WriteBatch batch;
       rocksdb::Status ps =
           batch.Put(keys::kVersion, std::to_string(keys::kLayoutVersion));
@@ -183,11 +230,9 @@ Result<std::unique_ptr<MetaStore>> MetaStore::Open(const std::string& db_dir) {
     }
     Result<uint64_t> v = ParseDecimal(version);
     if (!v.ok() || *v == 0) {
-      return Status::Error(
-          EUCLEAN, "state database " + db_dir +
-                       " is corrupt: layout version is '" + version +
-                       "'; move it aside to start over (peers will then need "
-                       "a full sync)");
+      return Status::Error(EUCLEAN, "state database " + db_dir +
+                                        " is corrupt: layout version is '" +
+                                        version + "'" + start_over);
     }
     if (*v > keys::kLayoutVersion) {
       return Status::Error(
@@ -196,6 +241,24 @@ Result<std::unique_ptr<MetaStore>> MetaStore::Open(const std::string& db_dir) {
                        std::to_string(keys::kLayoutVersion) +
                        "; run the newer mirrorfs that wrote it");
     }
+    if (*v < keys::kLayoutVersion) {
+      return Status::Error(
+          ENOTSUP, "state database " + db_dir + " has key layout version " +
+                       version + ", older than this mirrorfs's " +
+                       std::to_string(keys::kLayoutVersion) +
+                       ", and cannot be converted" + start_over);
+    }
+    std::set<std::string, std::less<>> peers;
+    MFS_RETURN_IF_ERROR(ForEachWithPrefix(
+        store->db_.get(), keys::kPeerPrefix,
+        [&](const rocksdb::Slice& key, const rocksdb::Slice&) -> Status {
+          peers.emplace(View(key).substr(keys::kPeerPrefix.size()));
+          return Status::Ok();
+        },
+        [&](const rocksdb::Status& s) {
+          return store->FromRocks(s, "list peers");
+        }));
+    store->known_peers_ = std::move(peers);
     return store;
   });
 }
@@ -245,13 +308,44 @@ Status MetaStore::CheckPeerName(std::string_view name) const {
                                    "': use 1 to 64 of A-Z a-z 0-9 . _ -");
 }
 
-Status MetaStore::CheckPeerExists(const std::string& name) {
+Status MetaStore::CheckPeerKnown(std::string_view name) {
+  {
+    std::lock_guard<std::mutex> lock(peers_mu_);
+    if (known_peers_.find(name) != known_peers_.end()) return Status::Ok();
+  }
   MFS_RETURN_IF_ERROR(CheckPeerName(name));
-  std::string value;
-  bool found = false;
-  MFS_RETURN_IF_ERROR(Get(keys::PeerKey(name), &value, &found));
-  if (!found) return Status::Error(ENOENT, "no peer named '" + name + "'");
+  return Status::Error(ENOENT, "no peer named '" + std::string(name) + "'");
+}
+
+Status MetaStore::CheckPath(const std::string& peer, std::string_view path) {
+  if (!path.empty() && path.find('\0') == std::string_view::npos) {
+    return Status::Ok();
+  }
+  return Status::Error(EINVAL, "fracture log of peer " + peer +
+                                   ": invalid image path '" + Printable(path) +
+                                   "' (empty or containing a NUL byte)");
+}
+
+Status MetaStore::PutExtents(rocksdb::WriteBatch* batch,
+                             const std::string& peer, const std::string& path,
+                             const ExtentSet& set, std::string_view what) {
+  std::string key = keys::FracturePathPrefix(peer, path);
+  const size_t prefix_size = key.size();
+  for (const Extent e : set) {
+    key.resize(prefix_size);
+    keys::AppendBe64(&key, e.offset);
+    keys::AppendBe64(&key, e.length);
+    MFS_RETURN_IF_ERROR(FromRocks(batch->Put(key, rocksdb::Slice()), what));
+  }
   return Status::Ok();
+}
+
+Status MetaStore::DeletePrefix(rocksdb::WriteBatch* batch,
+                               std::string_view prefix, std::string_view what) {
+  const std::string end = keys::PrefixEnd(prefix);
+  return FromRocks(
+      batch->DeleteRange(rocksdb::Slice(prefix.data(), prefix.size()), end),
+      what);
 }
 
 // --- Node identity ---------------------------------------------------------
@@ -337,35 +431,57 @@ Status MetaStore::PutPeer(const PeerRecord& peer) {
     if (peer.endpoint.empty()) {
       return Status::Error(EINVAL, "peer '" + peer.name + "': empty endpoint");
     }
+    const std::string what = "save peer " + peer.name;
     const auto& b = peer.uuid.bytes();
     std::string value(reinterpret_cast<const char*>(b.data()), b.size());
     value += peer.endpoint;
-    rocksdb::WriteBatch batch;
-    rocksdb::Status s = batch.Put(keys::PeerKey(peer.name), value);
-    if (!s.ok()) return FromRocks(s, "save peer " + peer.name);
     // Under the lock so a concurrent RemovePeer of the same name is ordered.
     std::lock_guard<std::mutex> lock(rmw_mu_);
-    return Write(&batch, /*sync=*/true, "save peer " + peer.name);
+    rocksdb::WriteBatch batch;
+    if (!CheckPeerKnown(peer.name).ok()) {
+      // A new peer starts with an empty log. Delete what a log write that
+      // raced an earlier RemovePeer of this name may have left.
+      MFS_RETURN_IF_ERROR(
+          DeletePrefix(&batch, keys::FracturePeerPrefix(peer.name), what));
+      MFS_RETURN_IF_ERROR(
+          DeletePrefix(&batch, keys::NamespaceOpPeerPrefix(peer.name), what));
+      MFS_RETURN_IF_ERROR(
+          DeletePrefix(&batch, keys::PeerFlagPeerPrefix(peer.name), what));
+    }
+    MFS_RETURN_IF_ERROR(
+        FromRocks(batch.Put(keys::PeerKey(peer.name), value), what));
+    MFS_RETURN_IF_ERROR(Write(&batch, /*sync=*/true, what));
+    std::lock_guard<std::mutex> peers_lock(peers_mu_);
+    known_peers_.insert(peer.name);
+    return Status::Ok();
   });
 }
 
 Status MetaStore::RemovePeer(const std::string& name) {
   return Guarded([&]() -> Status {
+    const std::string what = "remove peer " + name;
     std::lock_guard<std::mutex> lock(rmw_mu_);
-    MFS_RETURN_IF_ERROR(CheckPeerExists(name));
+    MFS_RETURN_IF_ERROR(CheckPeerKnown(name));
     rocksdb::WriteBatch batch;
-    auto on_error = [&](const rocksdb::Status& s) {
-      return FromRocks(s, "remove peer " + name);
-    };
-    MFS_RETURN_IF_ERROR(on_error(batch.Delete(keys::PeerKey(name))));
-    auto del = [&](const rocksdb::Slice& key, const rocksdb::Slice&) {
-      return on_error(batch.Delete(key));
-    };
-    MFS_RETURN_IF_ERROR(ForEachWithPrefix(
-        db_.get(), keys::FracturePeerPrefix(name), del, on_error));
-    MFS_RETURN_IF_ERROR(ForEachWithPrefix(
-        db_.get(), keys::PeerFlagPeerPrefix(name), del, on_error));
-    return Write(&batch, /*sync=*/true, "remove peer " + name);
+    MFS_RETURN_IF_ERROR(FromRocks(batch.Delete(keys::PeerKey(name)), what));
+    MFS_RETURN_IF_ERROR(
+        DeletePrefix(&batch, keys::FracturePeerPrefix(name), what));
+    MFS_RETURN_IF_ERROR(
+        DeletePrefix(&batch, keys::NamespaceOpPeerPrefix(name), what));
+    MFS_RETURN_IF_ERROR(
+        DeletePrefix(&batch, keys::PeerFlagPeerPrefix(name), what));
+    // Forget the name first, so log writes that start from now on fail with
+    // ENOENT instead of landing after the deletion.
+    {
+      std::lock_guard<std::mutex> peers_lock(peers_mu_);
+      known_peers_.erase(name);
+    }
+    Status written = Write(&batch, /*sync=*/true, what);
+    if (!written.ok()) {
+      std::lock_guard<std::mutex> peers_lock(peers_mu_);
+      known_peers_.insert(name);
+    }
+    return written;
   });
 }
 
@@ -400,71 +516,134 @@ Result<std::vector<PeerRecord>> MetaStore::ListPeers() {
 
 // --- Fracture log ----------------------------------------------------------
 
-Status MetaStore::AddFracture(const std::string& peer,
-                              const std::map<std::string, ExtentSet>& extents) {
+Status MetaStore::AddFractureExtent(const std::string& peer,
+                                    const std::string& path, uint64_t offset,
+                                    uint64_t length, bool sync) {
   return Guarded([&]() -> Status {
-    for (const auto& [path, set] : extents) {
-      if (path.empty() || path.find('\0') != std::string::npos) {
-        return Status::Error(EINVAL, "fracture log of peer " + peer +
-                                         ": invalid image path '" + path + "'");
-      }
-    }
-    const std::string what = "log missed extents for peer " + peer;
-    std::lock_guard<std::mutex> lock(rmw_mu_);
-    MFS_RETURN_IF_ERROR(CheckPeerExists(peer));
-    rocksdb::WriteBatch batch;
-    bool any_corrupt = false;
-    for (const auto& [path, set] : extents) {
-      if (set.empty()) continue;
-      const std::string key = keys::FractureKey(peer, path);
-      std::string stored;
-      bool found = false;
-      MFS_RETURN_IF_ERROR(Get(key, &stored, &found));
-      ExtentSet merged;
-      if (found) {
-        Result<ExtentSet> old = ExtentSet::Decode(stored);
-        if (old.ok()) {
-          merged = std::move(old).value();
-        } else {
-          // The old record is unreadable, so which bytes it covered is
-          // unknown. Keep guarantee 1 anyway: store the new extents and
-          // demand a full sync, which covers whatever the record held.
-          any_corrupt = true;
-        }
-      }
-      merged.Merge(set);
-      MFS_RETURN_IF_ERROR(FromRocks(batch.Put(key, merged.Encode()), what));
-    }
-    if (any_corrupt) {
-      MFS_RETURN_IF_ERROR(FromRocks(
-          batch.Put(keys::PeerFlagKey(peer, keys::kFlagFullSyncNeeded), "1"),
-          what));
-    }
-    if (batch.Count() == 0) return Status::Ok();
-    return Write(&batch, /*sync=*/true, what);
+    MFS_RETURN_IF_ERROR(CheckPeerKnown(peer));
+    MFS_RETURN_IF_ERROR(CheckPath(peer, path));
+    if (length == 0) return Status::Ok();
+    const std::string key = keys::FractureExtentKey(peer, path, offset, length);
+    rocksdb::WriteOptions wo;
+    wo.sync = sync;
+    rocksdb::Status s = db_->Put(wo, key, rocksdb::Slice());
+    if (s.ok()) return Status::Ok();
+    return FromRocks(s, "log missed extent of '" + path + "' for peer " + peer);
   });
 }
 
-Result<std::map<std::string, ExtentSet>> MetaStore::FractureOf(
+Status MetaStore::AddFractureExtents(
+    const std::string& peer, const std::map<std::string, ExtentSet>& extents,
+    bool sync) {
+  return Guarded([&]() -> Status {
+    MFS_RETURN_IF_ERROR(CheckPeerKnown(peer));
+    for (const auto& [path, set] : extents) {
+      MFS_RETURN_IF_ERROR(CheckPath(peer, path));
+    }
+    const std::string what = "log missed extents for peer " + peer;
+    rocksdb::WriteBatch batch;
+    for (const auto& [path, set] : extents) {
+      MFS_RETURN_IF_ERROR(PutExtents(&batch, peer, path, set, what));
+    }
+    if (batch.Count() == 0) return Status::Ok();
+    return Write(&batch, sync, what);
+  });
+}
+
+Status MetaStore::ReplaceFracture(const std::string& peer,
+                                  const std::string& path, const ExtentSet& now,
+                                  bool sync) {
+  return Guarded([&]() -> Status {
+    MFS_RETURN_IF_ERROR(CheckPeerKnown(peer));
+    MFS_RETURN_IF_ERROR(CheckPath(peer, path));
+    const std::string what =
+        "rewrite fracture log of '" + path + "' for peer " + peer;
+    rocksdb::WriteBatch batch;
+    MFS_RETURN_IF_ERROR(
+        DeletePrefix(&batch, keys::FracturePathPrefix(peer, path), what));
+    MFS_RETURN_IF_ERROR(PutExtents(&batch, peer, path, now, what));
+    return Write(&batch, sync, what);
+  });
+}
+
+Status MetaStore::MoveFracture(const std::string& peer, const std::string& from,
+                               const std::string& to,
+                               const ExtentSet& merged_to, bool sync) {
+  return Guarded([&]() -> Status {
+    MFS_RETURN_IF_ERROR(CheckPeerKnown(peer));
+    MFS_RETURN_IF_ERROR(CheckPath(peer, from));
+    MFS_RETURN_IF_ERROR(CheckPath(peer, to));
+    const std::string what =
+        "move fracture log of '" + from + "' to '" + to + "' for peer " + peer;
+    rocksdb::WriteBatch batch;
+    // Later entries of a batch win over earlier ones, so from == to ends
+    // with merged_to.
+    MFS_RETURN_IF_ERROR(
+        DeletePrefix(&batch, keys::FracturePathPrefix(peer, from), what));
+    MFS_RETURN_IF_ERROR(
+        DeletePrefix(&batch, keys::FracturePathPrefix(peer, to), what));
+    MFS_RETURN_IF_ERROR(PutExtents(&batch, peer, to, merged_to, what));
+    return Write(&batch, sync, what);
+  });
+}
+
+Status MetaStore::DropFracturePath(const std::string& peer,
+                                   const std::string& path, bool sync) {
+  return Guarded([&]() -> Status {
+    MFS_RETURN_IF_ERROR(CheckPeerKnown(peer));
+    MFS_RETURN_IF_ERROR(CheckPath(peer, path));
+    const std::string what =
+        "drop fracture log of '" + path + "' for peer " + peer;
+    rocksdb::WriteBatch batch;
+    MFS_RETURN_IF_ERROR(
+        DeletePrefix(&batch, keys::FracturePathPrefix(peer, path), what));
+    return Write(&batch, sync, what);
+  });
+}
+
+Result<std::map<std::string, ExtentSet>> MetaStore::LoadFracture(
     const std::string& peer) {
   return Guarded([&]() -> Result<std::map<std::string, ExtentSet>> {
-    MFS_RETURN_IF_ERROR(CheckPeerExists(peer));
+    MFS_RETURN_IF_ERROR(CheckPeerKnown(peer));
     const std::string prefix = keys::FracturePeerPrefix(peer);
+    // "<path>\0<off><len>" after the prefix.
+    constexpr size_t kSuffix = 1 + 2 * keys::kBe64Size;
     std::map<std::string, ExtentSet> log;
+    // A path's keys are adjacent: look its set up once, not once per key.
+    ExtentSet* current = nullptr;
+    std::string_view current_path;
     MFS_RETURN_IF_ERROR(ForEachWithPrefix(
         db_.get(), prefix,
         [&](const rocksdb::Slice& key, const rocksdb::Slice& value) -> Status {
-          std::string path = key.ToString().substr(prefix.size());
-          Result<ExtentSet> set =
-              ExtentSet::Decode(std::string_view(value.data(), value.size()));
-          if (!set.ok()) {
+          std::string_view rest = View(key).substr(prefix.size());
+          if (rest.size() <= kSuffix || rest[rest.size() - kSuffix] != '\0' ||
+              rest.substr(0, rest.size() - kSuffix).find('\0') !=
+                  std::string_view::npos) {
+            return Status::Error(EUCLEAN, "state database " + dir_ +
+                                              ": fracture log of peer " + peer +
+                                              " has a malformed key '" +
+                                              Printable(View(key)) + "'" +
+                                              std::string(kFullSyncAdvice));
+          }
+          const std::string_view path = rest.substr(0, rest.size() - kSuffix);
+          const char* numbers = rest.data() + rest.size() - 2 * keys::kBe64Size;
+          const uint64_t offset = keys::ReadBe64(numbers);
+          const uint64_t length = keys::ReadBe64(numbers + keys::kBe64Size);
+          if (length == 0 || !value.empty()) {
             return Status::Error(
                 EUCLEAN, "state database " + dir_ + ": fracture log of peer " +
-                             peer + " for '" + path + "' is unreadable (" +
-                             set.status().message() +
-                             "); run a full sync of this peer");
+                             peer + " for '" + Printable(path) +
+                             "' at offset " + std::to_string(offset) +
+                             " is corrupt (length " + std::to_string(length) +
+                             ", value '" + Printable(View(value)) + "')" +
+                             std::string(kFullSyncAdvice));
           }
-          log.emplace(std::move(path), std::move(set).value());
+          if (current == nullptr || path != current_path) {
+            auto it = log.try_emplace(log.end(), std::string(path));
+            current = &it->second;
+            current_path = it->first;
+          }
+          current->Add(offset, length);
           return Status::Ok();
         },
         [&](const rocksdb::Status& s) {
@@ -474,58 +653,90 @@ Result<std::map<std::string, ExtentSet>> MetaStore::FractureOf(
   });
 }
 
-Status MetaStore::ClearFracture(const std::string& peer,
-                                const std::string& path,
-                                const ExtentSet& done) {
+Status MetaStore::ClearAllFracture(const std::string& peer) {
   return Guarded([&]() -> Status {
-    if (path.empty() || path.find('\0') != std::string::npos) {
-      return Status::Error(EINVAL, "fracture log of peer " + peer +
-                                       ": invalid image path '" + path + "'");
-    }
+    MFS_RETURN_IF_ERROR(CheckPeerKnown(peer));
     const std::string what = "clear fracture log of peer " + peer;
-    std::lock_guard<std::mutex> lock(rmw_mu_);
-    MFS_RETURN_IF_ERROR(CheckPeerExists(peer));
-    if (done.empty()) return Status::Ok();
-    const std::string key = keys::FractureKey(peer, path);
-    std::string stored;
-    bool found = false;
-    MFS_RETURN_IF_ERROR(Get(key, &stored, &found));
-    if (!found) return Status::Ok();
-    Result<ExtentSet> set = ExtentSet::Decode(stored);
-    if (!set.ok()) {
-      return Status::Error(EUCLEAN, "state database " + dir_ +
-                                        ": fracture log of peer " + peer +
-                                        " for '" + path + "' is unreadable (" +
-                                        set.status().message() +
-                                        "); run a full sync of this peer");
-    }
-    set->Subtract(done);
     rocksdb::WriteBatch batch;
-    if (set->empty()) {
-      MFS_RETURN_IF_ERROR(FromRocks(batch.Delete(key), what));
-    } else {
-      MFS_RETURN_IF_ERROR(FromRocks(batch.Put(key, set->Encode()), what));
-    }
-    return Write(&batch, /*sync=*/false, what);
+    MFS_RETURN_IF_ERROR(
+        DeletePrefix(&batch, keys::FracturePeerPrefix(peer), what));
+    MFS_RETURN_IF_ERROR(
+        DeletePrefix(&batch, keys::NamespaceOpPeerPrefix(peer), what));
+    return Write(&batch, /*sync=*/true, what);
   });
 }
 
-Status MetaStore::ClearAllFracture(const std::string& peer) {
+Status MetaStore::AppendNamespaceOp(const std::string& peer, uint64_t seq,
+                                    const Change& op, bool sync) {
   return Guarded([&]() -> Status {
-    const std::string what = "clear fracture log of peer " + peer;
-    std::lock_guard<std::mutex> lock(rmw_mu_);
-    MFS_RETURN_IF_ERROR(CheckPeerExists(peer));
-    rocksdb::WriteBatch batch;
-    auto on_error = [&](const rocksdb::Status& s) {
-      return FromRocks(s, what);
-    };
+    MFS_RETURN_IF_ERROR(CheckPeerKnown(peer));
+    if (op.path.find('\0') != std::string::npos ||
+        op.target.find('\0') != std::string::npos) {
+      return Status::Error(EINVAL, "namespace log of peer " + peer +
+                                       ": operation " + std::to_string(seq) +
+                                       " on '" + Printable(op.path) +
+                                       "' has a NUL byte in a name");
+    }
+    rocksdb::WriteOptions wo;
+    wo.sync = sync;
+    rocksdb::Status s =
+        db_->Put(wo, keys::NamespaceOpKey(peer, seq), EncodeChangeRecord(op));
+    if (s.ok()) return Status::Ok();
+    return FromRocks(s, "log namespace operation " + std::to_string(seq) +
+                            " on '" + op.path + "' for peer " + peer);
+  });
+}
+
+Result<std::vector<std::pair<uint64_t, Change>>> MetaStore::LoadNamespaceOps(
+    const std::string& peer) {
+  return Guarded([&]() -> Result<std::vector<std::pair<uint64_t, Change>>> {
+    MFS_RETURN_IF_ERROR(CheckPeerKnown(peer));
+    const std::string prefix = keys::NamespaceOpPeerPrefix(peer);
+    std::vector<std::pair<uint64_t, Change>> ops;
     MFS_RETURN_IF_ERROR(ForEachWithPrefix(
-        db_.get(), keys::FracturePeerPrefix(peer),
-        [&](const rocksdb::Slice& key, const rocksdb::Slice&) {
-          return on_error(batch.Delete(key));
+        db_.get(), prefix,
+        [&](const rocksdb::Slice& key, const rocksdb::Slice& value) -> Status {
+          std::string_view rest = View(key).substr(prefix.size());
+          if (rest.size() != keys::kBe64Size) {
+            return Status::Error(EUCLEAN, "state database " + dir_ +
+                                              ": namespace log of peer " +
+                                              peer + " has a malformed key '" +
+                                              Printable(View(key)) + "'" +
+                                              std::string(kFullSyncAdvice));
+          }
+          const uint64_t seq = keys::ReadBe64(rest.data());
+          Result<Change> op = DecodeChangeRecord(View(value));
+          if (!op.ok()) {
+            return Status::Error(
+                op.status().err(),
+                "state database " + dir_ + ": namespace log of peer " + peer +
+                    ", operation " + std::to_string(seq) + ": " +
+                    op.status().message() + std::string(kFullSyncAdvice));
+          }
+          ops.emplace_back(seq, std::move(op).value());
+          return Status::Ok();
         },
-        on_error));
-    if (batch.Count() == 0) return Status::Ok();
+        [&](const rocksdb::Status& s) {
+          return FromRocks(s, "read namespace log of peer " + peer);
+        }));
+    return ops;
+  });
+}
+
+Status MetaStore::DropNamespaceOps(const std::string& peer,
+                                   uint64_t up_to_seq_inclusive) {
+  return Guarded([&]() -> Status {
+    MFS_RETURN_IF_ERROR(CheckPeerKnown(peer));
+    const std::string what = "drop namespace operations up to " +
+                             std::to_string(up_to_seq_inclusive) + " of peer " +
+                             peer;
+    const std::string begin = keys::NamespaceOpKey(peer, 0);
+    const std::string end =
+        up_to_seq_inclusive == UINT64_MAX
+            ? keys::PrefixEnd(keys::NamespaceOpPeerPrefix(peer))
+            : keys::NamespaceOpKey(peer, up_to_seq_inclusive + 1);
+    rocksdb::WriteBatch batch;
+    MFS_RETURN_IF_ERROR(FromRocks(batch.DeleteRange(begin, end), what));
     return Write(&batch, /*sync=*/true, what);
   });
 }
@@ -536,7 +747,7 @@ Status MetaStore::SetPeerFlag(const std::string& peer, PeerFlag flag, bool on) {
     const std::string what =
         "set " + std::string(FlagName(flag)) + " of peer " + peer;
     std::lock_guard<std::mutex> lock(rmw_mu_);
-    MFS_RETURN_IF_ERROR(CheckPeerExists(peer));
+    MFS_RETURN_IF_ERROR(CheckPeerKnown(peer));
     rocksdb::WriteBatch batch;
     MFS_RETURN_IF_ERROR(
         FromRocks(on ? batch.Put(key, "1") : batch.Delete(key), what));
@@ -546,7 +757,7 @@ Status MetaStore::SetPeerFlag(const std::string& peer, PeerFlag flag, bool on) {
 
 Result<bool> MetaStore::GetPeerFlag(const std::string& peer, PeerFlag flag) {
   return Guarded([&]() -> Result<bool> {
-    MFS_RETURN_IF_ERROR(CheckPeerExists(peer));
+    MFS_RETURN_IF_ERROR(CheckPeerKnown(peer));
     std::string value;
     bool found = false;
     MFS_RETURN_IF_ERROR(
@@ -585,7 +796,30 @@ Result<bool> MetaStore::WasCleanShutdown() {
   });
 }
 
-Status MetaStore::Flush() {
+Status MetaStore::SetConsistent(bool consistent) {
+  return Guarded([&]() -> Status {
+    rocksdb::WriteBatch batch;
+    MFS_RETURN_IF_ERROR(
+        FromRocks(batch.Put(keys::kNodeConsistent, consistent ? "1" : "0"),
+                  "record consistency"));
+    return Write(&batch, /*sync=*/true, "record consistency");
+  });
+}
+
+Result<bool> MetaStore::IsConsistent() {
+  return Guarded([&]() -> Result<bool> {
+    std::string value;
+    bool found = false;
+    MFS_RETURN_IF_ERROR(Get(keys::kNodeConsistent, &value, &found));
+    if (!found || value == "1") return true;
+    if (value == "0") return false;
+    return Status::Error(EUCLEAN, "state database " + dir_ +
+                                      ": consistency mark reads '" + value +
+                                      "'");
+  });
+}
+
+Status MetaStore::SyncWal() {
   return Guarded([&]() -> Status {
     return FromRocks(db_->FlushWAL(/*sync=*/true), "sync WAL");
   });

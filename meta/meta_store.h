@@ -1,36 +1,46 @@
 // MetaStore: a node's durable state (STORE/.mirrorfs/db, a RocksDB
 // database) behind a domain interface: node identity, peers, each peer's
-// fracture log and flags, and the clean-shutdown mark. The key layout is in
-// meta/keys.h; nothing outside meta/ sees keys or RocksDB.
+// fracture log (missed extents and missed namespace operations) and flags,
+// and the clean-shutdown mark. The key layout is in meta/keys.h; nothing
+// outside meta/ sees keys or RocksDB.
 //
 // One process at a time: RocksDB locks the database, and a second Open (from
 // this or another process) fails with EBUSY. The CLI therefore talks to the
 // daemon instead of opening the database while a daemon runs.
 //
-// Durability: every write is synced (WriteOptions::sync) before the method
-// returns, except ClearFracture (losing a clear in a crash only re-sends
-// data, it never hides a divergence). Multi-key updates are one WriteBatch,
-// so a crash leaves either all or none of them.
+// Durability: identity, peer and flag writes are synced (WriteOptions::sync)
+// before the method returns. Fracture-log writes take a `sync` argument:
+// with sync = false the write is in RocksDB's write-ahead log in the page
+// cache when the method returns, which survives a kill -9 of this process
+// but not a crash of the host; SyncWal() later makes every such write
+// durable at once (DESIGN.md guarantee 2: when the application fsyncs, and
+// before a write returns after its peer was declared lost). Multi-key
+// updates are one WriteBatch, so a crash leaves either all or none of them.
 //
-// Thread-safety: thread-safe. Reads run concurrently; read-modify-write
-// methods are serialized by an internal leaf mutex that is held across
-// their RocksDB write, including its fsync: concurrent AddFracture calls
-// queue behind each other's sync (about a millisecond each). Batch misses
-// in memory and call AddFracture per batch, not per application write.
+// Thread-safety: thread-safe. Reads run concurrently. The fracture-log
+// writes are blind (no read) and take no lock across their RocksDB write,
+// so concurrent callers proceed in parallel (RocksDB groups their WAL
+// writes). Identity and peer updates are serialized by an internal leaf
+// mutex held across their synced write.
 //
 // Errors: Status/Result, never exceptions. Codes: EINVAL bad argument,
 // ENOENT unknown peer, EBUSY database in use, EUCLEAN corrupt data, ENOSPC
-// disk full, ENOTSUP layout too new, ENOMEM, EIO anything else. Messages
-// name the database directory.
+// disk full, ENOTSUP layout of another version, ENOMEM, EIO anything else.
+// Messages name the database directory.
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
+#include "meta/change.h"
 #include "meta/extent_set.h"
 #include "meta/status.h"
 #include "meta/uuid.h"
@@ -68,11 +78,12 @@ class MetaStore {
   // Opens the database in `db_dir`, creating it if missing (the parent
   // directory must exist). Returns the open store on success. Fails with
   // EBUSY if another MetaStore (any process) has it open, EUCLEAN if it is
-  // corrupt, ENOTSUP if its key layout is newer than this build's.
+  // corrupt, ENOTSUP if its key layout is not this build's (older or
+  // newer: there is no converter).
   static Result<std::unique_ptr<MetaStore>> Open(const std::string& db_dir);
 
-  // Closes the database (no flush beyond what RocksDB does on close; every
-  // acknowledged write is already in the synced WAL).
+  // Syncs the WAL (so writes made with sync = false are durable too) and
+  // closes the database.
   ~MetaStore();
   MetaStore(const MetaStore&) = delete;
   MetaStore& operator=(const MetaStore&) = delete;
@@ -94,35 +105,88 @@ class MetaStore {
   // Adds or replaces the peer named peer.name. Fails with EINVAL if the name
   // is not [A-Za-z0-9._-]{1,64} or the endpoint is empty.
   Status PutPeer(const PeerRecord& peer);
-  // Removes the peer, its fracture log and its flags, in one synced batch.
-  // Fails with ENOENT if there is no such peer.
+  // Removes the peer, its fracture log (extents and namespace operations)
+  // and its flags, in one synced batch. Fails with ENOENT if there is no
+  // such peer. REQUIRES: the caller has stopped logging for the peer; a
+  // fracture-log write racing this call may leave keys behind, which a later
+  // PutPeer of the same name deletes (so they can only cost a re-send).
   Status RemovePeer(const std::string& name);
   // Returns all peers, sorted by name.
   Result<std::vector<PeerRecord>> ListPeers();
 
   // --- Fracture log (per peer) ---------------------------------------------
-  // The extents of each image that `peer` has missed; see DESIGN.md
-  // guarantee 1. Namespace misses are the kNamespaceDirty flag.
-  // All methods fail with EINVAL on a malformed peer name and ENOENT if the
-  // peer is not known (so nothing can be logged for a removed peer).
+  // What `peer` has missed (DESIGN.md guarantee 1): per image path, the
+  // extents to re-send; and, in order, the namespace operations to replay.
+  // The owner of the in-memory log (sync/) is the merged truth while the
+  // daemon runs; these methods persist it and LoadFracture reads it back.
+  //
+  // Every method fails with EINVAL on a malformed peer name, ENOENT if the
+  // peer is not stored (checked against an in-memory copy of the peer list:
+  // no read on the hot path), and EINVAL on an empty path or one containing
+  // '\0'. `sync` = true makes the write durable before returning; false
+  // leaves it in the WAL (see Durability above).
+  //
+  // Concurrency: adds are blind puts that commute, so any number may run at
+  // once on any threads. The rewriting methods (ReplaceFracture,
+  // MoveFracture, DropFracturePath, ClearAllFracture) delete a path's keys.
+  // REQUIRES: no add for a path being rewritten runs concurrently with the
+  // rewrite, and the extents a rewrite is given include every extent added
+  // for that path before it; an add that races a rewrite may be deleted by
+  // it. (The owner of the in-memory log orders the two under its lock.)
 
-  // Merges `extents` (path -> missed ranges) into the stored log, in one
-  // batch, synced: on success the record is durable. Empty sets are
-  // skipped. REQUIRES: paths non-empty, without '\0' (EINVAL otherwise).
-  // If a stored record is unreadable it is replaced by the new extents and
-  // kFullSyncNeeded is set in the same batch, so nothing is left uncovered.
-  Status AddFracture(const std::string& peer,
-                     const std::map<std::string, ExtentSet>& extents);
-  // Returns the peer's whole log (path -> ranges); empty map = in sync as far
-  // as data goes. Fails with EUCLEAN if a stored record is corrupt.
-  Result<std::map<std::string, ExtentSet>> FractureOf(const std::string& peer);
-  // Removes `done` from the log of `path` (deleting the record once empty),
-  // e.g. after resync re-sent those ranges. Not synced (see above).
-  Status ClearFracture(const std::string& peer, const std::string& path,
-                       const ExtentSet& done);
-  // Drops the peer's whole data log (not its flags), synced; e.g. after a
-  // full sync or when the peer's copy was replaced.
+  // Logs one missed extent [offset, offset + length): one RocksDB Put (a
+  // memtable insert and, with sync = false, one write(2) to the WAL), no
+  // read, no lock held across it. Zero length logs nothing. Extents may
+  // overlap, touch or repeat earlier ones.
+  Status AddFractureExtent(const std::string& peer, const std::string& path,
+                           uint64_t offset, uint64_t length, bool sync);
+  // Logs several images' missed extents (path -> ranges) in one batch.
+  // Empty sets are skipped.
+  Status AddFractureExtents(const std::string& peer,
+                            const std::map<std::string, ExtentSet>& extents,
+                            bool sync);
+  // Replaces everything logged for `path` by `now` (empty = drop the path),
+  // in one batch: after resync progress, or to compact a path whose keys
+  // overlap.
+  Status ReplaceFracture(const std::string& peer, const std::string& path,
+                         const ExtentSet& now, bool sync);
+  // For a rename of `from` to `to` while the peer is down: drops `from`'s
+  // log and replaces `to`'s by `merged_to` (what the caller computed for the
+  // new name), in one batch. Per path: the caller calls it for every image
+  // under a renamed directory. from == to is the same as ReplaceFracture.
+  Status MoveFracture(const std::string& peer, const std::string& from,
+                      const std::string& to, const ExtentSet& merged_to,
+                      bool sync);
+  // Drops everything logged for `path` (e.g. the image was deleted).
+  Status DropFracturePath(const std::string& peer, const std::string& path,
+                          bool sync);
+  // Returns the peer's extent log: path -> the union of every logged extent
+  // of that path; an empty map means nothing to re-send. Fails with EUCLEAN,
+  // naming the peer and the path, if a stored key or value is corrupt.
+  Result<std::map<std::string, ExtentSet>> LoadFracture(
+      const std::string& peer);
+  // Drops the peer's whole log, extents and namespace operations (not its
+  // flags), synced; e.g. after a full sync or when the peer's copy was
+  // replaced.
   Status ClearAllFracture(const std::string& peer);
+
+  // Logs namespace operation number `seq` (a create, mkdir, symlink, unlink,
+  // rmdir, rename, chmod, chown, set-times or truncate the peer missed); one
+  // Put of EncodeChangeRecord(op) (meta/change_codec.h), never op.data. The
+  // caller numbers operations in the order they were applied locally;
+  // appending an existing seq replaces it. REQUIRES: op.path and op.target
+  // contain no '\0' (EINVAL otherwise).
+  Status AppendNamespaceOp(const std::string& peer, uint64_t seq,
+                           const Change& op, bool sync);
+  // Returns the peer's logged namespace operations, by ascending seq. Fails
+  // with EUCLEAN, naming the peer and the seq, if a record is corrupt.
+  Result<std::vector<std::pair<uint64_t, Change>>> LoadNamespaceOps(
+      const std::string& peer);
+  // Drops the operations with seq <= up_to_seq_inclusive (they were
+  // replayed), synced: a replay must not be repeated after a crash, since
+  // later operations may have changed the names it touches.
+  Status DropNamespaceOps(const std::string& peer,
+                          uint64_t up_to_seq_inclusive);
 
   Status SetPeerFlag(const std::string& peer, PeerFlag flag, bool on);
   // Returns the flag; false if never set.
@@ -136,9 +200,16 @@ class MetaStore {
   // Returns the mark; true for a fresh database.
   Result<bool> WasCleanShutdown();
 
-  // Syncs RocksDB's write-ahead log to disk (covers unsynced writes such as
-  // ClearFracture).
-  Status Flush();
+  // A secondary's copy is inconsistent from the start of a resync into it
+  // until its end (DESIGN.md guarantee 7); synced, so a crash keeps it.
+  Status SetConsistent(bool consistent);
+  // Returns the mark; true for a fresh database.
+  Result<bool> IsConsistent();
+
+  // Makes every earlier write durable (syncs RocksDB's write-ahead log),
+  // including the fracture-log writes made with sync = false by any thread.
+  // Called when the application fsyncs and when a peer is declared lost.
+  Status SyncWal();
 
  private:
   MetaStore(std::string dir, std::unique_ptr<rocksdb::DB> db);
@@ -147,9 +218,18 @@ class MetaStore {
   Status FromRocks(const rocksdb::Status& s, std::string_view what) const;
   // EINVAL unless `name` is a valid peer name.
   Status CheckPeerName(std::string_view name) const;
-  // ENOENT unless `name` is a stored peer. Caller holds rmw_mu_ when the answer
-  // must stay true until its write.
-  Status CheckPeerExists(const std::string& name);
+  // OK if `name` is a stored peer (an in-memory lookup); else EINVAL for a
+  // malformed name, ENOENT for an unknown one.
+  Status CheckPeerKnown(std::string_view name);
+  // EINVAL unless `path` is a valid image path (non-empty, no '\0').
+  static Status CheckPath(const std::string& peer, std::string_view path);
+  // Adds to `batch` the puts of `set`'s extents as fracture keys of `path`.
+  Status PutExtents(rocksdb::WriteBatch* batch, const std::string& peer,
+                    const std::string& path, const ExtentSet& set,
+                    std::string_view what);
+  // Adds to `batch` the deletion of every key starting with `prefix`.
+  Status DeletePrefix(rocksdb::WriteBatch* batch, std::string_view prefix,
+                      std::string_view what);
   // Reads one key: OK with *found = false if absent.
   Status Get(std::string_view key, std::string* value, bool* found);
   // Applies `batch` atomically; `sync` as in rocksdb::WriteOptions.
@@ -157,11 +237,18 @@ class MetaStore {
 
   const std::string dir_;
   const std::unique_ptr<rocksdb::DB> db_;
-  // Serializes read-modify-write sequences on db_ (fracture merges and
-  // clears, peer removal vs. additions for that peer, first-time node_uuid
-  // generation) so none is lost to a concurrent one. Guards no memory.
-  // Lock order: leaf (nothing else is locked while holding it).
+  // Serializes read-modify-write sequences on db_ (peer additions and
+  // removals, first-time node_uuid generation) so none is lost to a
+  // concurrent one. Guards no memory. Held across a synced write; never
+  // taken by the fracture-log methods.
+  // Lock order: rmw_mu_ before peers_mu_.
   std::mutex rmw_mu_;
+  // Guards known_peers_. Held only for a lookup or an update of the set,
+  // never across I/O. Lock order: leaf.
+  std::mutex peers_mu_;
+  // The names of the stored peers (the "peer/" keys), loaded at Open and
+  // kept in step by PutPeer and RemovePeer.
+  std::set<std::string, std::less<>> known_peers_;
 };
 
 }  // namespace mirrorfs::meta

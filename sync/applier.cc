@@ -4,7 +4,11 @@
 #include <linux/openat2.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <dirent.h>
+#include <sodium.h>
 #include <unistd.h>
+
+#include <algorithm>
 
 #include <cerrno>
 #include <cstring>
@@ -246,6 +250,210 @@ meta::Status Applier::SyncAll() {
   }
   if (::syncfs(root_fd_) != 0 && first.ok()) first = Errno("syncfs", "store");
   return first;
+}
+
+}  // namespace mirrorfs::sync
+
+namespace mirrorfs::sync {
+namespace {
+
+using Type = meta::NamespaceEntry::Type;
+
+// Removes `name` in `dir` and, for a directory, everything below it.
+meta::Status RemoveTree(int dir, const std::string& name,
+                        const std::string& path) {
+  struct stat st;
+  if (::fstatat(dir, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    return errno == ENOENT ? meta::Status::Ok() : Errno("stat", path);
+  }
+  if (S_ISDIR(st.st_mode)) {
+    int fd = ::openat(dir, name.c_str(),
+                      O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return Errno("open", path);
+    DIR* d = ::fdopendir(fd);
+    if (d == nullptr) {
+      ::close(fd);
+      return Errno("list", path);
+    }
+    std::vector<std::string> children;
+    while (struct dirent* e = ::readdir(d)) {
+      std::string child = e->d_name;
+      if (child != "." && child != "..") children.push_back(child);
+    }
+    meta::Status result;
+    for (const auto& child : children) {
+      auto s = RemoveTree(::dirfd(d), child, path + "/" + child);
+      if (!s.ok() && result.ok()) result = s;
+    }
+    ::closedir(d);
+    if (!result.ok()) return result;
+    if (::unlinkat(dir, name.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT) {
+      return Errno("rmdir", path);
+    }
+    return meta::Status::Ok();
+  }
+  if (::unlinkat(dir, name.c_str(), 0) != 0 && errno != ENOENT) {
+    return Errno("unlink", path);
+  }
+  return meta::Status::Ok();
+}
+
+Type TypeOf(mode_t mode) {
+  if (S_ISDIR(mode)) return Type::kDirectory;
+  if (S_ISLNK(mode)) return Type::kSymlink;
+  return Type::kFile;
+}
+
+// Walks the store (below `rel`), removing what `wanted` does not list with
+// the same type. `.mirrorfs` in the root is never touched.
+meta::Status Prune(int dir, const std::string& rel,
+                   const std::unordered_map<std::string, const meta::NamespaceEntry*>& wanted) {
+  int fd = ::dup(dir);
+  if (fd < 0) return Errno("dup", rel.empty() ? "store" : rel);
+  DIR* d = ::fdopendir(fd);
+  if (d == nullptr) {
+    ::close(fd);
+    return Errno("list", rel.empty() ? "store" : rel);
+  }
+  ::rewinddir(d);
+  std::vector<std::pair<std::string, mode_t>> children;
+  while (struct dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    if (name == "." || name == "..") continue;
+    if (rel.empty() && name == ".mirrorfs") continue;
+    struct stat st;
+    if (::fstatat(dir, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+    children.emplace_back(name, st.st_mode);
+  }
+  ::closedir(d);
+  meta::Status result;
+  for (const auto& [name, mode] : children) {
+    std::string path = rel.empty() ? name : rel + "/" + name;
+    auto it = wanted.find(path);
+    bool keep = it != wanted.end() && it->second->type == TypeOf(mode) &&
+                (S_ISDIR(mode) || S_ISREG(mode) || S_ISLNK(mode));
+    meta::Status s;
+    if (!keep) {
+      s = RemoveTree(dir, name, path);
+    } else if (S_ISDIR(mode)) {
+      int sub = ::openat(dir, name.c_str(),
+                         O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (sub < 0) {
+        s = Errno("open", path);
+      } else {
+        s = Prune(sub, path, wanted);
+        ::close(sub);
+      }
+    }
+    if (!s.ok() && result.ok()) result = s;
+  }
+  return result;
+}
+
+}  // namespace
+
+meta::Status Applier::Reconcile(
+    const std::vector<meta::NamespaceEntry>& entries) {
+  ForgetFiles();
+  std::unordered_map<std::string, const meta::NamespaceEntry*> wanted;
+  for (const auto& e : entries) wanted[e.path] = &e;
+  MFS_RETURN_IF_ERROR(Prune(root_fd_, "", wanted));
+  meta::Status result;
+  auto note = [&result](const meta::Status& s) {
+    if (!s.ok() && result.ok()) result = s;
+  };
+  for (const auto& e : entries) {
+    std::string name;
+    auto parent = OpenParent(e.path, &name);
+    if (!parent.ok()) {
+      note(parent.status());
+      continue;
+    }
+    int dir = *parent;
+    struct stat st;
+    bool exists = ::fstatat(dir, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
+    switch (e.type) {
+      case Type::kDirectory:
+        if (!exists && ::mkdirat(dir, name.c_str(), e.mode) != 0) {
+          note(Errno("mkdir", e.path));
+        }
+        break;
+      case Type::kSymlink: {
+        if (exists) {
+          char buf[4097];
+          ssize_t n = ::readlinkat(dir, name.c_str(), buf, sizeof(buf) - 1);
+          if (n < 0 || std::string(buf, static_cast<size_t>(n)) != e.target) {
+            ::unlinkat(dir, name.c_str(), 0);
+            exists = false;
+          }
+        }
+        if (!exists && ::symlinkat(e.target.c_str(), dir, name.c_str()) != 0) {
+          note(Errno("symlink", e.path));
+        }
+        break;
+      }
+      case Type::kFile: {
+        int fd = ::openat(dir, name.c_str(),
+                          O_CREAT | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, e.mode);
+        if (fd < 0) {
+          note(Errno("create", e.path));
+          break;
+        }
+        struct stat fst;
+        if (::fstat(fd, &fst) == 0 &&
+            static_cast<uint64_t>(fst.st_size) != e.size &&
+            ::ftruncate(fd, static_cast<off_t>(e.size)) != 0) {
+          note(Errno("truncate", e.path));
+        }
+        ::close(fd);
+        break;
+      }
+    }
+    if (e.type != Type::kSymlink &&
+        ::fchmodat(dir, name.c_str(), e.mode & 07777, 0) != 0) {
+      note(Errno("chmod", e.path));
+    }
+    if (::fchownat(dir, name.c_str(), e.uid, e.gid, AT_SYMLINK_NOFOLLOW) != 0) {
+      note(Errno("chown", e.path));
+    }
+    ::close(dir);
+  }
+  return result;
+}
+
+meta::Result<std::vector<uint32_t>> Applier::DiffBlocks(
+    const std::string& path, uint64_t offset, uint32_t block_size,
+    uint64_t length, const std::vector<std::array<uint8_t, 16>>& sums) {
+  std::vector<uint32_t> differing;
+  auto fd = FileFd(path);
+  if (!fd.ok()) {
+    for (uint32_t i = 0; i < sums.size(); ++i) differing.push_back(i);
+    return differing;
+  }
+  std::string buffer(block_size, '\0');
+  for (uint32_t i = 0; i < sums.size(); ++i) {
+    uint64_t at = offset + uint64_t{i} * block_size;
+    size_t want = static_cast<size_t>(
+        std::min<uint64_t>(block_size, offset + length - at));
+    std::fill(buffer.begin(), buffer.begin() + static_cast<long>(want), '\0');
+    size_t got = 0;
+    bool failed = false;
+    while (got < want) {
+      ssize_t n = ::pread(*fd, &buffer[got], want - got,
+                          static_cast<off_t>(at + got));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) failed = true;
+      if (n <= 0) break;
+      got += static_cast<size_t>(n);
+    }
+    std::array<uint8_t, 16> sum;
+    crypto_generichash(sum.data(), sum.size(),
+                       reinterpret_cast<const unsigned char*>(buffer.data()),
+                       want, nullptr, 0);
+    // A short file differs even where the missing bytes would be zeros.
+    if (failed || got < want || sum != sums[i]) differing.push_back(i);
+  }
+  return differing;
 }
 
 }  // namespace mirrorfs::sync

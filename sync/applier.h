@@ -12,11 +12,14 @@
 // is what keeps changes applied in the order they were sent.
 #pragma once
 
+#include <array>
 #include <list>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "meta/change.h"
+#include "meta/source.h"
 #include "meta/status.h"
 
 namespace mirrorfs::sync {
@@ -34,6 +37,19 @@ class Applier {
   // durable too for kFsync and kDsyncWrite), or the error of the failed
   // system call with the path in the message (e.g. ENOSPC).
   meta::Status Apply(const meta::Change& change);
+
+  // Makes the store's namespace match `entries` (the primary's, parents
+  // before children): removes what is not listed (or has another type),
+  // creates what is missing, sets modes, owners and file sizes. File data is
+  // left alone (the resync sends it). Returns the first error.
+  meta::Status Reconcile(const std::vector<meta::NamespaceEntry>& entries);
+
+  // Compares `block_size` blocks of `path` from `offset` with `sums` (BLAKE2b
+  // of the primary's blocks; holes read as zeros). Returns the indexes of
+  // the blocks that differ (all of them if the file is missing).
+  meta::Result<std::vector<uint32_t>> DiffBlocks(
+      const std::string& path, uint64_t offset, uint32_t block_size,
+      uint64_t length, const std::vector<std::array<uint8_t, 16>>& sums);
 
   // Flushes every cached file and the store (syncfs). Returns the first error.
   meta::Status SyncAll();

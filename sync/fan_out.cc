@@ -56,6 +56,14 @@ std::shared_ptr<meta::Completion> FanOut::Submit(const meta::Change& change) {
   return completion;
 }
 
+PeerSession* FanOut::Find(const std::string& name) const {
+  std::shared_lock<std::shared_mutex> lock(sessions_mu_);
+  for (auto& s : sessions_) {
+    if (s->name() == name) return s.get();
+  }
+  return nullptr;
+}
+
 std::vector<PeerSnapshot> FanOut::Snapshot() const {
   std::shared_lock<std::shared_mutex> lock(sessions_mu_);
   std::vector<PeerSnapshot> out;

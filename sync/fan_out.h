@@ -41,6 +41,9 @@ class FanOut : public meta::Mirror {
   std::shared_ptr<meta::Completion> Submit(const meta::Change& change) override;
 
   std::vector<PeerSnapshot> Snapshot() const;
+  // The session named `name`, or nullptr. Sessions live until RemoveSession
+  // or StopAll; callers must not race those.
+  PeerSession* Find(const std::string& name) const;
   MirrorMode mode() const { return mode_; }
 
  private:

@@ -8,7 +8,6 @@
 #include <zmq.hpp>
 
 #include "meta/log.h"
-#include "sync/wire.h"
 
 namespace mirrorfs::sync {
 namespace {
@@ -32,6 +31,22 @@ std::string Seconds(milliseconds d) {
   return buf;
 }
 
+std::string Size(uint64_t bytes) {
+  char buf[32];
+  if (bytes >= (1u << 20)) {
+    std::snprintf(buf, sizeof(buf), "%.1f MiB", bytes / 1048576.0);
+  } else {
+    std::snprintf(buf, sizeof(buf), "%llu bytes",
+                  static_cast<unsigned long long>(bytes));
+  }
+  return buf;
+}
+
+// A change worth logging if lost (not a replay, which is logged already).
+bool Loggable(const meta::Change& c) {
+  return c.kind != meta::ChangeKind::kFsync && !(c.flags & meta::kReplay);
+}
+
 }  // namespace
 
 const char* PeerStateName(PeerState state) {
@@ -40,8 +55,12 @@ const char* PeerStateName(PeerState state) {
       return "connecting";
     case PeerState::kConnected:
       return "connected";
+    case PeerState::kSyncing:
+      return "syncing";
     case PeerState::kDisconnected:
       return "disconnected";
+    case PeerState::kFractured:
+      return "fractured";
   }
   return "disconnected";
 }
@@ -49,12 +68,15 @@ const char* PeerStateName(PeerState state) {
 PeerSession::PeerSession(zmq::context_t* context, std::string name,
                          std::string endpoint, LocalIdentity local,
                          SessionOptions options,
+                         std::unique_ptr<FractureLog> log, meta::Source* source,
                          std::function<void(const PeerHello&)> on_hello)
     : context_(context),
       name_(std::move(name)),
       endpoint_(std::move(endpoint)),
       local_(std::move(local)),
       options_(options),
+      log_(std::move(log)),
+      source_(source),
       on_hello_(std::move(on_hello)) {
   wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 }
@@ -64,9 +86,7 @@ PeerSession::~PeerSession() {
   if (wake_fd_ >= 0) ::close(wake_fd_);
 }
 
-void PeerSession::Start() {
-  thread_ = std::thread([this] { Run(); });
-}
+void PeerSession::Start() { thread_ = std::thread([this] { Run(); }); }
 
 void PeerSession::Stop() {
   stopping_ = true;
@@ -80,15 +100,16 @@ void PeerSession::Wake() {
   (void)ignored;
 }
 
-bool PeerSession::Enqueue(const meta::Change& change,
-                          const std::shared_ptr<meta::Completion>& completion) {
+bool PeerSession::Push(
+    const std::function<void(const FrameHeader&, std::string*)>& encode,
+    const std::shared_ptr<meta::Completion>& completion,
+    const meta::Change* record, std::function<void(const BlockDiff&)> on_diff) {
   // The seq must follow queue order exactly (receivers refuse gaps), so it
   // is taken and the frame encoded under mu_.
   auto* frame = new std::string();
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (state_ != PeerState::kConnected) {
-      missed_changes_ = true;
+    if (!up_) {
       delete frame;
       return false;
     }
@@ -96,42 +117,161 @@ bool PeerSession::Enqueue(const meta::Change& change,
     header.store_uuid = local_.store_uuid;
     header.session = session_;
     header.seq = next_seq_++;
-    EncodeChange(header, change, frame);
-    queue_.push_back(Outgoing{header.seq, frame, completion});
+    encode(header, frame);
+    Outgoing out{header.seq, frame, completion, meta::Change(), std::move(on_diff)};
+    out.record.kind = meta::ChangeKind::kFsync;  // nothing to log
+    if (record != nullptr && Loggable(*record)) {
+      out.record = *record;
+      out.record.data = nullptr;
+    }
+    queue_.push_back(std::move(out));
   }
   Wake();
   return true;
 }
 
+bool PeerSession::Enqueue(const meta::Change& change,
+                          const std::shared_ptr<meta::Completion>& completion) {
+  bool live;
+  bool syncing;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    live = up_ && accept_live_;
+    syncing = state_ == PeerState::kSyncing;
+  }
+  if (live) {
+    if (syncing && (change.kind == meta::ChangeKind::kRename ||
+                    change.kind == meta::ChangeKind::kUnlink ||
+                    change.kind == meta::ChangeKind::kRmdir)) {
+      // Mirrored live, but the resync's log must follow the names.
+      log_->Follow(change);
+    }
+    if (Push([&](const FrameHeader& h,
+                 std::string* out) { EncodeChange(h, change, out); },
+             completion, &change, nullptr)) {
+      return true;
+    }
+  }
+  auto s = change.kind == meta::ChangeKind::kFsync ? log_->MakeDurable()
+                                                  : log_->Record(change);
+  if (!s.ok()) {
+    meta::LogError("peer " + name_ + ": recording a missed change failed: " +
+                   s.message());
+  }
+  return false;
+}
+
+meta::Status PeerSession::MakeLogDurable() { return log_->MakeDurable(); }
+
+bool PeerSession::EnqueueResync(
+    const meta::Change& change,
+    const std::shared_ptr<meta::Completion>& completion) {
+  return Push([&](const FrameHeader& h,
+                  std::string* out) { EncodeChange(h, change, out); },
+              completion, &change, nullptr);
+}
+
+bool PeerSession::EnqueueManifest(
+    const Manifest& manifest,
+    const std::shared_ptr<meta::Completion>& completion) {
+  return Push([&](const FrameHeader& h,
+                  std::string* out) { EncodeManifest(h, manifest, out); },
+              completion, nullptr, nullptr);
+}
+
+bool PeerSession::EnqueueMark(
+    const ResyncMark& mark,
+    const std::shared_ptr<meta::Completion>& completion) {
+  return Push([&](const FrameHeader& h,
+                  std::string* out) { EncodeResyncMark(h, mark, out); },
+              completion, nullptr, nullptr);
+}
+
+bool PeerSession::RequestBlockDiff(
+    const BlockSums& sums, std::function<void(const BlockDiff&)> on_reply,
+    const std::shared_ptr<meta::Completion>& completion) {
+  return Push([&](const FrameHeader& h,
+                  std::string* out) { EncodeBlockSums(h, sums, out); },
+              completion, nullptr, std::move(on_reply));
+}
+
+void PeerSession::AcceptLive(bool syncing) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!up_) return;
+  accept_live_ = true;
+  state_ = syncing ? PeerState::kSyncing : PeerState::kConnected;
+  reason_.clear();
+  first_attempt_done_ = true;
+  state_cv_.notify_all();
+}
+
+void PeerSession::ResyncFinished(bool ok, const std::string& why) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (ok) {
+      if (up_) state_ = PeerState::kConnected;
+      first_attempt_done_ = true;
+      state_cv_.notify_all();
+      return;
+    }
+    resync_failure_ = why;
+  }
+  Wake();
+}
+
 bool PeerSession::WaitConnected(std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lock(mu_);
   state_cv_.wait_for(lock, timeout, [this] { return first_attempt_done_; });
-  return state_ == PeerState::kConnected;
+  return accept_live_;
+}
+
+void PeerSession::Fracture() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    fractured_ = true;
+  }
+  Wake();
+}
+
+void PeerSession::Rejoin() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    fractured_ = false;
+  }
+  retry_now_ = true;
+  Wake();
 }
 
 PeerSnapshot PeerSession::Snapshot() const {
-  std::lock_guard<std::mutex> lock(mu_);
   PeerSnapshot s;
-  s.name = name_;
-  s.endpoint = endpoint_;
-  s.state = state_;
-  s.reason = reason_;
-  s.node_uuid = hello_.node_uuid;
-  s.missed_changes = missed_changes_;
-  if (seen_) {
-    s.last_seen_seconds_ago =
-        std::chrono::duration<double>(Clock::now() - last_seen_).count();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    s.name = name_;
+    s.endpoint = endpoint_;
+    s.state = state_;
+    s.reason = reason_;
+    s.node_uuid = hello_.node_uuid;
+    if (seen_) {
+      s.last_seen_seconds_ago =
+          std::chrono::duration<double>(Clock::now() - last_seen_).count();
+    }
+    s.changes_sent = changes_sent_;
+    s.bytes_sent = bytes_sent_;
+    s.in_flight = in_flight_count_ + queue_.size();
+    s.resync = worker_ ? worker_->progress() : last_resync_;
   }
-  s.changes_sent = changes_sent_;
-  s.bytes_sent = bytes_sent_;
-  s.in_flight = in_flight_count_ + queue_.size();
+  s.fracture_bytes = log_->bytes();
+  s.fracture_extents = log_->extents();
+  s.pending_namespace_ops = log_->namespace_ops();
+  s.full_sync = log_->full_sync();
+  s.in_sync = s.state == PeerState::kConnected && log_->empty();
   return s;
 }
 
 void PeerSession::SetState(PeerState state, const std::string& reason) {
   std::lock_guard<std::mutex> lock(mu_);
-  state_ = state;
-  reason_ = reason;
+  state_ = fractured_ ? PeerState::kFractured : state;
+  reason_ = fractured_ ? "fractured on purpose" : reason;
   first_attempt_done_ = true;
   state_cv_.notify_all();
 }
@@ -139,7 +279,7 @@ void PeerSession::SetState(PeerState state, const std::string& reason) {
 void PeerSession::SleepFor(milliseconds d) {
   struct pollfd p = {wake_fd_, POLLIN, 0};
   auto deadline = Clock::now() + d;
-  while (!stopping_) {
+  while (!stopping_ && !retry_now_) {
     auto left = duration_cast<milliseconds>(deadline - Clock::now());
     if (left.count() <= 0) return;
     ::poll(&p, 1, static_cast<int>(left.count()));
@@ -151,24 +291,18 @@ void PeerSession::SleepFor(milliseconds d) {
 
 void PeerSession::Run() {
   milliseconds backoff{200};
-  std::string last_failure;
   while (!stopping_) {
-    bool missed;
+    bool fractured;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      missed = missed_changes_;
+      fractured = fractured_;
     }
-    if (missed) {
-      // Mirroring new writes to a copy that lacks older ones would diverge
-      // silently; the peer waits for a resync.
-      SetState(PeerState::kDisconnected,
-               "missed changes while disconnected; a resync is needed");
-      meta::LogWarning("peer " + name_ + " (" + endpoint_ +
-                       "): it missed changes while disconnected and is not "
-                       "resumed; restart it from a fresh copy of the store");
-      SleepFor(milliseconds(3600 * 1000));
+    if (fractured) {
+      SetState(PeerState::kFractured, "fractured on purpose");
+      SleepFor(milliseconds(1000));
       continue;
     }
+    retry_now_ = false;
     if (Connect()) {
       backoff = milliseconds(200);
       Serve();
@@ -177,7 +311,9 @@ void PeerSession::Run() {
     SleepFor(backoff);
     backoff = std::min(backoff * 2, options_.max_backoff);
   }
-  TearDown("stopped");
+  TearDown(PeerState::kDisconnected, "stopped");
+  auto s = log_->Checkpoint();
+  if (!s.ok()) meta::LogError("peer " + name_ + ": " + s.message());
 }
 
 bool PeerSession::Connect() {
@@ -211,6 +347,7 @@ bool PeerSession::Connect() {
   hello.node_uuid = local_.node_uuid;
   hello.store_uuid = local_.store_uuid;
   hello.role = Role::kPrimary;
+  hello.generation = local_.generation;
   hello.endpoint = local_.endpoint;
   hello.flags = kHelloConsistent;
   EncodeHello(header, hello, &scratch_);
@@ -225,9 +362,8 @@ bool PeerSession::Connect() {
         sent = true;
         break;
       }
-      zmq::pollitem_t items[] = {{socket_->handle(), 0, ZMQ_POLLOUT, 0},
-                                 {nullptr, wake_fd_, ZMQ_POLLIN, 0}};
-      zmq::poll(items, 2, milliseconds(50));
+      zmq::pollitem_t items[] = {{socket_->handle(), 0, ZMQ_POLLOUT, 0}};
+      zmq::poll(items, 1, milliseconds(50));
     }
     if (!sent) {
       SetState(PeerState::kConnecting, "no connection to " + endpoint_);
@@ -249,31 +385,27 @@ bool PeerSession::Connect() {
         continue;
       }
       if (decoded->header.session != session) continue;  // stale
+      std::string refusal;
       if (auto* err = std::get_if<ErrorFrame>(&decoded->body)) {
-        SetState(PeerState::kConnecting, "refused: " + err->message);
-        meta::LogError("peer " + name_ + " (" + endpoint_ +
-                       ") refused the connection: " + err->message);
-        socket_.reset();
-        return false;
+        refusal = err->message;
       }
       auto* r = std::get_if<HelloReply>(&decoded->body);
-      if (r == nullptr) continue;
-      if (!r->accepted) {
-        SetState(PeerState::kConnecting, "refused: " + r->reason);
+      if (r == nullptr && refusal.empty()) continue;
+      if (r != nullptr && !r->accepted) refusal = r->reason;
+      if (r != nullptr && refusal.empty() &&
+          r->store_uuid != local_.store_uuid) {
+        refusal = "it holds store " + r->store_uuid.ToString() +
+                  ", this node store " + local_.store_uuid.ToString();
+      }
+      if (!refusal.empty()) {
+        SetState(PeerState::kConnecting, "refused: " + refusal);
         meta::LogError("peer " + name_ + " (" + endpoint_ +
-                       ") refused the connection: " + r->reason);
+                       ") refused the connection: " + refusal +
+                       "; retrying with backoff");
         socket_.reset();
         return false;
       }
-      if (r->store_uuid != local_.store_uuid) {
-        std::string why = "it holds store " + r->store_uuid.ToString() +
-                          ", this node store " + local_.store_uuid.ToString();
-        SetState(PeerState::kConnecting, "refused: " + why);
-        meta::LogError("peer " + name_ + " (" + endpoint_ + "): " + why +
-                       "; not mirroring to it");
-        socket_.reset();
-        return false;
-      }
+      bool fresh = (r->flags & kHelloFresh) != 0;
       {
         std::lock_guard<std::mutex> lock(mu_);
         hello_.name = r->node_name;
@@ -282,14 +414,33 @@ bool PeerSession::Connect() {
         next_seq_ = 1;  // the hello was seq 0
         last_seen_ = Clock::now();
         seen_ = true;
-        state_ = PeerState::kConnected;
-        reason_.clear();
-        first_attempt_done_ = true;
-        state_cv_.notify_all();
+        up_ = true;
+        accept_live_ = false;
+        resync_failure_.clear();
+        copy_consistent_ = (r->flags & kHelloConsistent) && !fresh;
+        state_ = PeerState::kSyncing;
+        reason_ = "reconciling";
+      }
+      if (fresh && !log_->full_sync()) {
+        // A store that just met its first primary: compare everything.
+        auto s = log_->SetFullSync(true);
+        if (!s.ok()) meta::LogError("peer " + name_ + ": " + s.message());
       }
       if (on_hello_) on_hello_(hello_);
       meta::LogInfo("peer " + name_ + " (" + endpoint_ + "): connected, node " +
-                    r->node_name + " " + r->node_uuid.ToString());
+                    r->node_name + " " + r->node_uuid.ToString() +
+                    (log_->empty() && copy_consistent_
+                         ? std::string()
+                         : "; fracture log " + Size(log_->bytes()) +
+                               (log_->full_sync() || !copy_consistent_
+                                    ? ", full sync"
+                                    : "")));
+      // The worker freezes the namespace and switches to live mirroring.
+      auto worker = std::make_unique<ResyncWorker>(
+          this, log_.get(), source_, options_.resync_rate, copy_consistent_);
+      worker->Start();
+      std::lock_guard<std::mutex> lock(mu_);
+      worker_ = std::move(worker);
       return true;
     }
   } catch (const zmq::error_t& e) {
@@ -316,6 +467,7 @@ void PeerSession::Serve() {
   auto last_ping = Clock::now();
   std::deque<Outgoing> batch;
   std::string lost;
+  PeerState next = PeerState::kDisconnected;
   while (!stopping_ && lost.empty()) {
     zmq::pollitem_t items[] = {{socket_->handle(), 0, ZMQ_POLLIN, 0},
                                {nullptr, wake_fd_, ZMQ_POLLIN, 0}};
@@ -330,6 +482,12 @@ void PeerSession::Serve() {
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
+      if (fractured_) {
+        lost = "fractured on purpose";
+        next = PeerState::kFractured;
+      } else if (!resync_failure_.empty()) {
+        lost = "resync failed: " + resync_failure_;
+      }
       batch.swap(queue_);
     }
     auto now = Clock::now();
@@ -344,14 +502,15 @@ void PeerSession::Serve() {
       }
       if (!out.completion) continue;  // a ping
       if (!sent) {
+        // Back in the queue: TearDown logs it and releases the completion.
+        out.frame = nullptr;
         std::lock_guard<std::mutex> lock(mu_);
-        missed_changes_ = true;
-      }
-      if (!sent) {
-        out.completion->Done();
+        queue_.push_front(std::move(out));
         continue;
       }
-      in_flight_[out.seq] = InFlight{std::move(out.completion), now};
+      in_flight_[out.seq] = InFlight{std::move(out.completion), now,
+                                     std::move(out.record),
+                                     std::move(out.on_diff)};
       std::lock_guard<std::mutex> lock(mu_);
       ++changes_sent_;
       bytes_sent_ += size;
@@ -359,7 +518,7 @@ void PeerSession::Serve() {
     batch.clear();
 
     // Everything the peer sent.
-    while (true) {
+    while (lost.empty()) {
       zmq::message_t msg;
       zmq::recv_result_t got;
       try {
@@ -390,8 +549,16 @@ void PeerSession::Serve() {
         auto it = in_flight_.find(ack->seq);
         if (it == in_flight_.end()) continue;
         if (ack->err != 0) {
+          // Left in flight: TearDown logs it.
           lost = "it failed to apply a change: " + ack->message;
+          break;
         }
+        it->second.completion->Done();
+        in_flight_.erase(it);
+      } else if (auto* diff = std::get_if<BlockDiff>(&decoded->body)) {
+        auto it = in_flight_.find(diff->seq);
+        if (it == in_flight_.end()) continue;
+        if (it->second.on_diff) it->second.on_diff(*diff);
         it->second.completion->Done();
         in_flight_.erase(it);
       } else if (auto* err = std::get_if<ErrorFrame>(&decoded->body)) {
@@ -425,44 +592,57 @@ void PeerSession::Serve() {
       lost = "no answer for " + Seconds(silent);
       break;
     }
-    if (silent >= options_.heartbeat &&
-        now - last_ping >= options_.heartbeat) {
-      auto* frame = new std::string();
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        FrameHeader h;
-        h.store_uuid = local_.store_uuid;
-        h.session = session_;
-        h.seq = next_seq_++;
-        EncodePing(h, Ping{h.seq}, frame);
-        queue_.push_back(Outgoing{h.seq, frame, nullptr});
-      }
-      Wake();
+    if (silent >= options_.heartbeat && now - last_ping >= options_.heartbeat) {
+      Push([&](const FrameHeader& h,
+               std::string* out) { EncodePing(h, Ping{h.seq}, out); },
+           nullptr, nullptr, nullptr);
       last_ping = now;
     }
   }
   if (!lost.empty()) {
     meta::LogError("peer " + name_ + " (" + endpoint_ + "): " + lost +
-                   "; dropped from mirroring, the application goes on "
-                   "without it");
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (!in_flight_.empty() || !queue_.empty()) missed_changes_ = true;
-    }
-    TearDown(lost);
+                   "; its changes are logged from now on (fracture log " +
+                   Size(log_->bytes()) + ")");
+    TearDown(next, lost);
   }
 }
 
-void PeerSession::TearDown(const std::string& reason) {
+void PeerSession::TearDown(PeerState next, const std::string& reason) {
   std::deque<Outgoing> queued;
+  std::unique_ptr<ResyncWorker> worker;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    state_ = PeerState::kDisconnected;
+    up_ = false;
+    accept_live_ = false;
+    state_ = fractured_ ? PeerState::kFractured : next;
     reason_ = reason;
     first_attempt_done_ = true;
     queued.swap(queue_);
     in_flight_count_ = 0;
+    worker = std::move(worker_);
     state_cv_.notify_all();
+  }
+  // The resync stops first, so that releasing its completions below does
+  // not let it mark anything as done.
+  if (worker) worker->Cancel();
+  // Guarantee 2: what the peer may not have applied is logged, durably,
+  // before any waiting application write is released.
+  bool logged = false;
+  for (auto& out : queued) {
+    if (out.completion && out.record.kind != meta::ChangeKind::kFsync) {
+      (void)log_->Record(out.record);
+      logged = true;
+    }
+  }
+  for (auto& [seq, f] : in_flight_) {
+    if (f.record.kind != meta::ChangeKind::kFsync) {
+      (void)log_->Record(f.record);
+      logged = true;
+    }
+  }
+  if (logged) {
+    auto s = log_->MakeDurable();
+    if (!s.ok()) meta::LogError("peer " + name_ + ": " + s.message());
   }
   for (auto& out : queued) {
     delete out.frame;
@@ -471,6 +651,11 @@ void PeerSession::TearDown(const std::string& reason) {
   for (auto& [seq, f] : in_flight_) f.completion->Done();
   in_flight_.clear();
   socket_.reset();
+  if (worker) {
+    worker->Join();
+    std::lock_guard<std::mutex> lock(mu_);
+    last_resync_ = worker->progress();
+  }
 }
 
 }  // namespace mirrorfs::sync

@@ -1,27 +1,27 @@
 // PeerSession: the primary's link to one peer. It owns a ZeroMQ DEALER
 // socket and the thread that uses it: connects with backoff, says hello
-// (store identity), sends queued changes, matches acknowledgements, sends
+// (store identity), sends queued frames, matches acknowledgements, sends
 // heartbeats, and declares the peer lost when it stays silent or leaves a
-// change unacknowledged past the peer timeout.
+// frame unanswered past the peer timeout. What the peer misses goes to its
+// FractureLog; when it is back, a ResyncWorker replays it.
 //
-// States (see PeerState):
-//
-//   connecting --hello accepted--> connected --silent/ack error--> disconnected
-//        ^  |                                                          |
-//        |  +--refused / no answer (backoff 0.2 s .. 5 s)--+           |
-//        +-------------------------------------------------+-----------+
+//   connecting ──hello accepted──> (freeze) ──log empty──> connected
+//      ^   │                          └──log not empty──> syncing ──> connected
+//      │   └─ refused / no answer: backoff 0.2 s .. 5 s
+//      │
+//   connected / syncing ──silent, error, gap──> disconnected ──backoff──┘
+//   any ──Fracture()──> fractured ──Rejoin()──> connecting
 //
 // A lost peer's socket is closed and a fresh one (new session epoch) is made
 // for the next attempt, so frames queued in ZeroMQ before the failure can
-// never be mistaken for current ones (DESIGN.md "Known traps").
+// never be mistaken for current ones (DESIGN.md "Known traps"). Before the
+// completions of a lost peer's unanswered changes are released, those
+// changes are in its fracture log, durably (guarantee 2).
 //
-// Until the fracture log exists, a peer that missed any change is not
-// resumed: it stays `disconnected` with the reason "missed changes", because
-// mirroring new writes to a copy that lacks older ones would diverge silently.
-//
-// Thread-safety: Enqueue(), Snapshot() and Stop() are thread-safe. The socket
-// belongs to the session thread; other threads reach it through the queue
-// (mu_) and an eventfd that wakes the thread.
+// Thread-safety: public methods are thread-safe. The socket belongs to the
+// session thread; other threads reach it through the queue (mu_) and an
+// eventfd that wakes the thread. Lock order: the volume's locks -> mu_ ->
+// the FractureLog's lock. mu_ is never held across a send or an fsync.
 #pragma once
 
 #include <atomic>
@@ -37,7 +37,11 @@
 #include <thread>
 
 #include "meta/change.h"
+#include "meta/source.h"
 #include "meta/uuid.h"
+#include "sync/fracture_log.h"
+#include "sync/resync_worker.h"
+#include "sync/wire.h"
 
 namespace zmq {
 class context_t;
@@ -46,7 +50,13 @@ class socket_t;
 
 namespace mirrorfs::sync {
 
-enum class PeerState { kConnecting, kConnected, kDisconnected };
+enum class PeerState {
+  kConnecting,
+  kConnected,
+  kSyncing,
+  kDisconnected,
+  kFractured,
+};
 const char* PeerStateName(PeerState state);
 
 // Who this node is, as told to peers in the hello.
@@ -54,7 +64,7 @@ struct LocalIdentity {
   std::string name;
   meta::Uuid node_uuid;
   meta::Uuid store_uuid;  // never zero on a primary
-  std::string generation;
+  meta::Uuid generation;
   std::string endpoint;  // where this node listens ("" if nowhere)
 };
 
@@ -62,6 +72,7 @@ struct SessionOptions {
   std::chrono::milliseconds peer_timeout{2000};
   std::chrono::milliseconds heartbeat{500};
   std::chrono::milliseconds max_backoff{5000};
+  uint64_t resync_rate = 0;  // bytes per second, 0 = unlimited
 };
 
 // What a peer told us about itself in its hello reply.
@@ -76,41 +87,71 @@ struct PeerSnapshot {
   PeerState state = PeerState::kConnecting;
   std::string reason;  // why it is not connected, "" if it is
   meta::Uuid node_uuid;
-  bool missed_changes = false;
   double last_seen_seconds_ago = -1;  // -1: never seen
   uint64_t changes_sent = 0;
   uint64_t bytes_sent = 0;
   uint64_t in_flight = 0;
+  uint64_t fracture_bytes = 0;
+  uint64_t fracture_extents = 0;
+  uint64_t pending_namespace_ops = 0;
+  bool full_sync = false;
+  ResyncProgress resync;
+  bool in_sync = false;
 };
 
 class PeerSession {
  public:
-  // `*context` must outlive the session. `on_hello` runs on the session
-  // thread after every accepted hello (to remember the peer's identity).
+  // `*context` and `*source` must outlive the session; the session owns
+  // `log`. `on_hello` runs on the session thread after every accepted hello.
   PeerSession(zmq::context_t* context, std::string name, std::string endpoint,
               LocalIdentity local, SessionOptions options,
+              std::unique_ptr<FractureLog> log, meta::Source* source,
               std::function<void(const PeerHello&)> on_hello);
   ~PeerSession();  // Stop()s
   PeerSession(const PeerSession&) = delete;
   PeerSession& operator=(const PeerSession&) = delete;
 
   void Start();
-  // Stops the thread; every queued or unacknowledged change is Done().
+  // Stops the thread; unanswered changes go to the log, durably.
   void Stop();
 
-  // Queues `change` for the peer. Returns true if queued: `completion` will
-  // then be Done() exactly once (acknowledged, or the peer was lost).
-  // Returns false if the peer is not connected; the change is then recorded
-  // as missed by this peer.
+  // The application's path (via FanOut). Queues `change` when the peer is
+  // mirrored live and returns true: `completion` is then Done() exactly once
+  // (applied, or the peer was lost and the change logged). Otherwise logs the
+  // change as missed and returns false.
   bool Enqueue(const meta::Change& change,
                const std::shared_ptr<meta::Completion>& completion);
+  // Makes the fracture log durable (the application fsynced).
+  meta::Status MakeLogDurable();
 
-  // Blocks until the first connection attempt ended (connected or not) or
-  // `timeout` passed. Returns true if connected.
+  // Blocks until the first connection attempt ended or `timeout` passed.
+  // Returns true if the peer is mirrored live.
   bool WaitConnected(std::chrono::milliseconds timeout);
+  // Stops mirroring on purpose: the peer's changes are logged (fractured)
+  // until Rejoin().
+  void Fracture();
+  // Ends a fracture, or retries a disconnected peer now (no backoff).
+  void Rejoin();
 
   PeerSnapshot Snapshot() const;
   const std::string& name() const { return name_; }
+
+  // --- For the ResyncWorker (queue frames of the resync) ---
+  bool EnqueueResync(const meta::Change& change,
+                     const std::shared_ptr<meta::Completion>& completion);
+  bool EnqueueManifest(const Manifest& manifest,
+                       const std::shared_ptr<meta::Completion>& completion);
+  bool EnqueueMark(const ResyncMark& mark,
+                   const std::shared_ptr<meta::Completion>& completion);
+  // `on_reply` runs on the session thread before `completion` is Done().
+  bool RequestBlockDiff(const BlockSums& sums,
+                        std::function<void(const BlockDiff&)> on_reply,
+                        const std::shared_ptr<meta::Completion>& completion);
+  // From now on the application's changes are mirrored live.
+  void AcceptLive(bool syncing);
+  // The resync ended: in sync, or failed (the session drops the link and
+  // tries again later).
+  void ResyncFinished(bool ok, const std::string& why);
 
  private:
   using Clock = std::chrono::steady_clock;
@@ -118,19 +159,27 @@ class PeerSession {
     uint64_t seq;
     std::string* frame;  // owned; handed to ZeroMQ without a copy
     std::shared_ptr<meta::Completion> completion;  // null for a ping
+    meta::Change record;  // logged if the peer is lost (kind kFsync = none)
+    std::function<void(const BlockDiff&)> on_diff;
   };
   struct InFlight {
     std::shared_ptr<meta::Completion> completion;
     Clock::time_point sent;
+    meta::Change record;
+    std::function<void(const BlockDiff&)> on_diff;
   };
 
+  // Queues a frame made by `encode` under mu_ if the session is up.
+  bool Push(const std::function<void(const FrameHeader&, std::string*)>& encode,
+            const std::shared_ptr<meta::Completion>& completion,
+            const meta::Change* record,
+            std::function<void(const BlockDiff&)> on_diff);
   void Run();
-  // Makes a fresh socket and says hello. Returns true once accepted.
   bool Connect();
-  // Serves a connected peer until it is lost or the session stops.
   void Serve();
-  // Drops the socket and finishes every pending completion.
-  void TearDown(const std::string& reason);
+  // Drops the link: unanswered and queued changes are logged (durably)
+  // before their completions are released; the resync is cancelled.
+  void TearDown(PeerState next, const std::string& reason);
   void SetState(PeerState state, const std::string& reason);
   bool SendFrame(std::string* frame);  // takes ownership
   void Wake();
@@ -141,21 +190,27 @@ class PeerSession {
   const std::string endpoint_;
   const LocalIdentity local_;
   const SessionOptions options_;
+  std::unique_ptr<FractureLog> log_;
+  meta::Source* source_;
   std::function<void(const PeerHello&)> on_hello_;
 
   int wake_fd_ = -1;  // eventfd: "the queue has work" / "stop"
   std::thread thread_;
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> retry_now_{false};
 
-  mutable std::mutex mu_;  // guards everything below; taken after the
-                           // volume's locks, never held across a send
+  mutable std::mutex mu_;  // guards everything below
   std::condition_variable state_cv_;
   PeerState state_ = PeerState::kConnecting;
+  bool fractured_ = false;     // on purpose, until Rejoin()
+  bool up_ = false;            // hello accepted, socket usable
+  bool accept_live_ = false;   // application changes are mirrored
   bool first_attempt_done_ = false;
+  bool copy_consistent_ = true;  // the peer's copy, as its hello said
+  std::string resync_failure_;
   std::string reason_ = "not connected yet";
-  uint64_t session_ = 0;  // epoch of the current connection
+  uint64_t session_ = 0;   // epoch of the current connection
   uint64_t next_seq_ = 1;  // seq of the next frame queued in this session
-  bool missed_changes_ = false;
   std::deque<Outgoing> queue_;
   PeerHello hello_;
   Clock::time_point last_seen_{};
@@ -163,6 +218,8 @@ class PeerSession {
   uint64_t changes_sent_ = 0;
   uint64_t bytes_sent_ = 0;
   size_t in_flight_count_ = 0;
+  std::unique_ptr<ResyncWorker> worker_;
+  ResyncProgress last_resync_;
 
   // Session-thread only.
   std::unique_ptr<zmq::socket_t> socket_;

@@ -1,5 +1,6 @@
 #include "sync/replica_server.h"
 
+#include <algorithm>
 #include <zmq.hpp>
 
 #include "meta/log.h"
@@ -10,10 +11,12 @@ namespace mirrorfs::sync {
 ReplicaServer::ReplicaServer(
     zmq::context_t* context, std::string listen_endpoint,
     ReplicaIdentity identity, int store_root_fd,
-    std::function<meta::Status(const meta::Uuid&)> adopt_store_uuid)
+    std::function<meta::Status(const meta::Uuid&)> adopt_store_uuid,
+    std::function<meta::Status(bool)> set_consistent)
     : context_(context),
       endpoint_(std::move(listen_endpoint)),
       adopt_store_uuid_(std::move(adopt_store_uuid)),
+      set_consistent_(std::move(set_consistent)),
       applier_(store_root_fd),
       identity_(std::move(identity)) {}
 
@@ -64,6 +67,10 @@ ReplicaSnapshot ReplicaServer::Snapshot() const {
   s.bytes_applied = bytes_applied_;
   s.bad_frames = bad_frames_;
   s.apply_errors = apply_errors_;
+  s.consistent = identity_.consistent;
+  s.resyncing = resyncing_;
+  s.resync_total_bytes = resync_total_;
+  s.resync_done_bytes = resync_done_;
   return s;
 }
 
@@ -165,7 +172,7 @@ void ReplicaServer::Handle(const std::string& routing_id,
   if (auto* hello = std::get_if<Hello>(&decoded->body)) {
     HelloReply reply;
     reply.role = Role::kSecondary;
-    reply.flags = kHelloConsistent;
+    bool fresh = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       reply.node_name = identity_.name;
@@ -179,8 +186,10 @@ void ReplicaServer::Handle(const std::string& routing_id,
         reply.reason = "cannot record the store identity: " + adopted.message();
       } else {
         store = hello->store_uuid;
+        fresh = true;
         meta::LogInfo("store identity fixed: " + store.ToString() +
-                      " (first primary: " + hello->node_name + ")");
+                      " (first primary: " + hello->node_name +
+                      "); this copy gets a full sync");
       }
     } else if (store != hello->store_uuid) {
       reply.reason = "this node holds store " + store.ToString() +
@@ -188,6 +197,17 @@ void ReplicaServer::Handle(const std::string& routing_id,
     }
     reply.store_uuid = store;
     reply.accepted = reply.reason.empty();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (fresh && identity_.consistent) {
+        // Until the full sync ends, this copy is of unknown age.
+        auto s = set_consistent_(false);
+        if (!s.ok()) meta::LogError(s.message());
+        identity_.consistent = false;
+      }
+      reply.flags = (identity_.consistent ? kHelloConsistent : 0) |
+                    (fresh ? kHelloFresh : 0);
+    }
     if (reply.accepted) {
       std::lock_guard<std::mutex> lock(mu_);
       identity_.store_uuid = store;
@@ -198,6 +218,7 @@ void ReplicaServer::Handle(const std::string& routing_id,
       primary_endpoint_ = hello->endpoint;
       last_seen_ = Clock::now();
       expected_seq_ = 1;  // the hello was seq 0
+      manifest_.clear();
       reply_seq_ = 1;     // and so is our reply
     }
     if (reply.accepted) {
@@ -266,6 +287,13 @@ void ReplicaServer::Handle(const std::string& routing_id,
     auto applied = applier_.Apply(*change);
     Ack ack;
     ack.seq = h.seq;
+    if (!applied.ok() && (change->flags & meta::kReplay)) {
+      // A replayed change the copy may already have; the manifest that
+      // follows every replay settles the namespace.
+      meta::LogDebug("replayed change not applied (settled by the "
+                     "namespace reconcile): " + applied.message());
+      applied = meta::Status::Ok();
+    }
     if (!applied.ok()) {
       ack.err = applied.err();
       ack.message = applied.message();
@@ -277,11 +305,81 @@ void ReplicaServer::Handle(const std::string& routing_id,
         ++changes_applied_;
         bytes_applied_ +=
             change->kind == meta::ChangeKind::kWrite ? change->length : 0;
+        if (resyncing_ && change->kind == meta::ChangeKind::kWrite) {
+          resync_done_ += change->length;
+        }
       } else {
         ++apply_errors_;
       }
     }
     EncodeAck(rh, ack, &scratch_);
+    Reply(routing_id, scratch_);
+  } else if (auto* part = std::get_if<Manifest>(&decoded->body)) {
+    manifest_.insert(manifest_.end(), part->entries.begin(),
+                     part->entries.end());
+    Ack ack;
+    ack.seq = h.seq;
+    if (part->last) {
+      auto reconciled = applier_.Reconcile(manifest_);
+      meta::LogInfo("namespace reconciled with the primary: " +
+                    std::to_string(manifest_.size()) + " entries" +
+                    (reconciled.ok() ? "" : "; " + reconciled.message()));
+      manifest_.clear();
+      if (!reconciled.ok()) {
+        ack.err = reconciled.err();
+        ack.message = reconciled.message();
+      }
+    }
+    EncodeAck(rh, ack, &scratch_);
+    Reply(routing_id, scratch_);
+  } else if (auto* mark = std::get_if<ResyncMark>(&decoded->body)) {
+    Ack ack;
+    ack.seq = h.seq;
+    meta::Status s;
+    if (!mark->begin) s = applier_.SyncAll();  // consistent means on disk
+    if (s.ok()) s = set_consistent_(!mark->begin);
+    if (!s.ok()) {
+      ack.err = s.err();
+      ack.message = s.message();
+    } else {
+      std::lock_guard<std::mutex> lock(mu_);
+      identity_.consistent = !mark->begin;
+      resyncing_ = mark->begin;
+      if (mark->begin) {
+        resync_total_ = mark->total_bytes;
+        resync_done_ = 0;
+      }
+    }
+    meta::LogInfo(mark->begin ? "resync from the primary started (" +
+                                    std::to_string(mark->total_bytes) +
+                                    " bytes); this copy is inconsistent "
+                                    "until it ends"
+                              : "resync from the primary done; this copy is "
+                                "consistent");
+    EncodeAck(rh, ack, &scratch_);
+    Reply(routing_id, scratch_);
+  } else if (auto* sums = std::get_if<BlockSums>(&decoded->body)) {
+    auto diff = applier_.DiffBlocks(sums->path, sums->offset, sums->block_size,
+                                    sums->length, sums->sums);
+    BlockDiff reply;
+    reply.seq = h.seq;
+    if (diff.ok()) {
+      reply.differing = std::move(diff.value());
+    } else {
+      for (uint32_t i = 0; i < sums->sums.size(); ++i) {
+        reply.differing.push_back(i);
+      }
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (resyncing_) {
+        resync_done_ += sums->length -
+                        std::min<uint64_t>(sums->length,
+                                           uint64_t{reply.differing.size()} *
+                                               sums->block_size);
+      }
+    }
+    EncodeBlockDiff(rh, reply, &scratch_);
     Reply(routing_id, scratch_);
   } else if (auto* ping = std::get_if<Ping>(&decoded->body)) {
     EncodePong(rh, Pong{ping->nonce}, &scratch_);

@@ -25,7 +25,9 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
+#include "meta/source.h"
 #include "meta/status.h"
 #include "meta/uuid.h"
 #include "sync/applier.h"
@@ -41,6 +43,9 @@ struct ReplicaIdentity {
   std::string name;
   meta::Uuid node_uuid;
   meta::Uuid store_uuid;  // zero until the store first meets a primary
+  // False while a resync is under way (or never finished): the copy may be
+  // a mix of old and new data (DESIGN.md guarantee 7).
+  bool consistent = true;
 };
 
 struct ReplicaSnapshot {
@@ -55,6 +60,10 @@ struct ReplicaSnapshot {
   uint64_t bytes_applied = 0;
   uint64_t bad_frames = 0;
   uint64_t apply_errors = 0;
+  bool consistent = true;
+  bool resyncing = false;
+  uint64_t resync_total_bytes = 0;
+  uint64_t resync_done_bytes = 0;
 };
 
 class ReplicaServer {
@@ -63,10 +72,14 @@ class ReplicaServer {
 
   // `*context` must outlive the server. `store_root_fd` is the store's
   // directory, owned by the caller and open for the server's lifetime.
+  // `adopt_store_uuid` persists the store identity a fresh store adopts;
+  // `set_consistent` persists the copy's consistency (both run on the
+  // server thread; an error refuses the frame that needed it).
   ReplicaServer(
       zmq::context_t* context, std::string listen_endpoint,
       ReplicaIdentity identity, int store_root_fd,
-      std::function<meta::Status(const meta::Uuid&)> adopt_store_uuid);
+      std::function<meta::Status(const meta::Uuid&)> adopt_store_uuid,
+      std::function<meta::Status(bool)> set_consistent);
   ~ReplicaServer();  // Stop()s
   ReplicaServer(const ReplicaServer&) = delete;
   ReplicaServer& operator=(const ReplicaServer&) = delete;
@@ -90,6 +103,8 @@ class ReplicaServer {
   zmq::context_t* context_;
   const std::string endpoint_;
   std::function<meta::Status(const meta::Uuid&)> adopt_store_uuid_;
+  std::function<meta::Status(bool)> set_consistent_;
+  std::vector<meta::NamespaceEntry> manifest_;  // parts so far (server thread)
   std::unique_ptr<zmq::socket_t> socket_;
   Applier applier_;
   std::thread thread_;
@@ -110,6 +125,9 @@ class ReplicaServer {
   uint64_t bytes_applied_ = 0;
   uint64_t bad_frames_ = 0;
   uint64_t apply_errors_ = 0;
+  bool resyncing_ = false;
+  uint64_t resync_total_ = 0;
+  uint64_t resync_done_ = 0;
   Clock::time_point log_window_{};
   int logs_in_window_ = 0;
 };

@@ -240,13 +240,13 @@ class PayloadReader {
     return Status::Ok();
   }
   Status I32(const char* field, int32_t* v) {
-    uint32_t u;
+    uint32_t u = 0;
     MFS_RETURN_IF_ERROR(U32(field, &u));
     *v = static_cast<int32_t>(u);
     return Status::Ok();
   }
   Status I64(const char* field, int64_t* v) {
-    uint64_t u;
+    uint64_t u = 0;
     MFS_RETURN_IF_ERROR(U64(field, &u));
     *v = static_cast<int64_t>(u);
     return Status::Ok();
@@ -442,17 +442,17 @@ Status DecodeError(std::string_view payload, ErrorFrame* m) {
 uint32_t AllowedFlags(ChangeKind kind) {
   switch (kind) {
     case ChangeKind::kWrite:
-      return meta::kDsyncWrite;
+      return meta::kDsyncWrite | meta::kReplay;
     case ChangeKind::kPunchHole:  // punching always keeps the size
     case ChangeKind::kZeroRange:
     case ChangeKind::kAllocate:
-      return meta::kKeepSize;
+      return meta::kKeepSize | meta::kReplay;
     case ChangeKind::kRename:
-      return kRenameNoReplace | kRenameExchange;
+      return kRenameNoReplace | kRenameExchange | meta::kReplay;
     case ChangeKind::kFsync:
-      return meta::kDataSync;
+      return meta::kDataSync | meta::kReplay;
     default:
-      return 0;
+      return meta::kReplay;
   }
 }
 
@@ -542,6 +542,106 @@ Status ValidateChangeFields(const meta::Change& c) {
   return Status::Ok();
 }
 
+Status DecodeManifest(std::string_view payload, Manifest* m) {
+  PayloadReader r(payload);
+  MFS_RETURN_IF_ERROR(r.Bool("last", &m->last));
+  uint32_t count;
+  MFS_RETURN_IF_ERROR(r.U32("entry count", &count));
+  if (count > kMaxManifestEntries) {
+    return Proto("manifest part has " + std::to_string(count) +
+                 " entries, limit " + std::to_string(kMaxManifestEntries));
+  }
+  m->entries.resize(count);
+  for (auto& e : m->entries) {
+    MFS_RETURN_IF_ERROR(r.String("entry path", kMaxPathBytes, &e.path));
+    MFS_RETURN_IF_ERROR(ValidateStorePath(e.path).Context("manifest entry"));
+    uint8_t type;
+    MFS_RETURN_IF_ERROR(r.U8("entry type", &type));
+    if (type < 1 || type > 3) {
+      return Proto("manifest entry " + Quote(e.path) + " has unknown type " +
+                   std::to_string(type));
+    }
+    e.type = static_cast<meta::NamespaceEntry::Type>(type);
+    MFS_RETURN_IF_ERROR(r.U32("entry mode", &e.mode));
+    if ((e.mode & ~07777u) != 0) {
+      return Proto("manifest entry " + Quote(e.path) + " mode " +
+                   Hex32(e.mode) + " has bits beyond the permissions");
+    }
+    MFS_RETURN_IF_ERROR(r.U32("entry uid", &e.uid));
+    MFS_RETURN_IF_ERROR(r.U32("entry gid", &e.gid));
+    MFS_RETURN_IF_ERROR(r.U64("entry size", &e.size));
+    if (e.size > kMaxFileOffset) {
+      return Proto("manifest entry " + Quote(e.path) + " size " +
+                   std::to_string(e.size) + " is beyond the largest file");
+    }
+    MFS_RETURN_IF_ERROR(r.String("entry target", kMaxPathBytes, &e.target));
+    bool is_link = e.type == meta::NamespaceEntry::Type::kSymlink;
+    if (is_link == e.target.empty() ||
+        e.target.find('\0') != std::string::npos) {
+      return Proto("manifest entry " + Quote(e.path) +
+                   (is_link ? " is a symlink without a valid target"
+                            : " has a target but is not a symlink"));
+    }
+  }
+  return r.End();
+}
+
+Status DecodeResyncMark(std::string_view payload, ResyncMark* m) {
+  PayloadReader r(payload);
+  MFS_RETURN_IF_ERROR(r.Bool("begin", &m->begin));
+  MFS_RETURN_IF_ERROR(r.U64("total_bytes", &m->total_bytes));
+  return r.End();
+}
+
+Status DecodeBlockSums(std::string_view payload, BlockSums* m) {
+  PayloadReader r(payload);
+  MFS_RETURN_IF_ERROR(r.String("path", kMaxPathBytes, &m->path));
+  MFS_RETURN_IF_ERROR(ValidateStorePath(m->path).Context("block sums"));
+  MFS_RETURN_IF_ERROR(r.U64("offset", &m->offset));
+  MFS_RETURN_IF_ERROR(r.U32("block_size", &m->block_size));
+  MFS_RETURN_IF_ERROR(r.U64("length", &m->length));
+  uint32_t count;
+  MFS_RETURN_IF_ERROR(r.U32("count", &count));
+  if (m->block_size == 0 || count > kMaxBlockSums ||
+      m->offset > kMaxFileOffset || m->length > kMaxFileOffset - m->offset ||
+      (m->length + m->block_size - 1) / m->block_size != count) {
+    return Proto("block sums of " + Quote(m->path) + ": " +
+                 std::to_string(count) + " blocks of " +
+                 std::to_string(m->block_size) + " bytes do not cover " +
+                 std::to_string(m->length) + " bytes at " +
+                 std::to_string(m->offset));
+  }
+  m->sums.resize(count);
+  for (auto& sum : m->sums) {
+    std::string_view b;
+    MFS_RETURN_IF_ERROR(r.Bytes("sum", kBlockSumBytes, &b));
+    std::memcpy(sum.data(), b.data(), kBlockSumBytes);
+  }
+  return r.End();
+}
+
+Status DecodeBlockDiff(std::string_view payload, BlockDiff* m) {
+  PayloadReader r(payload);
+  MFS_RETURN_IF_ERROR(r.U64("seq", &m->seq));
+  uint32_t count;
+  MFS_RETURN_IF_ERROR(r.U32("count", &count));
+  if (count > kMaxBlockSums) {
+    return Proto("block diff lists " + std::to_string(count) +
+                 " blocks, limit " + std::to_string(kMaxBlockSums));
+  }
+  m->differing.resize(count);
+  uint32_t previous = 0;
+  for (size_t i = 0; i < count; ++i) {
+    MFS_RETURN_IF_ERROR(r.U32("block index", &m->differing[i]));
+    if (m->differing[i] >= kMaxBlockSums ||
+        (i > 0 && m->differing[i] <= previous)) {
+      return Proto("block diff indexes are not increasing and in range");
+    }
+    previous = m->differing[i];
+  }
+  return r.End();
+}
+
 }  // namespace
 
 std::string_view FrameTypeName(FrameType type) {
@@ -560,6 +660,14 @@ std::string_view FrameTypeName(FrameType type) {
       return "pong";
     case FrameType::kError:
       return "error";
+    case FrameType::kManifest:
+      return "manifest";
+    case FrameType::kResyncMark:
+      return "resync-mark";
+    case FrameType::kBlockSums:
+      return "block-sums";
+    case FrameType::kBlockDiff:
+      return "block-diff";
   }
   return "unknown";
 }
@@ -656,6 +764,61 @@ void EncodeError(const FrameHeader& header, const ErrorFrame& m,
   BeginFrame(header, FrameType::kError, 4 + StringBytes(m.message), out);
   PutI32(out, m.err);
   PutString(out, m.message);
+  FinishFrame(out);
+}
+
+void EncodeManifest(const FrameHeader& header, const Manifest& m,
+                    std::string* out) {
+  size_t bytes = 1 + 4;
+  for (const auto& e : m.entries) {
+    bytes += StringBytes(e.path) + 1 + 4 + 4 + 4 + 8 + StringBytes(e.target);
+  }
+  BeginFrame(header, FrameType::kManifest, bytes, out);
+  PutU8(out, m.last ? 1 : 0);
+  PutU32(out, static_cast<uint32_t>(m.entries.size()));
+  for (const auto& e : m.entries) {
+    PutString(out, e.path);
+    PutU8(out, static_cast<uint8_t>(e.type));
+    PutU32(out, e.mode);
+    PutU32(out, e.uid);
+    PutU32(out, e.gid);
+    PutU64(out, e.size);
+    PutString(out, e.target);
+  }
+  FinishFrame(out);
+}
+
+void EncodeResyncMark(const FrameHeader& header, const ResyncMark& m,
+                      std::string* out) {
+  BeginFrame(header, FrameType::kResyncMark, 1 + 8, out);
+  PutU8(out, m.begin ? 1 : 0);
+  PutU64(out, m.total_bytes);
+  FinishFrame(out);
+}
+
+void EncodeBlockSums(const FrameHeader& header, const BlockSums& m,
+                     std::string* out) {
+  BeginFrame(header, FrameType::kBlockSums,
+             StringBytes(m.path) + 8 + 4 + 8 + 4 + kBlockSumBytes * m.sums.size(),
+             out);
+  PutString(out, m.path);
+  PutU64(out, m.offset);
+  PutU32(out, m.block_size);
+  PutU64(out, m.length);
+  PutU32(out, static_cast<uint32_t>(m.sums.size()));
+  for (const auto& sum : m.sums) {
+    out->append(reinterpret_cast<const char*>(sum.data()), kBlockSumBytes);
+  }
+  FinishFrame(out);
+}
+
+void EncodeBlockDiff(const FrameHeader& header, const BlockDiff& m,
+                     std::string* out) {
+  BeginFrame(header, FrameType::kBlockDiff, 8 + 4 + 4 * m.differing.size(),
+             out);
+  PutU64(out, m.seq);
+  PutU32(out, static_cast<uint32_t>(m.differing.size()));
+  for (uint32_t i : m.differing) PutU32(out, i);
   FinishFrame(out);
 }
 
@@ -799,6 +962,18 @@ meta::Result<DecodedFrame> DecodeFrame(std::string_view bytes) {
       break;
     case FrameType::kError:
       s = DecodeError(payload, &f.body.emplace<ErrorFrame>());
+      break;
+    case FrameType::kManifest:
+      s = DecodeManifest(payload, &f.body.emplace<Manifest>());
+      break;
+    case FrameType::kResyncMark:
+      s = DecodeResyncMark(payload, &f.body.emplace<ResyncMark>());
+      break;
+    case FrameType::kBlockSums:
+      s = DecodeBlockSums(payload, &f.body.emplace<BlockSums>());
+      break;
+    case FrameType::kBlockDiff:
+      s = DecodeBlockDiff(payload, &f.body.emplace<BlockDiff>());
       break;
     default:
       return Proto("unknown frame type " +

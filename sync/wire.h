@@ -16,6 +16,7 @@
 // touches only its arguments.
 #pragma once
 
+#include <array>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
@@ -25,6 +26,7 @@
 #include <vector>
 
 #include "meta/change.h"
+#include "meta/source.h"
 #include "meta/status.h"
 #include "meta/uuid.h"
 
@@ -57,6 +59,10 @@ enum class FrameType : uint16_t {
   kPing = 5,        // heartbeat request, either direction
   kPong = 6,        // heartbeat answer, echoes the nonce
   kError = 7,       // the receiver refused a frame (e.g. wrong store)
+  kManifest = 8,    // primary -> secondary, the namespace to reconcile to
+  kResyncMark = 9,  // primary -> secondary, a resync begins or ends
+  kBlockSums = 10,  // primary -> secondary, checksums of blocks to compare
+  kBlockDiff = 11,  // secondary -> primary, which of them differ
 };
 
 // Returns "hello", "hello-reply", "change", ... or "unknown" for logs.
@@ -71,7 +77,10 @@ enum class Role : uint8_t {
 // Flag bits of Hello::flags and HelloReply::flags.
 // The sender's copy is consistent (not mid-resync; DESIGN.md guarantee 7).
 inline constexpr uint32_t kHelloConsistent = 1u << 0;
-inline constexpr uint32_t kHelloKnownFlags = kHelloConsistent;
+// In a reply: the replier's store just adopted this store's identity, so its
+// contents are of unknown age and need a full sync.
+inline constexpr uint32_t kHelloFresh = 1u << 1;
+inline constexpr uint32_t kHelloKnownFlags = kHelloConsistent | kHelloFresh;
 
 // Flag bits of a kRename change (the values of Linux renameat2()).
 inline constexpr uint32_t kRenameNoReplace = 1u << 0;
@@ -137,6 +146,38 @@ struct ErrorFrame {
   std::string message;
 };
 
+// Part of the primary's namespace; the secondary reconciles to the union
+// of the parts once it has the last one (a large store spans several).
+struct Manifest {
+  bool last = true;
+  std::vector<meta::NamespaceEntry> entries;
+};
+// Upper bound of one manifest part's entries (senders split larger lists).
+inline constexpr size_t kMaxManifestEntries = 4096;
+
+// A resync begins (the copy is inconsistent until it ends) or ends.
+struct ResyncMark {
+  bool begin = true;
+  uint64_t total_bytes = 0;  // what the resync expects to send
+};
+
+// Checksums of consecutive blocks of one file, for a full sync that sends
+// only the blocks that differ (like DRBD's csums-alg).
+inline constexpr size_t kBlockSumBytes = 16;  // BLAKE2b-128
+inline constexpr size_t kMaxBlockSums = 65536;
+struct BlockSums {
+  std::string path;
+  uint64_t offset = 0;
+  uint32_t block_size = 0;  // > 0; the last block may be shorter
+  uint64_t length = 0;      // bytes covered, from offset
+  std::vector<std::array<uint8_t, kBlockSumBytes>> sums;  // one per block
+};
+// The answer to a kBlockSums frame: the indexes of blocks that differ.
+struct BlockDiff {
+  uint64_t seq = 0;  // the kBlockSums frame's seq
+  std::vector<uint32_t> differing;
+};
+
 // Encoders replace *out with one complete frame (out is cleared first; its
 // capacity is kept, so reusing one string per thread avoids allocation on
 // the hot path). header.version and header.type are ignored.
@@ -156,6 +197,14 @@ void EncodePing(const FrameHeader& header, const Ping& ping, std::string* out);
 void EncodePong(const FrameHeader& header, const Pong& pong, std::string* out);
 void EncodeError(const FrameHeader& header, const ErrorFrame& error,
                  std::string* out);
+void EncodeManifest(const FrameHeader& header, const Manifest& manifest,
+                    std::string* out);
+void EncodeResyncMark(const FrameHeader& header, const ResyncMark& mark,
+                      std::string* out);
+void EncodeBlockSums(const FrameHeader& header, const BlockSums& sums,
+                     std::string* out);
+void EncodeBlockDiff(const FrameHeader& header, const BlockDiff& diff,
+                     std::string* out);
 
 // Returns the exact size of the frame EncodeChange writes for `change`
 // (header, fixed fields, strings, and for kWrite the data bytes).
@@ -178,7 +227,8 @@ struct DecodedFrame {
   // kChange decodes to meta::Change. For kWrite, Change::data points INTO
   // the buffer given to DecodeFrame (zero copy): that buffer must outlive
   // the use of the Change.
-  std::variant<Hello, HelloReply, meta::Change, Ack, Ping, Pong, ErrorFrame>
+  std::variant<Hello, HelloReply, meta::Change, Ack, Ping, Pong, ErrorFrame,
+               Manifest, ResyncMark, BlockSums, BlockDiff>
       body;
 };
 

@@ -240,6 +240,14 @@ std::string Reencode(const DecodedFrame& d) {
           EncodePing(d.header, body, &out);
         } else if constexpr (std::is_same_v<T, Pong>) {
           EncodePong(d.header, body, &out);
+        } else if constexpr (std::is_same_v<T, Manifest>) {
+          EncodeManifest(d.header, body, &out);
+        } else if constexpr (std::is_same_v<T, ResyncMark>) {
+          EncodeResyncMark(d.header, body, &out);
+        } else if constexpr (std::is_same_v<T, BlockSums>) {
+          EncodeBlockSums(d.header, body, &out);
+        } else if constexpr (std::is_same_v<T, BlockDiff>) {
+          EncodeBlockDiff(d.header, body, &out);
         } else {
           EncodeError(d.header, body, &out);
         }
@@ -554,7 +562,7 @@ TEST(WireTest, WrongMagicVersionAndTypeAreRejected) {
   Reseal(&g);
   ExpectRejected(g, "frame version 0 is not supported");
 
-  for (uint16_t type : {0, 8, 300, 65535}) {
+  for (uint16_t type : {0, 12, 300, 65535}) {
     g = f;
     g[6] = static_cast<char>(type & 0xFF);
     g[7] = static_cast<char>(type >> 8);

@@ -1,0 +1,601 @@
+#include "cli/app.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <optional>
+#include <sstream>
+#include <thread>
+
+#include "cli/control.h"
+#include "cli/node.h"
+#include "cli/options.h"
+#include "meta/log.h"
+
+namespace mirrorfs::cli {
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitFailed = 1;
+constexpr int kExitUsage = 2;
+
+int Fail(const std::string& message) {
+  std::cerr << "mirrorfs: " << message << "\n";
+  return kExitFailed;
+}
+
+// Absolute, normalized path of an existing directory, or an error message.
+bool ExistingDirectory(const std::string& what, const std::string& path,
+                       std::string* absolute, std::string* error) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    *error = what + " " + path + " does not exist" +
+             (errno == ENOENT ? "" : std::string(": ") + std::strerror(errno));
+    return false;
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    *error = what + " " + path + " is not a directory";
+    return false;
+  }
+  char buf[PATH_MAX];
+  if (::realpath(path.c_str(), buf) == nullptr) {
+    *error = what + " " + path + ": " + std::strerror(errno);
+    return false;
+  }
+  *absolute = buf;
+  return true;
+}
+
+bool ValidEndpoint(const std::string& ep) {
+  // tcp://HOST:PORT (ZeroMQ endpoint); ipc:// for local tests is fine too.
+  if (ep.rfind("ipc://", 0) == 0) return ep.size() > 6;
+  if (ep.rfind("tcp://", 0) != 0) return false;
+  size_t colon = ep.rfind(':');
+  if (colon == std::string::npos || colon < 6) return false;
+  std::string port = ep.substr(colon + 1);
+  if (port.empty() || port.size() > 5) return false;
+  for (char c : port)
+    if (!isdigit(static_cast<unsigned char>(c))) return false;
+  int p = std::atoi(port.c_str());
+  return p > 0 && p < 65536 && colon > 6;
+}
+
+bool ValidPeerName(const std::string& name) {
+  if (name.empty() || name.size() > 64) return false;
+  for (char c : name) {
+    if (!isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' &&
+        c != '-') {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Prints a daemon's reply and returns its exit code.
+int Relay(const std::string& store, const std::vector<std::string>& words) {
+  auto reply = CallDaemon(store, words);
+  if (!reply.ok()) return Fail(reply.status().message());
+  std::cout << reply->out << std::flush;
+  std::cerr << reply->err << std::flush;
+  return reply->exit_code;
+}
+
+// Blocks SIGINT/SIGTERM/SIGHUP in every thread created from now on, and
+// turns them into node->RequestStop() on a dedicated thread.
+void StopOnSignals(Node* node) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  std::thread([node, set] {
+    while (true) {
+      int sig = 0;
+      if (sigwait(&set, &sig) != 0) continue;
+      if (sig == SIGHUP) continue;  // reload hook (keys) comes with security
+      meta::LogInfo(std::string("received ") + strsignal(sig) + "; stopping");
+      node->RequestStop();
+      return;
+    }
+  }).detach();
+}
+
+// Runs a node. Without -f: forks; the parent returns once the child reports
+// ready (0) or failed (1, with the child's message).
+int RunNode(const NodeOptions& options) {
+  std::string state_dir = options.store + "/.mirrorfs";
+  if (::mkdir(state_dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return Fail("cannot create " + state_dir + ": " + std::strerror(errno));
+  }
+  // A daemon already on this store answers its control socket.
+  if (CallDaemon(options.store, {"status"}, 2000).ok()) {
+    return Fail("a mirrorfs daemon is already running on " + options.store +
+                " (stop it with: mirrorfs stop " + options.store + ")");
+  }
+  int ready[2] = {-1, -1};
+  if (!options.foreground) {
+    if (::pipe2(ready, O_CLOEXEC) != 0) return Fail("pipe failed");
+    pid_t pid = ::fork();
+    if (pid < 0) return Fail(std::string("fork failed: ") + std::strerror(errno));
+    if (pid > 0) {
+      ::close(ready[1]);
+      std::string message;
+      char buf[512];
+      ssize_t n;
+      while ((n = ::read(ready[0], buf, sizeof(buf))) > 0 ||
+             (n < 0 && errno == EINTR)) {
+        if (n > 0) message.append(buf, static_cast<size_t>(n));
+      }
+      ::close(ready[0]);
+      if (message.rfind("ready", 0) == 0) return kExitOk;
+      if (message.empty()) {
+        message = "the daemon exited while starting; see " + state_dir + "/log";
+      }
+      return Fail(message);
+    }
+    ::close(ready[0]);
+    ::setsid();
+    // The daemon's second fork makes sure it can never get a terminal back.
+    pid = ::fork();
+    if (pid < 0) _exit(1);
+    if (pid > 0) _exit(0);
+    int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null >= 0) {
+      ::dup2(null, STDIN_FILENO);
+      ::dup2(null, STDOUT_FILENO);
+      ::dup2(null, STDERR_FILENO);
+    }
+    if (!meta::LogToFile(state_dir + "/log")) {
+      std::string m = "cannot open " + state_dir + "/log";
+      (void)!::write(ready[1], m.data(), m.size());
+      _exit(1);
+    }
+    if (::chdir("/") != 0) {
+    }
+  }
+  ::umask(0);  // modes are mirrored exactly; the kernel applies the caller's
+  if (std::getenv("MIRRORFS_DEBUG")) meta::SetLogLevel(meta::LogLevel::kDebug);
+
+  int code = kExitOk;
+  {
+    Node node(options);
+    StopOnSignals(&node);
+    auto started = node.Start();
+    if (!started.ok()) {
+      meta::LogError("start failed: " + started.message());
+      if (ready[1] >= 0) {
+        (void)!::write(ready[1], started.message().data(),
+                       started.message().size());
+        ::close(ready[1]);
+      } else {
+        std::cerr << "mirrorfs: " << started.message() << "\n";
+      }
+      return kExitFailed;
+    }
+    if (ready[1] >= 0) {
+      (void)!::write(ready[1], "ready", 5);
+      ::close(ready[1]);
+    } else {
+      std::cerr << "mirrorfs: ready\n";
+    }
+    auto ran = node.Run();
+    if (!ran.ok()) {
+      meta::LogError(ran.message());
+      code = kExitFailed;
+    }
+  }
+  return code;
+}
+
+// Waits until the daemon of `store` (pid) is gone, polling with a deadline.
+bool WaitGone(pid_t pid, std::chrono::seconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (::kill(pid, 0) != 0 && errno == ESRCH) return true;
+    // A zombie has stopped too (its parent has not reaped it yet).
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    if (std::getline(stat, line)) {
+      size_t paren = line.rfind(')');
+      if (paren != std::string::npos && paren + 2 < line.size() &&
+          line[paren + 2] == 'Z') {
+        return true;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+// "64M" -> 67108864; nullopt if malformed.
+std::optional<uint64_t> ParseBytes(const std::string& text) {
+  if (text.empty()) return std::nullopt;
+  size_t used = 0;
+  unsigned long long n;
+  try {
+    n = std::stoull(text, &used);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+  std::string suffix = text.substr(used);
+  uint64_t scale = 1;
+  if (suffix == "K" || suffix == "k") scale = 1ull << 10;
+  else if (suffix == "M" || suffix == "m") scale = 1ull << 20;
+  else if (suffix == "G" || suffix == "g") scale = 1ull << 30;
+  else if (!suffix.empty()) return std::nullopt;
+  return n * scale;
+}
+
+std::string HumanBytes(uint64_t n) {
+  char buf[32];
+  if (n >= (1ull << 30)) {
+    std::snprintf(buf, sizeof(buf), "%.1f GiB", n / 1073741824.0);
+  } else if (n >= (1u << 20)) {
+    std::snprintf(buf, sizeof(buf), "%.1f MiB", n / 1048576.0);
+  } else {
+    std::snprintf(buf, sizeof(buf), "%.1f KiB", n / 1024.0);
+  }
+  return buf;
+}
+
+// Polls the daemon until every peer (or `peer`) is in sync. A progress bar
+// on a terminal, a plain line every 5 s otherwise. Exit 0 in sync, 3 on
+// timeout, 1 if the daemon goes away.
+int WaitInSync(const std::string& store, const std::string& peer,
+               double timeout_seconds) {
+  using Clock = std::chrono::steady_clock;
+  const bool tty = ::isatty(STDOUT_FILENO);
+  auto start = Clock::now();
+  auto last_line = start - std::chrono::seconds(10);
+  std::string last_text;
+  while (true) {
+    std::vector<std::string> words = {"progress"};
+    if (!peer.empty()) words = {"progress", "--peer", peer};
+    auto reply = CallDaemon(store, words);
+    if (!reply.ok()) return Fail(reply.status().message());
+    if (reply->exit_code != 0) {
+      std::cerr << reply->err;
+      return reply->exit_code;
+    }
+    bool all = true;
+    uint64_t total = 0, done = 0, rate = 0, missing = 0;
+    std::string states;
+    std::istringstream lines(reply->out);
+    std::string line;
+    while (std::getline(lines, line)) {
+      std::istringstream f(line);
+      std::string name, state;
+      int in_sync = 0;
+      uint64_t t = 0, d = 0, r = 0, m = 0;
+      f >> name >> state >> in_sync >> t >> d >> r >> m;
+      all = all && in_sync == 1;
+      total += t;
+      done += d;
+      rate += r;
+      missing += m;
+      if (!in_sync) states += (states.empty() ? "" : ", ") + name + " " + state;
+    }
+    if (all) {
+      if (tty) std::cout << "\r\033[K";
+      std::cout << "in sync\n" << std::flush;
+      return kExitOk;
+    }
+    double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+    if (timeout_seconds > 0 && elapsed >= timeout_seconds) {
+      if (tty) std::cout << "\n";
+      std::cerr << "mirrorfs: not in sync after " << timeout_seconds
+                << " s (" << states << ")\n";
+      return 3;
+    }
+    char text[256];
+    double fraction = total > 0 ? std::min(1.0, double(done) / double(total)) : 0;
+    std::string eta = "?";
+    if (rate > 0 && total > done) {
+      eta = std::to_string((total - done) / rate + 1) + " s";
+    }
+    std::snprintf(text, sizeof(text), "%s / %s  %s/s  left %s  (%s; %s missed)",
+                  HumanBytes(done).c_str(), HumanBytes(total).c_str(),
+                  HumanBytes(rate).c_str(), eta.c_str(), states.c_str(),
+                  HumanBytes(missing).c_str());
+    if (tty) {
+      int width = 30;
+      int filled = static_cast<int>(fraction * width);
+      std::cout << "\r\033[K[" << std::string(filled, '#')
+                << std::string(width - filled, '.') << "] " << text
+                << std::flush;
+    } else if (Clock::now() - last_line >= std::chrono::seconds(5) ||
+               last_text.empty()) {
+      std::cout << text << "\n" << std::flush;
+      last_line = Clock::now();
+    }
+    last_text = text;
+    std::this_thread::sleep_for(std::chrono::milliseconds(tty ? 250 : 500));
+  }
+}
+
+}  // namespace
+
+int Main(int argc, char** argv) {
+  CLI::App app{
+      "mirrorfs: keeps a directory of image files identical on two or more "
+      "machines, synchronously, behind a FUSE mount."};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "Show help for every command");
+
+  NodeOptions node;
+  std::vector<std::string> peer_args;
+  std::string mode = "sync";
+  std::vector<std::string> fuse_opts;
+  double peer_timeout = 2.0;
+
+  auto* mount = app.add_subcommand(
+      "mount", "Serve STORE as primary at MOUNTPOINT, mirroring to peers");
+  mount->add_option("STORE", node.store, "The store directory")->required();
+  mount->add_option("MOUNTPOINT", node.mountpoint, "Where to mount it")
+      ->required();
+  mount->add_option("--name", node.name, "This node's name");
+  mount->add_option("--listen", node.listen,
+                    "This node's endpoint, e.g. tcp://10.0.0.1:7790");
+  mount->add_option("--peer", peer_args,
+                    "A peer NAME=EP (repeatable; remembered in the store)");
+  mount->add_option("--mode", mode, "sync (default) or async")
+      ->check(CLI::IsMember({"sync", "async"}));
+  mount->add_flag("-f,--foreground", node.foreground,
+                  "Stay in the foreground and log to stderr");
+  mount->add_option("-o", fuse_opts, "FUSE mount options (comma separated)");
+  std::string resync_rate;
+  mount->add_option("--resync-rate", resync_rate,
+                    "Resync bandwidth limit, bytes per second (K, M, G "
+                    "suffixes; default unlimited)");
+  mount->add_option("--peer-timeout", peer_timeout,
+                    "Seconds a write waits for a silent peer before it is "
+                    "dropped (default 2)")
+      ->check(CLI::Range(0.1, 3600.0));
+
+  NodeOptions serve_node;
+  serve_node.primary = false;
+  double serve_timeout = 2.0;
+  auto* serve =
+      app.add_subcommand("serve", "Serve STORE as secondary at --listen EP");
+  serve->add_option("STORE", serve_node.store, "The store directory")
+      ->required();
+  serve->add_option("--listen", serve_node.listen,
+                    "Endpoint to receive changes on, e.g. tcp://0.0.0.0:7790")
+      ->required();
+  serve->add_option("--name", serve_node.name, "This node's name");
+  serve->add_flag("-f,--foreground", serve_node.foreground,
+                  "Stay in the foreground and log to stderr");
+  serve->add_option("--peer-timeout", serve_timeout,
+                    "Seconds of silence before the primary counts as gone")
+      ->check(CLI::Range(0.1, 3600.0));
+
+  std::string store;
+  auto* stop = app.add_subcommand(
+      "stop", "Stop the node cleanly: flush, unmount if primary");
+  stop->add_option("STORE", store, "The store directory")->required();
+
+  bool json = false;
+  auto* status = app.add_subcommand("status", "Show role, peers and state");
+  status->add_option("STORE", store, "The store directory")->required();
+  status->add_flag("--json", json, "One JSON document on stdout");
+
+  // Verbs whose issues have not landed yet: they parse, then say so.
+  struct Pending {
+    CLI::App* app;
+    const char* what;
+  };
+  std::vector<Pending> pending;
+  std::string arg1, arg2, arg3;
+  bool flag = false;
+  auto* peer = app.add_subcommand("peer", "Manage peers: add, remove, list");
+  peer->require_subcommand(1);
+  auto* peer_add = peer->add_subcommand("add", "Add peer NAME at EP");
+  peer_add->add_option("STORE", store)->required();
+  peer_add->add_option("NAME", arg1)->required();
+  peer_add->add_option("EP", arg2)->required();
+  auto* peer_remove = peer->add_subcommand("remove", "Remove peer NAME");
+  peer_remove->add_option("STORE", store)->required();
+  peer_remove->add_option("NAME", arg1)->required();
+  peer_remove->add_flag("--force", flag);
+  auto* peer_list = peer->add_subcommand("list", "List peers");
+  peer_list->add_option("STORE", store)->required();
+  peer_list->add_flag("--json", json);
+  pending.push_back({peer_add, "peer management"});
+  pending.push_back({peer_remove, "peer management"});
+  pending.push_back({peer_list, "peer management"});
+
+  bool wait = false;
+  double timeout = 0;
+  auto* sync = app.add_subcommand(
+      "sync", "Resync peers now (reconnect, replay their fracture logs)");
+  sync->add_option("STORE", store)->required();
+  sync->add_option("--peer", arg1, "Only this peer");
+  sync->add_flag("--wait", wait, "Show progress; exit 0 once in sync");
+  sync->add_option("--timeout", timeout,
+                   "With --wait: give up after SECONDS (exit 3)")
+      ->check(CLI::PositiveNumber);
+
+  auto* fracture = app.add_subcommand(
+      "fracture", "Stop mirroring to NAME on purpose; its changes are logged");
+  fracture->add_option("STORE", store)->required();
+  fracture->add_option("NAME", arg1)->required();
+
+  auto* verify = app.add_subcommand("verify", "Compare checksums with peers");
+  verify->add_option("STORE", store)->required();
+  verify->add_option("--peer", arg1);
+  verify->add_flag("--repair", flag, "Log differing extents for resync");
+  pending.push_back({verify, "verify"});
+
+  auto* promote =
+      app.add_subcommand("promote", "Secondary -> primary (failover)");
+  promote->add_option("STORE", store)->required();
+  promote->add_option("--mount", arg1, "Mount the store here");
+  promote->add_flag("--force", flag);
+  pending.push_back({promote, "promote"});
+
+  auto* demote = app.add_subcommand("demote", "Primary -> secondary");
+  demote->add_option("STORE", store)->required();
+  pending.push_back({demote, "demote"});
+
+  auto* resolve = app.add_subcommand("resolve", "End a split brain");
+  resolve->add_option("STORE", store)->required();
+  auto* discard = resolve->add_flag("--discard-local", flag);
+  auto* keep = resolve->add_flag("--keep-local", json);
+  discard->excludes(keep);
+  pending.push_back({resolve, "split-brain resolution"});
+
+  auto* keygen = app.add_subcommand(
+      "keygen", "Write a CURVE key pair: FILE (secret) and FILE.pub");
+  keygen->add_option("FILE", arg1)->required();
+  pending.push_back({keygen, "keygen (peer link security)"});
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "mirrorfs: " << e.what() << "\n";
+    // The usage of the subcommand that failed, if we know it.
+    CLI::App* failed = &app;
+    for (auto* sub : app.get_subcommands()) failed = sub;
+    std::cerr << failed->help() << std::flush;
+    return kExitUsage;
+  }
+
+  auto usage = [](CLI::App* cmd, const std::string& message) {
+    std::cerr << "mirrorfs: " << message << "\n" << cmd->help() << std::flush;
+    return kExitUsage;
+  };
+
+  if (mount->parsed() || serve->parsed()) {
+    CLI::App* cmd = mount->parsed() ? mount : serve;
+    NodeOptions options = mount->parsed() ? node : serve_node;
+    if (mount->parsed()) {
+      options.async = mode == "async";
+      options.peer_timeout =
+          std::chrono::milliseconds(static_cast<int64_t>(peer_timeout * 1000));
+      for (const auto& p : peer_args) {
+        size_t eq = p.find('=');
+        PeerSpec spec;
+        if (eq != std::string::npos) {
+          spec.name = p.substr(0, eq);
+          spec.endpoint = p.substr(eq + 1);
+        }
+        if (!ValidPeerName(spec.name) || !ValidEndpoint(spec.endpoint)) {
+          return usage(cmd, "--peer " + p +
+                                ": expected NAME=tcp://HOST:PORT, NAME of "
+                                "letters, digits, '.', '_' or '-'");
+        }
+        options.peers.push_back(spec);
+      }
+      for (const auto& o : fuse_opts) {
+        size_t start = 0;
+        while (start <= o.size()) {
+          size_t comma = o.find(',', start);
+          if (comma == std::string::npos) comma = o.size();
+          if (comma > start) options.fuse_options.push_back(o.substr(start, comma - start));
+          start = comma + 1;
+        }
+      }
+      if (!resync_rate.empty()) {
+        auto rate = ParseBytes(resync_rate);
+        if (!rate || *rate == 0) {
+          return usage(cmd, "--resync-rate " + resync_rate +
+                                ": expected bytes per second, e.g. 50M");
+        }
+        options.resync_rate = *rate;
+      }
+    } else {
+      options.peer_timeout =
+          std::chrono::milliseconds(static_cast<int64_t>(serve_timeout * 1000));
+    }
+    if (!options.name.empty() && !ValidPeerName(options.name)) {
+      return usage(cmd, "--name " + options.name +
+                            ": letters, digits, '.', '_' or '-' only");
+    }
+    if (!options.listen.empty() && !ValidEndpoint(options.listen)) {
+      return usage(cmd, "--listen " + options.listen +
+                            ": expected a ZeroMQ endpoint like "
+                            "tcp://10.0.0.2:7790");
+    }
+    std::string error;
+    if (!ExistingDirectory("store", options.store, &options.store, &error)) {
+      return Fail(error);
+    }
+    if (mount->parsed()) {
+      if (!ExistingDirectory("mountpoint", options.mountpoint,
+                             &options.mountpoint, &error)) {
+        return Fail(error);
+      }
+      if (options.mountpoint == options.store ||
+          options.mountpoint.rfind(options.store + "/", 0) == 0) {
+        return Fail("mountpoint " + options.mountpoint +
+                    " is inside the store " + options.store +
+                    "; choose a mountpoint outside it");
+      }
+    }
+    return RunNode(options);
+  }
+
+  // Every other verb addresses a running node by its store.
+  std::string absolute;
+  std::string error;
+  if (!store.empty() && ExistingDirectory("store", store, &absolute, &error)) {
+    store = absolute;
+  } else if (!store.empty()) {
+    return Fail(error);
+  }
+
+  if (status->parsed()) {
+    return Relay(store, json ? std::vector<std::string>{"status", "--json"}
+                             : std::vector<std::string>{"status"});
+  }
+  if (stop->parsed()) {
+    auto reply = CallDaemon(store, {"status", "--json"});
+    if (!reply.ok()) return Fail(reply.status().message());
+    pid_t pid = 0;
+    size_t at = reply->out.find("\"pid\":");
+    if (at != std::string::npos) pid = std::atoi(reply->out.c_str() + at + 6);
+    int code = Relay(store, {"stop"});
+    if (code != kExitOk) return code;
+    if (pid > 0 && !WaitGone(pid, std::chrono::seconds(60))) {
+      return Fail("the daemon of " + store + " (pid " + std::to_string(pid) +
+                  ") did not stop within 60 s; see " + store +
+                  "/.mirrorfs/log");
+    }
+    return kExitOk;
+  }
+  if (fracture->parsed()) return Relay(store, {"fracture", "--peer", arg1});
+  if (sync->parsed()) {
+    std::vector<std::string> words = {"sync"};
+    if (!arg1.empty()) words = {"sync", "--peer", arg1};
+    int code = Relay(store, words);
+    if (code != kExitOk || !wait) return code;
+    return WaitInSync(store, arg1, timeout);
+  }
+  for (const auto& p : pending) {
+    if (p.app->parsed()) {
+      return Fail(std::string(p.what) +
+                  " is not available in this version of mirrorfs yet");
+    }
+  }
+  return usage(&app, "unknown command");
+}
+
+}  // namespace mirrorfs::cli

@@ -1,0 +1,505 @@
+#include "cli/node.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <thread>
+#include <zmq.hpp>
+
+#include "cli/json.h"
+#include "fs/fuse/fuse_adapter.h"
+#include "fs/volume.h"
+#include "meta/log.h"
+#include "meta/meta_store.h"
+#include "sync/fan_out.h"
+#include "sync/replica_server.h"
+
+namespace mirrorfs::cli {
+namespace {
+
+// Reported in status until the write-intent journal lands with its own
+// option (DESIGN.md: default 4 MiB).
+constexpr uint64_t kIntentExtentBytes = 4u << 20;
+
+std::string HostName() {
+  char buf[256] = {0};
+  if (::gethostname(buf, sizeof(buf) - 1) != 0 || buf[0] == '\0') {
+    return "node";
+  }
+  std::string name(buf);
+  for (auto& c : name) {
+    if (!isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' &&
+        c != '-') {
+      c = '-';
+    }
+  }
+  return name.substr(0, 64);
+}
+
+std::string Pad(const std::string& s, size_t width) {
+  return s.size() >= width ? s + " " : s + std::string(width - s.size(), ' ');
+}
+
+std::string Bytes(uint64_t n) {
+  char buf[32];
+  if (n >= (1ull << 30)) {
+    std::snprintf(buf, sizeof(buf), "%.1f GiB", n / 1073741824.0);
+  } else if (n >= (1u << 20)) {
+    std::snprintf(buf, sizeof(buf), "%.1f MiB", n / 1048576.0);
+  } else if (n >= 1024) {
+    std::snprintf(buf, sizeof(buf), "%.1f KiB", n / 1024.0);
+  } else {
+    std::snprintf(buf, sizeof(buf), "%llu B", static_cast<unsigned long long>(n));
+  }
+  return buf;
+}
+
+std::string Ago(double seconds) {
+  if (seconds < 0) return "never";
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.1fs ago", seconds);
+  return buf;
+}
+
+}  // namespace
+
+Node::Node(NodeOptions options)
+    : options_(std::move(options)),
+      identity_(std::make_unique<meta::NodeIdentity>()) {}
+
+Node::~Node() {
+  control_.Stop();
+  mount_.reset();
+  if (fan_out_) fan_out_->StopAll();
+  replica_.reset();
+  volume_.reset();
+  fan_out_.reset();
+  zmq_.reset();
+  meta_.reset();
+  if (store_fd_ >= 0) ::close(store_fd_);
+}
+
+meta::Status Node::Start() {
+  const std::string state_dir = options_.store + "/.mirrorfs";
+  if (::mkdir(state_dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return meta::Status::FromErrno("cannot create " + state_dir);
+  }
+  store_fd_ = ::open(options_.store.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (store_fd_ < 0) {
+    return meta::Status::FromErrno("cannot open store " + options_.store);
+  }
+  auto opened = meta::MetaStore::Open(state_dir + "/db");
+  if (!opened.ok()) return opened.status();
+  meta_ = std::move(opened.value());
+  auto identity = meta_->LoadIdentity();
+  if (!identity.ok()) return identity.status();
+  *identity_ = std::move(identity.value());
+  if (!options_.name.empty()) identity_->name = options_.name;
+  if (identity_->name.empty()) identity_->name = HostName();
+  if (!options_.listen.empty()) identity_->listen_endpoint = options_.listen;
+  identity_->role = options_.primary ? "primary" : "secondary";
+  zmq_ = std::make_unique<zmq::context_t>(1);
+
+  MFS_RETURN_IF_ERROR(options_.primary ? StartPrimary() : StartSecondary());
+
+  MFS_RETURN_IF_ERROR(control_.Start(
+      ControlSocketPath(options_.store),
+      [this](const std::vector<std::string>& words) {
+        return HandleControl(words);
+      }));
+  meta::LogInfo("node " + identity_->name + " " +
+                identity_->node_uuid.ToString() + " serving " +
+                options_.store + " as " + identity_->role);
+  return meta::Status::Ok();
+}
+
+meta::Status Node::StartPrimary() {
+  if (identity_->store_uuid.IsZero()) {
+    identity_->store_uuid = meta::Uuid::Generate();
+  }
+  if (identity_->generation.empty()) {
+    identity_->generation = meta::Uuid::Generate().ToString();
+  }
+  MFS_RETURN_IF_ERROR(meta_->SaveIdentity(*identity_));
+  MFS_RETURN_IF_ERROR(meta_->SetCleanShutdown(false));
+  auto known = meta_->ListPeers();
+  if (!known.ok()) return known.status();
+  for (const auto& peer : options_.peers) {
+    bool is_new = true;
+    meta::PeerRecord record;
+    record.name = peer.name;
+    record.endpoint = peer.endpoint;
+    for (const auto& k : *known) {
+      if (k.name != peer.name) continue;
+      is_new = false;
+      record.uuid = k.uuid;
+    }
+    MFS_RETURN_IF_ERROR(meta_->PutPeer(record));
+    if (is_new) {
+      // A copy of unknown age: every block is compared once.
+      MFS_RETURN_IF_ERROR(
+          meta_->SetPeerFlag(peer.name, meta::PeerFlag::kFullSyncNeeded, true));
+    }
+  }
+
+  fan_out_ = std::make_unique<sync::FanOut>(
+      options_.async ? sync::MirrorMode::kAsync : sync::MirrorMode::kSync);
+  fs::VolumeOptions volume_options;
+  volume_options.store_root = options_.store;
+  auto volume = fs::Volume::Open(volume_options, fan_out_.get());
+  if (!volume.ok()) return volume.status();
+  volume_ = std::move(volume.value());
+
+  auto peers = meta_->ListPeers();
+  if (!peers.ok()) return peers.status();
+  std::vector<sync::PeerSession*> started;
+  for (const auto& record : *peers) {
+    MFS_RETURN_IF_ERROR(AddSession(record));
+    started.push_back(fan_out_->Find(record.name));
+  }
+  // Peers that are up get connected before the mount opens, so the first
+  // application write is already mirrored.
+  for (auto* session : started) {
+    if (session) session->WaitConnected(options_.peer_timeout);
+  }
+
+  fs::MountOptions mount_options;
+  mount_options.mountpoint = options_.mountpoint;
+  mount_options.fuse_options = options_.fuse_options;
+  auto mount = fs::FuseMount::Mount(volume_.get(), mount_options);
+  if (!mount.ok()) return mount.status();
+  mount_ = std::move(mount.value());
+  return meta::Status::Ok();
+}
+
+meta::Status Node::AddSession(const meta::PeerRecord& record) {
+  sync::LocalIdentity local;
+  local.name = identity_->name;
+  local.node_uuid = identity_->node_uuid;
+  local.store_uuid = identity_->store_uuid;
+  auto generation = meta::Uuid::Parse(identity_->generation);
+  if (generation.ok()) local.generation = *generation;
+  local.endpoint = identity_->listen_endpoint;
+  sync::SessionOptions session_options;
+  session_options.peer_timeout = options_.peer_timeout;
+  session_options.heartbeat =
+      std::max(std::chrono::milliseconds(100), options_.peer_timeout / 4);
+  session_options.resync_rate = options_.resync_rate;
+  auto log = std::make_unique<sync::FractureLog>(meta_.get(), record.name);
+  auto loaded = log->Load();
+  if (!loaded.ok()) meta::LogError(loaded.message());
+  if (!log->empty()) {
+    meta::LogInfo("peer " + record.name + ": fracture log holds " +
+                  std::to_string(log->bytes()) + " bytes in " +
+                  std::to_string(log->extents()) + " extents and " +
+                  std::to_string(log->namespace_ops()) +
+                  " namespace changes" +
+                  (log->full_sync() ? "; a full sync is due" : ""));
+  }
+  std::string name = record.name;
+  auto session = std::make_unique<sync::PeerSession>(
+      zmq_.get(), record.name, record.endpoint, local, session_options,
+      std::move(log), volume_.get(),
+      [this, name, endpoint = record.endpoint](const sync::PeerHello& hello) {
+        meta::PeerRecord learnt;
+        learnt.name = name;
+        learnt.endpoint = endpoint;
+        learnt.uuid = hello.node_uuid;
+        auto s = meta_->PutPeer(learnt);
+        if (!s.ok()) {
+          meta::LogWarning("remembering peer " + name + ": " + s.message());
+        }
+      });
+  session->Start();
+  fan_out_->AddSession(std::move(session));
+  return meta::Status::Ok();
+}
+
+meta::Status Node::StartSecondary() {
+  MFS_RETURN_IF_ERROR(meta_->SaveIdentity(*identity_));
+  sync::ReplicaIdentity replica_identity;
+  replica_identity.name = identity_->name;
+  replica_identity.node_uuid = identity_->node_uuid;
+  replica_identity.store_uuid = identity_->store_uuid;
+  auto consistent = meta_->IsConsistent();
+  if (!consistent.ok()) return consistent.status();
+  replica_identity.consistent = *consistent;
+  replica_ = std::make_unique<sync::ReplicaServer>(
+      zmq_.get(), identity_->listen_endpoint, replica_identity, store_fd_,
+      [this](const meta::Uuid& store_uuid) {
+        // Runs on the replica thread; identity_ is not touched elsewhere
+        // after Start() except for reads of fields that do not change.
+        auto stored = meta_->LoadIdentity();
+        if (!stored.ok()) return stored.status();
+        stored->store_uuid = store_uuid;
+        return meta_->SaveIdentity(*stored);
+      },
+      [this](bool consistent) { return meta_->SetConsistent(consistent); });
+  MFS_RETURN_IF_ERROR(replica_->Bind());
+  replica_->Start();
+  return meta::Status::Ok();
+}
+
+void Node::RequestStop() {
+  {
+    std::lock_guard<std::mutex> lock(stop_mu_);
+    if (stop_requested_) return;
+    stop_requested_ = true;
+  }
+  stop_cv_.notify_all();
+  std::lock_guard<std::mutex> lock(stop_mu_);
+  if (mount_) mount_->Stop();
+}
+
+meta::Status Node::Run() {
+  meta::Status result;
+  if (mount_) {
+    result = mount_->Run();
+    meta::LogInfo("unmounted " + options_.mountpoint + "; stopping");
+    {
+      std::lock_guard<std::mutex> lock(stop_mu_);
+      stop_requested_ = true;
+      mount_.reset();
+    }
+    // Clean stop: every peer flushes what it applied before we leave.
+    meta::Change flush;
+    flush.kind = meta::ChangeKind::kFsync;
+    if (auto done = fan_out_->Submit(flush)) done->Wait();
+    fan_out_->StopAll();
+    volume_.reset();
+    ::syncfs(store_fd_);
+    auto marked = meta_->SetCleanShutdown(true);
+    if (!marked.ok()) meta::LogError(marked.message());
+  } else {
+    std::unique_lock<std::mutex> lock(stop_mu_);
+    stop_cv_.wait(lock, [this] { return stop_requested_; });
+    lock.unlock();
+    replica_->Stop();  // flushes the store
+  }
+  control_.Stop();
+  meta::LogInfo("node " + identity_->name + " stopped cleanly");
+  return result;
+}
+
+ControlReply Node::HandleControl(const std::vector<std::string>& words) {
+  if (words.empty()) return {2, "", "empty control request\n"};
+  const std::string& verb = words[0];
+  auto arg = [&words](const std::string& key) -> std::string {
+    for (size_t i = 1; i + 1 < words.size(); ++i) {
+      if (words[i] == key) return words[i + 1];
+    }
+    return "";
+  };
+  if (verb == "status") {
+    bool json = words.size() > 1 && words[1] == "--json";
+    return {0, json ? StatusJson() + "\n" : StatusText(), ""};
+  }
+  if (verb == "stop") {
+    std::thread([this] { RequestStop(); }).detach();
+    return {0, "", ""};
+  }
+  if (verb == "sync" || verb == "fracture" || verb == "progress") {
+    if (!fan_out_) {
+      return {1, "",
+              "this node is a secondary; run `mirrorfs " + verb +
+                  "` on the primary\n"};
+    }
+    std::string peer = arg("--peer");
+    auto snapshots = fan_out_->Snapshot();
+    if (!peer.empty()) {
+      bool found = false;
+      for (const auto& p : snapshots) found = found || p.name == peer;
+      if (!found) return {1, "", "no peer named " + peer + "\n"};
+    }
+    if (verb == "fracture") {
+      if (peer.empty()) return {2, "", "fracture needs a peer name\n"};
+      fan_out_->Find(peer)->Fracture();
+      meta::LogInfo("peer " + peer +
+                    ": fractured on purpose; its changes are logged until "
+                    "`mirrorfs sync --peer " + peer + "`");
+      return {0, "peer " + peer + " fractured; its changes are logged\n", ""};
+    }
+    if (verb == "sync") {
+      for (const auto& p : snapshots) {
+        if (peer.empty() || p.name == peer) fan_out_->Find(p.name)->Rejoin();
+      }
+      return {0, "", ""};
+    }
+    // progress: one line per peer, for `sync --wait`.
+    std::string out;
+    for (const auto& p : snapshots) {
+      if (!peer.empty() && p.name != peer) continue;
+      out += p.name + " " + sync::PeerStateName(p.state) + " " +
+             (p.in_sync ? "1" : "0") + " " +
+             std::to_string(p.resync.total_bytes) + " " +
+             std::to_string(p.resync.done_bytes) + " " +
+             std::to_string(p.resync.bytes_per_second) + " " +
+             std::to_string(p.fracture_bytes) + "\n";
+    }
+    return {0, out, ""};
+  }
+  return {1, "", "the daemon does not know the request '" + verb + "'\n"};
+}
+
+std::string Node::StatusJson() {
+  JsonWriter j;
+  j.BeginObject();
+  j.Key("node").Value(identity_->name);
+  j.Key("uuid").Value(identity_->node_uuid.ToString());
+  j.Key("role").Value(identity_->role);
+  j.Key("store").Value(options_.store);
+  j.Key("store_uuid").Value(identity_->store_uuid.IsZero()
+                                ? std::string()
+                                : identity_->store_uuid.ToString());
+  if (options_.primary) {
+    j.Key("mountpoint").Value(options_.mountpoint);
+  } else {
+    j.Key("mountpoint").Null();
+  }
+  j.Key("listen").Value(identity_->listen_endpoint);
+  j.Key("mode").Value(options_.async ? "async" : "sync");
+  sync::ReplicaSnapshot replica;
+  if (replica_) replica = replica_->Snapshot();
+  j.Key("consistent").Value(replica_ ? replica.consistent : true);
+  j.Key("generation").Value(identity_->generation);
+  j.Key("pid").Value(static_cast<int64_t>(::getpid()));
+  j.Key("intent").BeginObject();
+  j.Key("extent_bytes").Value(kIntentExtentBytes);
+  j.Key("active_extents").Value(uint64_t{0});
+  j.EndObject();
+  j.Key("peers").BeginArray();
+  auto write_resync = [&j](uint64_t total, uint64_t done, uint64_t rate) {
+    j.Key("resync").BeginObject();
+    j.Key("total_bytes").Value(total);
+    j.Key("done_bytes").Value(done);
+    j.Key("bytes_per_second").Value(rate);
+    j.EndObject();
+  };
+  if (fan_out_) {
+    for (const auto& p : fan_out_->Snapshot()) {
+      j.BeginObject();
+      j.Key("name").Value(p.name);
+      j.Key("endpoint").Value(p.endpoint);
+      j.Key("uuid").Value(p.node_uuid.IsZero() ? std::string()
+                                                : p.node_uuid.ToString());
+      j.Key("state").Value(sync::PeerStateName(p.state));
+      if (!p.reason.empty()) j.Key("reason").Value(p.reason);
+      j.Key("in_sync").Value(p.in_sync);
+      j.Key("fracture_bytes").Value(p.fracture_bytes);
+      j.Key("fracture_extents").Value(p.fracture_extents);
+      j.Key("pending_namespace_ops").Value(p.pending_namespace_ops);
+      j.Key("full_sync_pending").Value(p.full_sync);
+      write_resync(p.resync.total_bytes, p.resync.done_bytes,
+                   p.resync.bytes_per_second);
+      if (p.last_seen_seconds_ago < 0) {
+        j.Key("last_seen_seconds_ago").Null();
+      } else {
+        j.Key("last_seen_seconds_ago").Value(p.last_seen_seconds_ago);
+      }
+      j.Key("changes_sent").Value(p.changes_sent);
+      j.Key("bytes_sent").Value(p.bytes_sent);
+      j.EndObject();
+    }
+  }
+  if (replica_ && replica.has_primary) {
+    j.BeginObject();
+    j.Key("name").Value(replica.primary_name);
+    j.Key("endpoint").Value(replica.primary_endpoint);
+    j.Key("uuid").Value(replica.primary_uuid.ToString());
+    j.Key("role").Value("primary");
+    bool live = replica.last_seen_seconds_ago >= 0 &&
+                replica.last_seen_seconds_ago <
+                    3.0 * options_.peer_timeout.count() / 1000.0;
+    j.Key("state").Value(!live                ? "disconnected"
+                         : replica.resyncing ? "syncing"
+                                             : "connected");
+    j.Key("in_sync").Value(live && replica.consistent);
+    j.Key("fracture_bytes").Value(uint64_t{0});
+    j.Key("fracture_extents").Value(uint64_t{0});
+    j.Key("pending_namespace_ops").Value(uint64_t{0});
+    write_resync(replica.resync_total_bytes, replica.resync_done_bytes, 0);
+    j.Key("last_seen_seconds_ago").Value(replica.last_seen_seconds_ago);
+    j.Key("changes_applied").Value(replica.changes_applied);
+    j.Key("bytes_applied").Value(replica.bytes_applied);
+    j.EndObject();
+  }
+  j.EndArray();
+  if (replica_) {
+    j.Key("bad_frames").Value(replica.bad_frames);
+    j.Key("apply_errors").Value(replica.apply_errors);
+  }
+  j.EndObject();
+  return j.str();
+}
+
+std::string Node::StatusText() {
+  std::string out;
+  sync::ReplicaSnapshot replica;
+  if (replica_) replica = replica_->Snapshot();
+  out += Pad("node", 12) + identity_->name + " (" +
+         identity_->node_uuid.ToString() + ")\n";
+  out += Pad("role", 12) + identity_->role + "\n";
+  out += Pad("store", 12) + options_.store + "\n";
+  if (options_.primary) {
+    out += Pad("mountpoint", 12) + options_.mountpoint + "\n";
+    out += Pad("mode", 12) + (options_.async ? "async" : "sync") + "\n";
+  } else {
+    out += Pad("listen", 12) + identity_->listen_endpoint + "\n";
+  }
+  bool consistent = replica_ ? replica.consistent : true;
+  out += Pad("consistent", 12) +
+         (consistent ? std::string("yes")
+                     : std::string("no (a resync is under way or unfinished)")) +
+         "\n";
+  std::vector<std::vector<std::string>> rows;
+  if (fan_out_) {
+    for (const auto& p : fan_out_->Snapshot()) {
+      std::string missed = "-";
+      if (p.fracture_bytes > 0 || p.pending_namespace_ops > 0 || p.full_sync) {
+        missed = Bytes(p.fracture_bytes) +
+                 (p.pending_namespace_ops
+                      ? " + " + std::to_string(p.pending_namespace_ops) + " ops"
+                      : "") +
+                 (p.full_sync ? " + full sync" : "");
+      }
+      std::string detail = p.reason;
+      if (p.state == sync::PeerState::kSyncing && p.resync.total_bytes > 0) {
+        detail = "resync " + Bytes(p.resync.done_bytes) + " / " +
+                 Bytes(p.resync.total_bytes);
+      }
+      rows.push_back({p.name, sync::PeerStateName(p.state),
+                      p.in_sync ? "yes" : "no", missed, p.endpoint,
+                      Ago(p.last_seen_seconds_ago), detail});
+    }
+  }
+  if (replica_ && replica.has_primary) {
+    rows.push_back({replica.primary_name + " (primary)",
+                    replica.resyncing ? "syncing" : "connected",
+                    replica.consistent ? "yes" : "no", "-",
+                    replica.primary_endpoint,
+                    Ago(replica.last_seen_seconds_ago), ""});
+  }
+  if (rows.empty()) {
+    out += Pad("peers", 12) + "none\n";
+    return out;
+  }
+  std::vector<std::string> head = {"PEER",     "STATE",     "IN-SYNC", "MISSED",
+                                   "ENDPOINT", "LAST-SEEN", ""};
+  std::vector<size_t> width(head.size(), 0);
+  rows.insert(rows.begin(), head);
+  for (const auto& row : rows)
+    for (size_t i = 0; i < row.size(); ++i)
+      width[i] = std::max(width[i], row[i].size() + 2);
+  out += "\n";
+  for (const auto& row : rows) {
+    std::string line;
+    for (size_t i = 0; i < row.size(); ++i) line += Pad(row[i], width[i]);
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    out += line + "\n";
+  }
+  return out;
+}
+
+}  // namespace mirrorfs::cli

@@ -1,0 +1,81 @@
+// Node: one mirrorfs daemon serving one store, as primary (FUSE mount plus
+// fan-out to peers) or secondary (replication endpoint applying changes).
+// It builds every dependency once (meta store, ZeroMQ context, sessions,
+// volume, mount, control socket), answers the control socket, and stops
+// cleanly: flush to peers, unmount, mark the stop clean.
+//
+// Thread-safety: Start() and Run() are called once, from the main thread;
+// RequestStop() is thread-safe (control socket thread, signal thread).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "cli/control.h"
+#include "cli/options.h"
+#include "meta/status.h"
+
+namespace zmq {
+class context_t;
+}
+
+namespace mirrorfs::meta {
+class MetaStore;
+struct NodeIdentity;
+struct PeerRecord;
+}  // namespace mirrorfs::meta
+namespace mirrorfs::sync {
+class FanOut;
+class ReplicaServer;
+}  // namespace mirrorfs::sync
+namespace mirrorfs::fs {
+class Volume;
+class FuseMount;
+}  // namespace mirrorfs::fs
+
+namespace mirrorfs::cli {
+
+class Node {
+ public:
+  explicit Node(NodeOptions options);
+  ~Node();
+
+  // Opens the store and brings the node up: returns once the mount is
+  // visible (primary) or the endpoint is bound (secondary), or with an error
+  // that says what to fix.
+  meta::Status Start();
+  // Serves until stopped (unmount, `mirrorfs stop`, SIGTERM/SIGINT), then
+  // stops cleanly. Returns the first error of the stop.
+  meta::Status Run();
+  void RequestStop();
+
+ private:
+  meta::Status StartPrimary();
+  meta::Status StartSecondary();
+  // Starts mirroring to `record` (its fracture log loaded from the store).
+  meta::Status AddSession(const meta::PeerRecord& record);
+  ControlReply HandleControl(const std::vector<std::string>& words);
+  std::string StatusJson();
+  std::string StatusText();
+
+  NodeOptions options_;
+  std::unique_ptr<meta::MetaStore> meta_;
+  std::unique_ptr<meta::NodeIdentity> identity_;
+  std::unique_ptr<zmq::context_t> zmq_;
+  std::unique_ptr<sync::FanOut> fan_out_;
+  std::unique_ptr<sync::ReplicaServer> replica_;
+  std::unique_ptr<fs::Volume> volume_;
+  std::unique_ptr<fs::FuseMount> mount_;
+  ControlServer control_;
+  int store_fd_ = -1;
+
+  std::mutex stop_mu_;  // guards stop_requested_ and the mount_ pointer
+  std::condition_variable stop_cv_;
+  bool stop_requested_ = false;
+};
+
+}  // namespace mirrorfs::cli

@@ -1,0 +1,33 @@
+// Validated options of the commands that start a node. CLI11 parses the
+// command line into these (cli/app.cc); the node (cli/node.h) runs on them.
+// Thread-safety: plain values.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace mirrorfs::cli {
+
+struct PeerSpec {
+  std::string name;
+  std::string endpoint;
+};
+
+struct NodeOptions {
+  bool primary = true;     // mount: primary; serve: secondary
+  std::string store;       // absolute path of the store directory
+  std::string mountpoint;  // absolute; primary only
+  std::string name;        // "" = keep the stored name, or the host name
+  std::string listen;      // "" = keep the stored endpoint (primary only)
+  std::vector<PeerSpec> peers;
+  bool async = false;
+  bool foreground = false;
+  std::vector<std::string> fuse_options;  // the -o values, split at ','
+  std::chrono::milliseconds peer_timeout{2000};
+  uint64_t resync_rate = 0;  // bytes per second, 0 = unlimited
+};
+
+}  // namespace mirrorfs::cli

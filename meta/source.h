@@ -1,0 +1,61 @@
+// Source: what a resync needs from the primary's mirrored volume, without
+// sync/ depending on fs/ (cli wires fs::Volume in, as for meta::Mirror).
+//
+// Thread-safety: implementations are thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "meta/change.h"
+#include "meta/status.h"
+
+namespace mirrorfs::meta {
+
+// One entry of a store's namespace, as a namespace reconcile sends it.
+struct NamespaceEntry {
+  enum class Type : uint8_t { kFile = 1, kDirectory = 2, kSymlink = 3 };
+  std::string path;  // store-relative, as in Change::path
+  Type type = Type::kFile;
+  uint32_t mode = 0;  // permission bits
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  uint64_t size = 0;   // files only
+  std::string target;  // symlinks only
+};
+
+class Source {
+ public:
+  virtual ~Source() = default;
+
+  // Freezes the namespace (no namespace change, and no change submission
+  // at all, runs meanwhile), lists every entry of the store (parents before
+  // children), and calls `fn` with the list while still frozen — so what
+  // `fn` queues is ordered exactly between the changes before and after.
+  // Returns fn's Status, or the error of listing the store.
+  virtual Status WithNamespaceFrozen(
+      const std::function<Status(const std::vector<NamespaceEntry>&)>& fn) = 0;
+
+  // Reads [offset, offset + length) of the regular file at `path` while
+  // holding that range's lock (so no write to it runs meanwhile), and calls
+  // `emit` for each piece, in order, still under the lock: kWrite changes
+  // (data borrowed for the call) for data, kPunchHole for holes. Nothing is
+  // emitted beyond the end of the file. A missing file or a path that is no
+  // longer a regular file emits nothing and returns OK (the namespace
+  // reconcile covers it).
+  virtual Status ReadRange(const std::string& path, uint64_t offset,
+                           uint64_t length,
+                           const std::function<void(const Change&)>& emit) = 0;
+
+  // Regular files of the store with their sizes (for a full sync).
+  virtual Status ListFiles(
+      std::vector<std::pair<std::string, uint64_t>>* files) = 0;
+
+  // The data extents (SEEK_DATA/SEEK_HOLE) of the file at `path`.
+  virtual Status DataExtents(const std::string& path,
+                             std::vector<std::pair<uint64_t, uint64_t>>* out) = 0;
+};
+
+}  // namespace mirrorfs::meta

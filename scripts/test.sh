@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Everything CI checks, on a fresh Debian 12 machine (as root):
+#   1. packages (scripts/install-deps.sh)
+#   2. build/ (RelWithDebInfo) and all its tests: unit tests (and any test
+#      not labelled "integration") in parallel, then the integration tests
+#      (real FUSE mounts and daemons) one at a time
+#   3. build-asan/ (-DMIRRORFS_SANITIZE=address,undefined) and its unit tests
+# Exits non-zero if any step fails; the last line is "summary: N passed, N failed".
+# SKIP_ASAN=1 skips step 3 (local iterations only; CI runs it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+jobs=$(nproc)
+logs=$(mktemp -d /tmp/mirrorfs-test.XXXXXX)
+passed=0
+failed=0
+failures=()
+start=$SECONDS
+
+# Runs one ctest invocation, adds its counts to the totals.
+run_ctest() {
+  local what=$1 log
+  shift
+  log=$logs/$(tr -c 'a-zA-Z0-9\n' '_' <<<"$what").log
+  echo "== $what: ctest $*"
+  local rc=0
+  ctest --no-tests=error --output-on-failure "$@" 2>&1 | tee "$log" || rc=$?
+  # ctest's closing line: "NN% tests passed, F tests failed out of T".
+  local line p=0 f=0 t=0
+  line=$(grep -E '^[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -n 1 || true)
+  if [[ -n $line ]]; then
+    f=$(sed -E 's/.* ([0-9]+) tests? failed out of.*/\1/' <<<"$line")
+    t=$(sed -E 's/.*out of ([0-9]+).*/\1/' <<<"$line")
+    p=$((t - f))
+  fi
+  passed=$((passed + p))
+  failed=$((failed + f))
+  if [[ $rc -ne 0 || -z $line ]]; then
+    [[ $f -eq 0 ]] && failed=$((failed + 1))
+    failures+=("$what")
+  fi
+}
+
+# Runs a step that is not a test run; a failure counts as one failed check.
+step() {
+  local what=$1
+  shift
+  echo "== $what"
+  if ! "$@"; then
+    failed=$((failed + 1))
+    failures+=("$what")
+    return 1
+  fi
+}
+
+finish() {
+  echo
+  if [[ ${#failures[@]} -gt 0 ]]; then
+    echo "test.sh: FAILED: ${failures[*]} (logs in $logs)"
+  else
+    echo "test.sh: all green in $((SECONDS - start)) s"
+    rm -rf "$logs"
+  fi
+  echo "summary: $passed passed, $failed failed"
+  [[ ${#failures[@]} -eq 0 ]]
+}
+
+step "packages" bash scripts/install-deps.sh || { finish; exit 1; }
+
+if step "build (build/)" bash scripts/build.sh build; then
+  run_ctest "unit tests" --test-dir build -LE integration -j "$jobs"
+  run_ctest "integration tests" --test-dir build -L integration
+fi
+
+if [[ ${SKIP_ASAN:-0} != 1 ]]; then
+  if step "sanitizer build (build-asan/)" \
+    bash scripts/build.sh build-asan -DMIRRORFS_SANITIZE=address,undefined; then
+    ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1} \
+      UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
+      run_ctest "unit tests under ASan+UBSan" --test-dir build-asan -L unit -j "$jobs"
+  fi
+fi
+
+finish

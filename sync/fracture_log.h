@@ -1,0 +1,107 @@
+// FractureLog: what one peer has missed while it could not be mirrored to —
+// the byte extents of each image (an ExtentSet per path, merged as they
+// grow) and the namespace changes, in order. DESIGN.md guarantee 1 rests on
+// it: every range where the peer's copy may differ is in this log (or in the
+// write-intent journal) on the primary's disk.
+//
+// Memory holds the merged truth; RocksDB (meta::MetaStore) holds a copy that
+// grows with the damage, not with image sizes. A miss that adds coverage is
+// written at once without fsync: a RocksDB WAL write survives kill -9 of the
+// process. MakeDurable() fsyncs it; it runs when the application fsyncs and
+// when a peer is lost with changes in flight (guarantee 2). Progress of a
+// resync (Done) is persisted lazily: losing it only re-sends data.
+//
+// Renames and unlinks while the peer is away move or drop the extents logged
+// under the old path, so the log always names what the primary has now; the
+// namespace ops themselves are replayed in order before the data.
+//
+// Thread-safety: thread-safe; mu_ is a leaf lock (taken after the session's
+// and the volume's locks; held across a non-synced RocksDB write only).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "meta/change.h"
+#include "meta/extent_set.h"
+#include "meta/status.h"
+
+namespace mirrorfs::meta {
+class MetaStore;
+}
+
+namespace mirrorfs::sync {
+
+class FractureLog {
+ public:
+  // Beyond this many missed namespace changes the log stops listing them
+  // and asks for a full sync instead (its cost no longer grows).
+  static constexpr size_t kMaxNamespaceOps = 100000;
+
+  // `*store` must outlive the log; `peer` must be a stored peer.
+  FractureLog(meta::MetaStore* store, std::string peer);
+
+  // Reads the persisted log. Returns an error if it is unreadable; the
+  // log then asks for a full sync (nothing is trusted, nothing is lost).
+  meta::Status Load();
+
+  // Records that the peer missed `change`. Returns an error only if the
+  // record could not be written; the in-memory log has it anyway.
+  meta::Status Record(const meta::Change& change);
+  // The peer is mirrored live again but a resync still replays the log: a
+  // live rename or unlink moves or drops what the log holds under the old
+  // name (nothing is added to the namespace ops: the change went live).
+  void Follow(const meta::Change& change);
+  // Makes every earlier Record durable (fsync of the state database).
+  meta::Status MakeDurable();
+
+  // A full sync compares every block with the peer: for a new peer, one of
+  // unknown age, or after the log overflowed or was unreadable.
+  bool full_sync() const;
+  meta::Status SetFullSync(bool on);
+
+  // Snapshots for a resync.
+  std::map<std::string, meta::ExtentSet> Extents() const;
+  std::vector<std::pair<uint64_t, meta::Change>> NamespaceOps() const;
+
+  // The peer applied [offset, offset+length) of `path` from the primary's
+  // current data: it is no longer missing.
+  void Done(const std::string& path, uint64_t offset, uint64_t length);
+  // The peer replayed the namespace ops up to `seq` (inclusive).
+  meta::Status NamespaceDone(uint64_t seq);
+  // Persists the in-memory log exactly (compacts the on-disk records), e.g.
+  // when a resync ends or the node stops.
+  meta::Status Checkpoint();
+  // Forgets everything (after a successful full sync).
+  meta::Status Clear();
+
+  bool empty() const;
+  uint64_t bytes() const;
+  uint64_t extents() const;
+  uint64_t namespace_ops() const;
+
+ private:
+  void FollowNamesLocked(const meta::Change& change);
+  void DropPathLocked(const std::string& path, bool with_children);
+  void MovePathLocked(const std::string& from, const std::string& to);
+  meta::Status AppendOpLocked(const meta::Change& change);
+
+  meta::MetaStore* const store_;
+  const std::string peer_;
+
+  mutable std::mutex mu_;  // guards all below; leaf lock
+  std::map<std::string, meta::ExtentSet> extents_;
+  std::vector<std::pair<uint64_t, meta::Change>> ops_;
+  uint64_t next_op_seq_ = 1;
+  uint64_t bytes_ = 0;    // sum of TotalBytes() of extents_
+  uint64_t count_ = 0;    // sum of Count() of extents_
+  bool full_sync_ = false;
+  // Paths whose on-disk records are out of date with memory (Done).
+  std::map<std::string, bool> stale_paths_;
+};
+
+}  // namespace mirrorfs::sync

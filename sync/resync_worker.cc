@@ -1,0 +1,345 @@
+#include "sync/resync_worker.h"
+
+#include <sodium.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "meta/log.h"
+#include "sync/fracture_log.h"
+#include "sync/peer_session.h"
+#include "sync/wire.h"
+
+namespace mirrorfs::sync {
+
+using meta::Change;
+using meta::ChangeKind;
+using meta::Completion;
+using Clock = std::chrono::steady_clock;
+
+ResyncWorker::ResyncWorker(PeerSession* session, FractureLog* log,
+                           meta::Source* source, uint64_t rate_bytes_per_second,
+                           bool copy_consistent)
+    : session_(session),
+      log_(log),
+      source_(source),
+      rate_(rate_bytes_per_second),
+      copy_consistent_(copy_consistent) {}
+
+ResyncWorker::~ResyncWorker() {
+  Cancel();
+  Join();
+}
+
+void ResyncWorker::Start() {
+  started_ = throttle_start_ = Clock::now();
+  thread_ = std::thread([this] { Run(); });
+}
+
+void ResyncWorker::Cancel() { cancelled_ = true; }
+
+void ResyncWorker::Join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+ResyncProgress ResyncWorker::progress() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  ResyncProgress p;
+  p.running = !finished_;
+  p.total_bytes = total_bytes_;
+  p.done_bytes = done_bytes_;
+  double seconds =
+      std::chrono::duration<double>(Clock::now() - started_).count();
+  if (seconds > 0.05) {
+    p.bytes_per_second = static_cast<uint64_t>(done_bytes_ / seconds);
+  }
+  return p;
+}
+
+void ResyncWorker::AddDone(uint64_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  done_bytes_ += bytes;
+  total_bytes_ = std::max(total_bytes_, done_bytes_);
+}
+
+void ResyncWorker::Throttle(uint64_t bytes) {
+  if (rate_ == 0) return;
+  throttled_bytes_ += bytes;
+  while (!cancelled_) {
+    double allowed =
+        std::chrono::duration<double>(Clock::now() - throttle_start_).count() *
+        static_cast<double>(rate_);
+    if (static_cast<double>(throttled_bytes_) <= allowed) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+void ResyncWorker::Run() {
+  const std::string& peer = session_->name();
+  bool need_data = false;
+  bool full = log_->full_sync() || !copy_consistent_;
+  if (!Freeze(&need_data)) {
+    finished_ = true;
+    return;
+  }
+  if (!need_data) {
+    succeeded_ = finished_ = true;
+    session_->ResyncFinished(true, "");
+    return;
+  }
+  meta::LogInfo("peer " + peer + ": resync started (" +
+                (full ? std::string("full sync, comparing block checksums")
+                      : std::to_string(log_->bytes()) + " bytes in " +
+                            std::to_string(log_->extents()) + " extents") +
+                ")");
+  bool ok = true;
+  if (full) ok = FullSync();
+  bool more = true;
+  while (ok && more) ok = FracturePass(&more);
+  ok = ok && Drain(0);
+  if (ok) ok = SendMark(false, total_bytes_);
+  if (ok && full) {
+    auto s = log_->SetFullSync(false);
+    if (!s.ok()) meta::LogError("peer " + peer + ": " + s.message());
+  }
+  auto checkpoint = log_->Checkpoint();
+  if (!checkpoint.ok()) {
+    meta::LogError("peer " + peer + ": " + checkpoint.message());
+  }
+  finished_ = true;
+  if (!ok) return;  // cancelled: the session reports why
+  succeeded_ = true;
+  auto p = progress();
+  meta::LogInfo("peer " + peer + ": resync done, " +
+                std::to_string(p.done_bytes) + " bytes sent; in sync");
+  session_->ResyncFinished(true, "");
+}
+
+bool ResyncWorker::Freeze(bool* need_data) {
+  std::shared_ptr<Completion> ns_done = std::make_shared<Completion>(1);
+  uint64_t last_op = 0;
+  bool full = log_->full_sync() || !copy_consistent_;
+  bool queued = true;
+  std::vector<std::pair<std::string, uint64_t>> files;
+  auto frozen = source_->WithNamespaceFrozen(
+      [&](const std::vector<meta::NamespaceEntry>& entries) -> meta::Status {
+        if (log_->empty() && copy_consistent_) {
+          *need_data = false;
+          session_->AcceptLive(/*syncing=*/false);
+          return meta::Status::Ok();
+        }
+        *need_data = true;
+        uint64_t total = log_->bytes();
+        for (const auto& e : entries) {
+          if (e.type == meta::NamespaceEntry::Type::kFile) {
+            files.emplace_back(e.path, e.size);
+            if (full) total += e.size;
+          }
+        }
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          total_bytes_ = total;
+        }
+        ResyncMark begin{true, total};
+        queued = queued && session_->EnqueueMark(begin, ns_done);
+        for (const auto& [seq, op] : log_->NamespaceOps()) {
+          Change replay = op;
+          replay.flags |= meta::kReplay;
+          if (ValidateChange(replay).ok()) {
+            queued = queued && session_->EnqueueResync(replay, ns_done);
+          }
+          last_op = seq;
+        }
+        for (size_t i = 0; i < entries.size() || i == 0;
+             i += kMaxManifestEntries) {
+          Manifest part;
+          size_t end = std::min(entries.size(), i + kMaxManifestEntries);
+          part.entries.assign(entries.begin() + static_cast<long>(i),
+                              entries.begin() + static_cast<long>(end));
+          part.last = end >= entries.size();
+          queued = queued && session_->EnqueueManifest(part, ns_done);
+        }
+        session_->AcceptLive(/*syncing=*/true);
+        return meta::Status::Ok();
+      });
+  if (!frozen.ok()) {
+    meta::LogError("peer " + session_->name() +
+                   ": cannot list the store for resync: " + frozen.message());
+    session_->ResyncFinished(false, "cannot list the store: " + frozen.message());
+    return false;
+  }
+  if (!*need_data) return true;
+  files_for_full_sync_ = std::move(files);
+  ns_done->Done();
+  ns_done->Wait();
+  if (cancelled_ || !queued) return false;
+  auto s = log_->NamespaceDone(last_op);
+  if (!s.ok()) meta::LogError("peer " + session_->name() + ": " + s.message());
+  return true;
+}
+
+bool ResyncWorker::SendMark(bool begin, uint64_t total) {
+  auto done = std::make_shared<Completion>(1);
+  if (!session_->EnqueueMark(ResyncMark{begin, total}, done)) return false;
+  done->Wait();
+  return !cancelled_;
+}
+
+bool ResyncWorker::Drain(size_t keep) {
+  while (pending_.size() > keep) {
+    Pending& front = pending_.front();
+    front.completion->Wait();
+    if (cancelled_) return false;
+    if (front.from_log) log_->Done(front.path, front.offset, front.length);
+    AddDone(front.length);
+    pending_.erase(pending_.begin());
+  }
+  return !cancelled_;
+}
+
+// Reads [offset, offset+length) of `path` under its range lock and queues
+// it; the chunk's completion counts its pieces.
+static bool QueueChunk(PeerSession* session, meta::Source* source,
+                       const std::string& path, uint64_t offset,
+                       uint64_t length, std::shared_ptr<Completion>* out,
+                       meta::Status* error) {
+  auto chunk = std::make_shared<Completion>(1);
+  bool queued = true;
+  *error = source->ReadRange(path, offset, length, [&](const Change& piece) {
+    chunk->AddPending();
+    if (!session->EnqueueResync(piece, chunk)) {
+      queued = false;
+      chunk->Done();
+    }
+  });
+  chunk->Done();
+  *out = chunk;
+  return queued && error->ok();
+}
+
+bool ResyncWorker::FracturePass(bool* more) {
+  auto snapshot = log_->Extents();
+  if (snapshot.empty()) {
+    *more = false;
+    return true;
+  }
+  *more = true;
+  uint64_t before = log_->bytes();
+  for (const auto& [path, set] : snapshot) {
+    for (const auto& extent : set) {
+      for (uint64_t off = extent.offset; off < extent.end();
+           off += kChunkBytes) {
+        if (cancelled_) return false;
+        uint64_t len = std::min(kChunkBytes, extent.end() - off);
+        Throttle(len);
+        std::shared_ptr<Completion> chunk;
+        meta::Status error;
+        if (!QueueChunk(session_, source_, path, off, len, &chunk, &error)) {
+          if (!error.ok()) {
+            session_->ResyncFinished(false, "reading " + path + ": " +
+                                                error.message());
+          }
+          return false;
+        }
+        pending_.push_back(Pending{chunk, path, off, len, true});
+        if (!Drain(kWindow)) return false;
+      }
+    }
+  }
+  if (!Drain(0)) return false;
+  // Entries that remain were moved by renames meanwhile; another pass sends
+  // them under their new names. A pass that frees nothing would loop.
+  if (log_->bytes() >= before && !log_->Extents().empty()) {
+    session_->ResyncFinished(false, "resync made no progress");
+    return false;
+  }
+  return true;
+}
+
+bool ResyncWorker::FullSync() {
+  std::string buffer;
+  for (const auto& [path, size] : files_for_full_sync_) {
+    std::vector<std::pair<uint64_t, uint64_t>> data;
+    if (!source_->DataExtents(path, &data).ok()) continue;  // gone meanwhile
+    // Holes: the peer's copy may have data where the primary has none.
+    uint64_t at = 0;
+    auto punch = [&](uint64_t from, uint64_t to) -> bool {
+      if (to <= from) return true;
+      Change hole;
+      hole.kind = ChangeKind::kPunchHole;
+      hole.path = path;
+      hole.offset = from;
+      hole.length = to - from;
+      hole.flags = meta::kKeepSize | meta::kReplay;
+      auto done = std::make_shared<Completion>(1);
+      if (!session_->EnqueueResync(hole, done)) return false;
+      pending_.push_back(Pending{done, path, from, 0, false});
+      return Drain(kWindow);
+    };
+    for (const auto& [off, len] : data) {
+      if (!punch(at, std::min(off, size))) return false;
+      at = off + len;
+    }
+    if (!punch(at, size)) return false;
+
+    for (const auto& [ext_off, ext_len] : data) {
+      uint64_t end = std::min(ext_off + ext_len, size);
+      const uint64_t batch_bytes = uint64_t{kBlockBytes} * 256;
+      for (uint64_t off = ext_off; off < end; off += batch_bytes) {
+        if (cancelled_) return false;
+        uint64_t len = std::min(batch_bytes, end - off);
+        buffer.assign(len, '\0');
+        auto read = source_->ReadRange(path, off, len, [&](const Change& c) {
+          if (c.kind == ChangeKind::kWrite && c.offset >= off &&
+              c.offset + c.length <= off + len) {
+            std::memcpy(&buffer[c.offset - off], c.data, c.length);
+          }
+        });
+        if (!read.ok()) break;  // changed under us; the log or live cover it
+        BlockSums sums;
+        sums.path = path;
+        sums.offset = off;
+        sums.block_size = kBlockBytes;
+        sums.length = len;
+        for (uint64_t b = 0; b < len; b += kBlockBytes) {
+          std::array<uint8_t, kBlockSumBytes> sum;
+          crypto_generichash(sum.data(), sum.size(),
+                             reinterpret_cast<const unsigned char*>(&buffer[b]),
+                             std::min<uint64_t>(kBlockBytes, len - b), nullptr,
+                             0);
+          sums.sums.push_back(sum);
+        }
+        std::vector<uint32_t> differing;
+        auto answered = std::make_shared<Completion>(1);
+        if (!session_->RequestBlockDiff(
+                sums,
+                [&differing](const BlockDiff& diff) {
+                  differing = diff.differing;
+                },
+                answered)) {
+          return false;
+        }
+        answered->Wait();
+        if (cancelled_) return false;
+        for (uint32_t index : differing) {
+          uint64_t block_off = off + uint64_t{index} * kBlockBytes;
+          if (block_off >= off + len) continue;
+          uint64_t block_len = std::min<uint64_t>(kBlockBytes, off + len - block_off);
+          Throttle(block_len);
+          std::shared_ptr<Completion> chunk;
+          meta::Status error;
+          if (!QueueChunk(session_, source_, path, block_off, block_len, &chunk,
+                          &error)) {
+            return false;
+          }
+          pending_.push_back(Pending{chunk, path, block_off, 0, false});
+          if (!Drain(kWindow)) return false;
+        }
+        AddDone(len);
+      }
+    }
+  }
+  return Drain(0);
+}
+
+}  // namespace mirrorfs::sync

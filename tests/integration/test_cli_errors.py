@@ -1,0 +1,122 @@
+"""The command line's error contract (DESIGN.md): exit 2 with a message and
+the usage on stderr for a wrong command line; exit 1 with a clear message for
+an operation that fails; every verb of the contract listed in --help."""
+
+import os
+import socket
+
+import pytest
+
+from conftest import is_mounted, mirrorfs, mirrorfs_pids
+
+VERBS = ["mount", "serve", "stop", "status", "peer", "sync", "fracture", "verify",
+         "promote", "demote", "resolve", "keygen"]
+
+
+def assert_usage_error(r, *mentions):
+    assert r.returncode == 2, f"exit {r.returncode}, want 2\nstdout: {r.stdout}\nstderr: {r.stderr}"
+    assert "usage" in r.stderr.lower(), f"no usage on stderr:\n{r.stderr}"
+    assert r.stdout == "", f"a usage error must print nothing on stdout:\n{r.stdout}"
+    for m in mentions:
+        assert m in r.stderr, f"stderr does not mention {m!r}:\n{r.stderr}"
+
+
+def assert_failed(r, *mentions):
+    assert r.returncode == 1, f"exit {r.returncode}, want 1\nstdout: {r.stdout}\nstderr: {r.stderr}"
+    assert r.stderr.strip(), "a failure must say why on stderr"
+    for m in mentions:
+        assert str(m) in r.stderr, f"stderr does not mention {m!r}:\n{r.stderr}"
+
+
+@pytest.mark.parametrize("args", [
+    ["frobnicate"],
+    ["mount"],
+    ["mount", "/tmp/only-a-store"],
+    ["serve", "/tmp/some-store"],          # --listen is required
+    ["status"],
+    ["stop"],
+    ["status", "/tmp/x", "--no-such-flag"],
+])
+def test_wrong_command_line_exits_2(args):
+    assert_usage_error(mirrorfs(*args))
+
+
+def test_bad_mode_value_exits_2(workdir):
+    store, mnt = workdir / "s", workdir / "m"
+    store.mkdir()
+    mnt.mkdir()
+    r = mirrorfs("mount", store, mnt, "--mode", "fast")
+    assert_usage_error(r, "fast")
+    assert not is_mounted(mnt)
+
+
+def test_help_lists_every_verb():
+    r = mirrorfs("--help")
+    assert r.returncode == 0, r.stderr
+    for verb in VERBS:
+        assert verb in r.stdout, f"`mirrorfs --help` does not list {verb}:\n{r.stdout}"
+    r = mirrorfs("peer", "--help")
+    assert r.returncode == 0, r.stderr
+    for sub in ("add", "remove", "list"):
+        assert sub in r.stdout, f"`mirrorfs peer --help` does not list {sub}:\n{r.stdout}"
+
+
+def test_status_without_daemon_exits_1(workdir):
+    store = workdir / "idle"
+    store.mkdir()
+    assert_failed(mirrorfs("status", store), store)
+    assert_failed(mirrorfs("status", store, "--json"), store)
+    assert_failed(mirrorfs("stop", store), store)
+
+
+def test_status_with_stale_socket_exits_1(workdir):
+    # A control socket left behind by a crashed daemon: nobody listens.
+    store = workdir / "crashed"
+    (store / ".mirrorfs").mkdir(parents=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(store / ".mirrorfs" / "control.sock"))
+    sock.close()
+    assert_failed(mirrorfs("status", store, timeout=15), store)
+
+
+def test_mount_missing_store_exits_1(cluster):
+    store, mnt = cluster.root / "no-such-store", cluster.dir("m")
+    assert_failed(mirrorfs("mount", store, mnt), store)
+    assert not is_mounted(mnt)
+    assert not mirrorfs_pids(cluster.root), "a daemon stayed behind after a failed mount"
+
+
+def test_serve_on_busy_port_exits_1(cluster):
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    try:
+        store = cluster.dir("busy.store")
+        r = mirrorfs("serve", store, "--listen", f"tcp://127.0.0.1:{port}", "--name", "b")
+        assert_failed(r, port)
+        assert not mirrorfs_pids(cluster.root), "a daemon stayed behind after a failed serve"
+        assert mirrorfs("status", store).returncode == 1
+    finally:
+        holder.close()
+
+
+def test_mount_on_busy_mountpoint_exits_1(cluster):
+    first = cluster.mount("first", listen=False)
+    other = cluster.dir("other.store")
+    r = mirrorfs("mount", other, first.mountpoint, "--name", "other")
+    assert_failed(r, first.mountpoint)
+    # The first mount is untouched and still served by its daemon.
+    (first.mountpoint / "still-here.txt").write_text("ok\n")
+    assert (first.store / "still-here.txt").read_text() == "ok\n"
+    assert mirrorfs("status", other).returncode == 1
+
+
+def test_second_daemon_on_same_store_exits_1(cluster):
+    first = cluster.mount("first", listen=False)
+    mnt2 = cluster.dir("second.mnt")
+    r = mirrorfs("mount", first.store, mnt2, "--name", "again")
+    assert_failed(r, first.store)
+    assert not is_mounted(mnt2)
+    assert first.alive()
+    assert os.path.ismount(first.mountpoint)

@@ -1,0 +1,141 @@
+"""The user flow of DESIGN.md: serve, mount with --peer, copy a file in, see it
+on both stores; status (human and --json); stop; fusermount3 -u; remount
+without --peer mirrors to the remembered peer."""
+
+import os
+import shutil
+
+from conftest import (INTENT_EXTENT_BYTES, assert_same_manifest, is_mounted, mirrorfs, run,
+                      sha256_file, status_json, wait_in_sync, wait_peer_state)
+
+PEER_STATES = {"connected", "connecting", "disconnected", "syncing", "fractured", "split-brain"}
+
+
+def write_source_files(folder):
+    """A 3 MiB + 1 byte binary file (not extent aligned) and a text file,
+    outside the mount."""
+    big = folder / "source.img"
+    with open(big, "wb") as f:
+        f.write(os.urandom((3 << 20) + 1))
+    text = folder / "notes.txt"
+    text.write_text("mirrorfs keeps this line on two machines.\n")
+    return big, text
+
+
+def copy_in(src, dst):
+    """cp + fsync, through the mount."""
+    shutil.copyfile(src, dst)
+    with open(dst, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def check_status_document(doc, node, store, mountpoint, peer):
+    assert doc["node"] == node
+    assert isinstance(doc["uuid"], str) and doc["uuid"], doc
+    assert doc["role"] == "primary"
+    assert os.path.realpath(doc["store"]) == os.path.realpath(store)
+    assert os.path.realpath(doc["mountpoint"]) == os.path.realpath(mountpoint)
+    assert doc["mode"] == "sync"
+    assert doc["consistent"] is True
+    assert isinstance(doc["generation"], str) and doc["generation"], doc
+    intent = doc["intent"]
+    assert intent["extent_bytes"] == INTENT_EXTENT_BYTES
+    assert isinstance(intent["active_extents"], int) and intent["active_extents"] >= 0
+    peers = doc["peers"]
+    assert isinstance(peers, list) and len(peers) == 1, peers
+    p = peers[0]
+    assert p["name"] == peer.name
+    assert p["endpoint"] == peer.endpoint
+    assert p["state"] in PEER_STATES
+    assert p["state"] == "connected", p
+    assert p["in_sync"] is True, p
+    for key in ("fracture_bytes", "fracture_extents", "pending_namespace_ops"):
+        assert p[key] == 0, (key, p)
+    for key in ("total_bytes", "done_bytes", "bytes_per_second"):
+        assert isinstance(p["resync"][key], (int, float)), p
+    assert isinstance(p["last_seen_seconds_ago"], (int, float)), p
+    assert p["last_seen_seconds_ago"] >= 0
+
+
+def test_user_flow(cluster):
+    # The daemonizing form, exactly as a user types it.
+    backup = cluster.serve("backup", foreground=False)
+    primary = cluster.mount("primary", peers=[backup], foreground=False)
+    wait_peer_state(primary.store, "backup", "connected")
+
+    big, text = write_source_files(cluster.dir("src"))
+    copy_in(big, primary.mountpoint / "disk.img")
+    copy_in(text, primary.mountpoint / "notes.txt")
+
+    # Sync mode: once write() and fsync() returned, the peer has the data.
+    for name, src in (("disk.img", big), ("notes.txt", text)):
+        want = sha256_file(src)
+        assert sha256_file(primary.mountpoint / name) == want
+        assert sha256_file(primary.store / name) == want
+        assert sha256_file(backup.store / name) == want
+    manifest = assert_same_manifest(primary.store, backup.store)
+    assert set(manifest) == {"disk.img", "notes.txt"}
+    assert_same_manifest(primary.mountpoint, primary.store, "mount and store")
+    assert not (primary.mountpoint / ".mirrorfs").exists(), "the mount must hide .mirrorfs"
+
+    wait_in_sync(primary.store, "backup")
+    check_status_document(status_json(primary.store), "primary", primary.store,
+                          primary.mountpoint, backup)
+
+    secondary = status_json(backup.store)
+    assert secondary["role"] == "secondary"
+    assert secondary["node"] == "backup"
+
+    # Human output: short, names the node, its role and the peer.
+    r = mirrorfs("status", primary.store)
+    assert r.returncode == 0, r.stderr
+    assert "primary" in r.stdout and "backup" in r.stdout, r.stdout
+    assert not r.stdout.lstrip().startswith("{"), "human status must not be JSON"
+
+    # Clean stop: unmounts, the daemon exits, status then fails.
+    r = mirrorfs("stop", primary.store)
+    assert r.returncode == 0, r.stderr
+    primary.wait_exit()
+    assert not is_mounted(primary.mountpoint)
+    r = mirrorfs("status", primary.store)
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert r.stderr.strip(), "status of a stopped node must say why on stderr"
+
+    # The data survives on both sides.
+    assert_same_manifest(primary.store, backup.store)
+    cluster.stop(backup)
+
+
+def test_fusermount_stops_primary(pair):
+    cluster, primary, backup = pair
+    (primary.mountpoint / "a.txt").write_text("before unmount\n")
+    r = run(["fusermount3", "-u", primary.mountpoint])
+    assert r.returncode == 0, r.stderr
+    rc = primary.wait_exit()
+    assert rc == 0, f"primary exit status {rc} after fusermount3 -u"
+    r = mirrorfs("status", primary.store)
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert r.stderr.strip()
+    # The secondary is not affected and has the file.
+    assert status_json(backup.store)["role"] == "secondary"
+    assert_same_manifest(primary.store, backup.store)
+
+
+def test_remount_remembers_peer(cluster):
+    backup = cluster.serve("backup")
+    primary = cluster.mount("primary", peers=[backup])
+    wait_peer_state(primary.store, "backup", "connected")
+    (primary.mountpoint / "first.txt").write_text("written with --peer\n")
+    cluster.stop(primary)
+
+    # Same store, same mountpoint, no --peer: the peer comes from the store.
+    again = cluster.mount("primary", store=primary.store, mountpoint=primary.mountpoint)
+    peer = wait_peer_state(again.store, "backup", "connected")
+    assert peer["endpoint"] == backup.endpoint
+    with open(again.mountpoint / "second.bin", "wb") as f:
+        f.write(os.urandom(1 << 20))
+        f.flush()
+        os.fsync(f.fileno())
+    wait_in_sync(again.store, "backup")
+    manifest = assert_same_manifest(again.store, backup.store)
+    assert {"first.txt", "second.bin"} <= set(manifest)
