@@ -17,6 +17,7 @@
 #include <optional>
 #include <sstream>
 #include <thread>
+#include <tuple>
 
 #include "cli/control.h"
 #include "cli/node.h"
@@ -355,6 +356,17 @@ int Main(int argc, char** argv) {
   mount->add_flag("-f,--foreground", node.foreground,
                   "Stay in the foreground and log to stderr");
   mount->add_option("-o", fuse_opts, "FUSE mount options (comma separated)");
+  std::string intent_extent, intent_budget;
+  mount->add_option("--intent-extent", intent_extent,
+                    "Write-intent region size (default 4M; K, M, G suffixes)");
+  mount->add_option("--intent-budget", intent_budget,
+                    "Most bytes of regions in flight, the ceiling of what a "
+                    "crash re-sends (default 1G)");
+  bool no_intent_journal = false;
+#ifdef MIRRORFS_TEST_SEAMS
+  // Test builds only: the benchmark's baseline without the journal.
+  mount->add_flag("--test-no-intent-journal", no_intent_journal)->group("");
+#endif
   std::string resync_rate;
   mount->add_option("--resync-rate", resync_rate,
                     "Resync bandwidth limit, bytes per second (K, M, G "
@@ -377,6 +389,12 @@ int Main(int argc, char** argv) {
   serve->add_option("--name", serve_node.name, "This node's name");
   serve->add_flag("-f,--foreground", serve_node.foreground,
                   "Stay in the foreground and log to stderr");
+#ifdef MIRRORFS_TEST_SEAMS
+  // Test builds only: hold applied writes in memory until a flush, so that
+  // killing this secondary loses them as a host crash would.
+  serve->add_flag("--test-volatile-writes", serve_node.volatile_writes)
+      ->group("");
+#endif
   serve->add_option("--peer-timeout", serve_timeout,
                     "Seconds of silence before the primary counts as gone")
       ->check(CLI::Range(0.1, 3600.0));
@@ -513,6 +531,23 @@ int Main(int argc, char** argv) {
           start = comma + 1;
         }
       }
+      for (auto [text, flag, target] :
+           {std::tuple{&intent_extent, "--intent-extent", &options.intent_extent},
+            std::tuple{&intent_budget, "--intent-budget",
+                       &options.intent_budget}}) {
+        if (text->empty()) continue;
+        auto bytes = ParseBytes(*text);
+        if (!bytes || *bytes < 4096) {
+          return usage(cmd, std::string(flag) + " " + *text +
+                                ": expected a size of at least 4K, e.g. 4M");
+        }
+        *target = *bytes;
+      }
+      if (options.intent_budget < options.intent_extent) {
+        return usage(cmd, "--intent-budget must be at least one "
+                          "--intent-extent");
+      }
+      options.intent_journal = !no_intent_journal;
       if (!resync_rate.empty()) {
         auto rate = ParseBytes(resync_rate);
         if (!rate || *rate == 0) {

@@ -1,11 +1,13 @@
 #include "cli/node.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <thread>
+#include <unordered_map>
 #include <zmq.hpp>
 
 #include "cli/json.h"
@@ -14,14 +16,11 @@
 #include "meta/log.h"
 #include "meta/meta_store.h"
 #include "sync/fan_out.h"
+#include "sync/intent_journal.h"
 #include "sync/replica_server.h"
 
 namespace mirrorfs::cli {
 namespace {
-
-// Reported in status until the write-intent journal lands with its own
-// option (DESIGN.md: default 4 MiB).
-constexpr uint64_t kIntentExtentBytes = 4u << 20;
 
 std::string HostName() {
   char buf[256] = {0};
@@ -144,8 +143,17 @@ meta::Status Node::StartPrimary() {
     }
   }
 
+  MFS_RETURN_IF_ERROR(RecoverFromCrash());
   fan_out_ = std::make_unique<sync::FanOut>(
       options_.async ? sync::MirrorMode::kAsync : sync::MirrorMode::kSync);
+  if (options_.intent_journal) {
+    journal_ = std::make_unique<sync::IntentJournal>(
+        meta_.get(), options_.intent_extent, options_.intent_budget);
+  } else {
+    meta::LogWarning("write-intent journal OFF (test switch): a crash of "
+                     "this primary may leave peers silently different");
+  }
+  fan_out_->StartEpochs(journal_.get(), store_fd_, std::chrono::seconds(1));
   fs::VolumeOptions volume_options;
   volume_options.store_root = options_.store;
   auto volume = fs::Volume::Open(volume_options, fan_out_.get());
@@ -171,6 +179,80 @@ meta::Status Node::StartPrimary() {
   auto mount = fs::FuseMount::Mount(volume_.get(), mount_options);
   if (!mount.ok()) return mount.status();
   mount_ = std::move(mount.value());
+  return meta::Status::Ok();
+}
+
+namespace {
+
+// Inode number -> (store-relative path, size) of every regular file.
+void MapFiles(int dir, const std::string& rel,
+              std::unordered_map<uint64_t, std::pair<std::string, uint64_t>>* out) {
+  int fd = ::openat(dir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;
+  DIR* d = ::fdopendir(fd);
+  if (d == nullptr) {
+    ::close(fd);
+    return;
+  }
+  while (struct dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    if (name == "." || name == ".." || (rel.empty() && name == ".mirrorfs")) {
+      continue;
+    }
+    struct stat st;
+    if (::fstatat(dir, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+    std::string path = rel.empty() ? name : rel + "/" + name;
+    if (S_ISREG(st.st_mode)) {
+      (*out)[st.st_ino] = {path, static_cast<uint64_t>(st.st_size)};
+    } else if (S_ISDIR(st.st_mode)) {
+      int sub = ::openat(dir, name.c_str(),
+                         O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (sub >= 0) {
+        MapFiles(sub, path, out);
+        ::close(sub);
+      }
+    }
+  }
+  ::closedir(d);
+}
+
+}  // namespace
+
+meta::Status Node::RecoverFromCrash() {
+  auto clean = meta_->WasCleanShutdown();
+  auto intents = meta_->LoadIntents();
+  if (!intents.ok()) return intents.status();
+  auto& [regions, extent] = *intents;
+  if (regions.empty()) return meta::Status::Ok();
+  if (extent == 0) extent = options_.intent_extent;
+  std::unordered_map<uint64_t, std::pair<std::string, uint64_t>> files;
+  MapFiles(store_fd_, "", &files);
+  auto peers = meta_->ListPeers();
+  if (!peers.ok()) return peers.status();
+  for (const auto& r : regions) {
+    auto it = files.find(r.ino);
+    if (it == files.end()) continue;  // deleted since: nothing to re-send
+    const auto& [path, size] = it->second;
+    uint64_t offset = r.region * extent;
+    // A region at or past the end still names the file: its reconcile
+    // settles the size. Re-send at least one byte so the file is visited.
+    uint64_t length = offset < size ? std::min(extent, size - offset) : 1;
+    for (const auto& peer : *peers) {
+      MFS_RETURN_IF_ERROR(meta_->AddFractureExtent(peer.name, path, offset,
+                                                   length, /*sync=*/false));
+    }
+    ++recovered_regions_;
+    recovered_bytes_ += length;
+  }
+  MFS_RETURN_IF_ERROR(meta_->SyncWal());
+  MFS_RETURN_IF_ERROR(meta_->ClearIntents());
+  recovered_ = true;
+  meta::LogWarning(
+      std::string(clean.ok() && *clean ? "write intents left by the last run"
+                                       : "unclean stop detected") +
+      ": " + std::to_string(recovered_regions_) +
+      " regions that may have had writes in flight (" +
+      Bytes(recovered_bytes_) + ") are re-sent to every peer");
   return meta::Status::Ok();
 }
 
@@ -238,6 +320,11 @@ meta::Status Node::StartSecondary() {
       },
       [this](bool consistent) { return meta_->SetConsistent(consistent); });
   MFS_RETURN_IF_ERROR(replica_->Bind());
+  if (options_.volatile_writes) {
+    meta::LogWarning("TEST MODE: applied writes are held in memory until a "
+                     "flush and lost if this process is killed");
+    replica_->SetVolatileWrites(true);
+  }
   replica_->Start();
   return meta::Status::Ok();
 }
@@ -263,13 +350,16 @@ meta::Status Node::Run() {
       stop_requested_ = true;
       mount_.reset();
     }
-    // Clean stop: every peer flushes what it applied before we leave.
-    meta::Change flush;
-    flush.kind = meta::ChangeKind::kFsync;
-    if (auto done = fan_out_->Submit(flush)) done->Wait();
+    // Clean stop: one last epoch (local sync, every peer flushes what it
+    // applied), so that no write is in flight and the journal retires.
+    fan_out_->FlushEpoch();
     fan_out_->StopAll();
     volume_.reset();
     ::syncfs(store_fd_);
+    if (journal_ && journal_->active_extents() == 0) {
+      auto cleared = meta_->ClearIntents();
+      if (!cleared.ok()) meta::LogError(cleared.message());
+    }
     auto marked = meta_->SetCleanShutdown(true);
     if (!marked.ok()) meta::LogError(marked.message());
   } else {
@@ -366,9 +456,22 @@ std::string Node::StatusJson() {
   j.Key("generation").Value(identity_->generation);
   j.Key("pid").Value(static_cast<int64_t>(::getpid()));
   j.Key("intent").BeginObject();
-  j.Key("extent_bytes").Value(kIntentExtentBytes);
-  j.Key("active_extents").Value(uint64_t{0});
+  j.Key("enabled").Value(journal_ != nullptr);
+  j.Key("extent_bytes").Value(journal_ ? journal_->extent_bytes()
+                                       : options_.intent_extent);
+  j.Key("active_extents").Value(
+      static_cast<uint64_t>(journal_ ? journal_->active_extents() : 0));
+  j.Key("budget_bytes").Value(journal_ ? journal_->budget_bytes()
+                                       : options_.intent_budget);
   j.EndObject();
+  if (recovered_) {
+    j.Key("recovered_from_crash").BeginObject();
+    j.Key("regions").Value(recovered_regions_);
+    j.Key("bytes_queued").Value(recovered_bytes_);
+    j.EndObject();
+  } else {
+    j.Key("recovered_from_crash").Value(false);
+  }
   j.Key("peers").BeginArray();
   auto write_resync = [&j](uint64_t total, uint64_t done, uint64_t rate) {
     j.Key("resync").BeginObject();
@@ -447,6 +550,17 @@ std::string Node::StatusText() {
     out += Pad("mode", 12) + (options_.async ? "async" : "sync") + "\n";
   } else {
     out += Pad("listen", 12) + identity_->listen_endpoint + "\n";
+  }
+  if (journal_) {
+    out += Pad("intents", 12) + std::to_string(journal_->active_extents()) +
+           " active of " +
+           std::to_string(journal_->budget_bytes() / journal_->extent_bytes()) +
+           " (" + Bytes(journal_->extent_bytes()) + " regions)\n";
+  }
+  if (recovered_) {
+    out += Pad("recovered", 12) + "from an unclean stop: " +
+           std::to_string(recovered_regions_) + " regions (" +
+           Bytes(recovered_bytes_) + ") queued for every peer\n";
   }
   bool consistent = replica_ ? replica.consistent : true;
   out += Pad("consistent", 12) +

@@ -30,6 +30,7 @@ struct PeerRecord;
 }  // namespace mirrorfs::meta
 namespace mirrorfs::sync {
 class FanOut;
+class IntentJournal;
 class ReplicaServer;
 }  // namespace mirrorfs::sync
 namespace mirrorfs::fs {
@@ -56,6 +57,9 @@ class Node {
  private:
   meta::Status StartPrimary();
   meta::Status StartSecondary();
+  // Before the mount opens: if the journal holds active regions (an unclean
+  // stop), adds them to every peer's fracture log and retires them.
+  meta::Status RecoverFromCrash();
   // Starts mirroring to `record` (its fracture log loaded from the store).
   meta::Status AddSession(const meta::PeerRecord& record);
   ControlReply HandleControl(const std::vector<std::string>& words);
@@ -66,7 +70,12 @@ class Node {
   std::unique_ptr<meta::MetaStore> meta_;
   std::unique_ptr<meta::NodeIdentity> identity_;
   std::unique_ptr<zmq::context_t> zmq_;
+  std::unique_ptr<sync::IntentJournal> journal_;
   std::unique_ptr<sync::FanOut> fan_out_;
+  // Crash recovery at start: regions of the journal queued for every peer.
+  uint64_t recovered_regions_ = 0;
+  uint64_t recovered_bytes_ = 0;
+  bool recovered_ = false;
   std::unique_ptr<sync::ReplicaServer> replica_;
   std::unique_ptr<fs::Volume> volume_;
   std::unique_ptr<fs::FuseMount> mount_;

@@ -28,6 +28,12 @@ struct NodeOptions {
   std::vector<std::string> fuse_options;  // the -o values, split at ','
   std::chrono::milliseconds peer_timeout{2000};
   uint64_t resync_rate = 0;  // bytes per second, 0 = unlimited
+  uint64_t intent_extent = 4u << 20;   // write-intent region size
+  uint64_t intent_budget = 1ull << 30;  // most bytes a crash re-sends
+  bool intent_journal = true;  // off only through a test-only switch
+  // Test-only (secondary): hold applied writes in memory until a flush, to
+  // lose them honestly when killed (the peer-crash test).
+  bool volatile_writes = false;
 };
 
 }  // namespace mirrorfs::cli

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <utility>
 
 #include "fs/file_io.h"
@@ -160,6 +161,14 @@ void Volume::Submit(const meta::Change& change, Waits* waits) {
   if (completion != nullptr) waits->push_back(std::move(completion));
 }
 
+meta::Status Volume::Prepare(const meta::Change& change) {
+  return mirror_ == nullptr ? meta::Status::Ok() : mirror_->Prepare(change);
+}
+
+void Volume::Finished(const meta::Change& change) {
+  if (mirror_ != nullptr) mirror_->Finished(change);
+}
+
 void Volume::WaitAll(const Waits& waits) {
   for (const auto& w : waits) w->Wait();
 }
@@ -246,7 +255,18 @@ meta::Status Volume::ChownToCaller(Inode& parent, const char* name,
 }
 
 meta::Status Volume::TruncateLocked(Inode& inode, int fd, uint64_t size,
-                                    Waits* waits) {
+                                    Waits* waits,
+                                    std::optional<meta::Change>* intent_out) {
+  // The journal covers the region at the new end of the file: a crash then
+  // re-syncs this file, whose namespace reconcile settles the size.
+  meta::Change intent;
+  intent.kind = meta::ChangeKind::kTruncate;
+  intent.offset = size;
+  intent.length = 1;
+  intent.local_ino = inode.key.ino;
+  MFS_RETURN_IF_ERROR(Prepare(intent));
+  // The caller closes the bracket (Finished) once it waited for the peers.
+  *intent_out = intent;
   if (fd >= 0) {
     MFS_RETURN_IF_ERROR(file_io::Ftruncate(fd, size, inode.name));
   } else {
@@ -271,11 +291,13 @@ meta::Status Volume::Truncate(Inode& inode, int fd, uint64_t size) {
   RangeLock::Guard range = inode.range_lock.LockAll();
   Waits waits;
   meta::Status s;
+  std::optional<meta::Change> intent;
   {
     std::unique_lock<std::shared_mutex> ns(ns_mu_);
-    s = TruncateLocked(inode, fd, size, &waits);
+    s = TruncateLocked(inode, fd, size, &waits, &intent);
   }
   WaitAll(waits);
+  if (intent) Finished(*intent);
   return s;
 }
 
@@ -318,6 +340,7 @@ meta::Result<struct stat> Volume::SetAttr(Ino ino, const AttrChange& attr,
   if (attr.valid & AttrChange::kSize) range = inode.range_lock.LockAll();
   Waits waits;
   meta::Status s;
+  std::optional<meta::Change> truncate_intent;
   {
     std::unique_lock<std::shared_mutex> ns(ns_mu_);
     std::string path;
@@ -347,7 +370,7 @@ meta::Result<struct stat> Volume::SetAttr(Ino ino, const AttrChange& attr,
       }
     }
     if (s.ok() && (attr.valid & AttrChange::kSize)) {
-      s = TruncateLocked(inode, fd, attr.size, &waits);
+      s = TruncateLocked(inode, fd, attr.size, &waits, &truncate_intent);
     }
     if (s.ok() && (attr.valid & (AttrChange::kAtime | AttrChange::kMtime))) {
       struct timespec times[2];
@@ -385,6 +408,7 @@ meta::Result<struct stat> Volume::SetAttr(Ino ino, const AttrChange& attr,
     }
   }
   WaitAll(waits);
+  if (truncate_intent) Finished(*truncate_intent);
   if (!s.ok()) return s;
   return file_io::StatAt(inode.fd, "", AT_EMPTY_PATH, Label(inode));
 }
@@ -561,26 +585,26 @@ meta::Result<size_t> Volume::Write(Handle fh, const char* data, size_t size,
   OpenFile& of = FileOf(fh);
   Inode& inode = *of.inode;
   RangeLock::Guard range = inode.range_lock.Lock(offset, size);
+  meta::Change change;
+  change.kind = meta::ChangeKind::kWrite;
+  change.offset = offset;
+  change.length = size;
+  change.flags = of.dsync ? meta::kDsyncWrite : 0;
+  change.data = data;
+  change.local_ino = inode.key.ino;
+  MFS_RETURN_IF_ERROR(Prepare(change));
   Waits waits;
   {
     std::shared_lock<std::shared_mutex> ns(ns_mu_);
-    std::string path;
-    if (PathOf(inode, &path)) {
-      meta::Change change;
-      change.kind = meta::ChangeKind::kWrite;
-      change.path = std::move(path);
-      change.offset = offset;
-      change.length = size;
-      change.flags = of.dsync ? meta::kDsyncWrite : 0;
-      change.data = data;
-      Submit(change, &waits);
-    }
+    if (PathOf(inode, &change.path)) Submit(change, &waits);
   }
   // Submitted before the local write so that the network send overlaps it.
-  // KNOWN GAP: if the local write fails now, the peers may hold data that the
-  // primary lacks; the fracture log (next issue) must record this extent.
+  // If the local write fails now, a peer may hold data the primary lacks:
+  // the region stays covered by the write-intent journal until an epoch
+  // flush, and is re-sent from the primary's data after a crash.
   meta::Status s = file_io::Pwrite(of.fd, data, size, offset, Label(inode));
   WaitAll(waits);
+  Finished(change);
   if (!s.ok()) return s;
   return size;
 }
@@ -646,21 +670,22 @@ meta::Status Volume::Fallocate(Handle fh, int mode, uint64_t offset,
                                      std::to_string(mode) + " is not mirrored");
   }
   RangeLock::Guard range = inode.range_lock.Lock(offset, length);
+  change.offset = offset;
+  change.length = length;
+  change.local_ino = inode.key.ino;
+  MFS_RETURN_IF_ERROR(Prepare(change));
   // The local operation first: its errors (EOPNOTSUPP, ENOSPC) must not
   // reach the peers.
-  MFS_RETURN_IF_ERROR(
-      file_io::Fallocate(of.fd, mode, offset, length, Label(inode)));
+  meta::Status local =
+      file_io::Fallocate(of.fd, mode, offset, length, Label(inode));
   Waits waits;
-  {
+  if (local.ok()) {
     std::shared_lock<std::shared_mutex> ns(ns_mu_);
-    if (PathOf(inode, &change.path)) {
-      change.offset = offset;
-      change.length = length;
-      Submit(change, &waits);
-    }
+    if (PathOf(inode, &change.path)) Submit(change, &waits);
   }
   WaitAll(waits);
-  return meta::Status::Ok();
+  Finished(change);
+  return local;
 }
 
 meta::Result<uint64_t> Volume::Lseek(Handle fh, uint64_t offset, int whence) {

@@ -68,6 +68,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <unordered_map>
@@ -266,8 +267,11 @@ class Volume : public meta::Source {
   Inode* FindChildLocked(const Inode& parent, const char* name,
                          const struct stat& st);
   // REQUIRES: ns_mu_ exclusive, `inode.range_lock` held for the whole file.
+  // `*intent` receives the journal bracket the caller must close with
+  // Finished() after waiting.
   meta::Status TruncateLocked(Inode& inode, int fd, uint64_t size,
-                              Waits* waits);
+                              Waits* waits,
+                              std::optional<meta::Change>* intent);
   // Truncates `inode` to `size`, mirrored, taking the locks itself.
   meta::Status Truncate(Inode& inode, int fd, uint64_t size);
   // REQUIRES: ns_mu_ exclusive. Gives the new node `name` to `caller` when
@@ -277,6 +281,9 @@ class Volume : public meta::Source {
                              Waits* waits);
   // Hands `change` to the mirror (if any) and keeps what to wait for.
   void Submit(const meta::Change& change, Waits* waits);
+  // The mirror's bracket of a data change (meta::Mirror::Prepare/Finished).
+  meta::Status Prepare(const meta::Change& change);
+  void Finished(const meta::Change& change);
   static void WaitAll(const Waits& waits);
 
   meta::Mirror* const mirror_;

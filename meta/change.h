@@ -66,6 +66,9 @@ struct Change {
   Timespec mtime;
   // kWrite only: `length` bytes, borrowed; valid until Mirror::Submit returns.
   const char* data = nullptr;
+  // Primary-local, never sent: the inode number of the file a data change
+  // writes (the write-intent journal's key; stable across renames).
+  uint64_t local_ino = 0;
 };
 
 // Counts down the peers a submitted change still waits for.
@@ -104,6 +107,17 @@ class Mirror {
   // Returns what to Wait() on for sync mode, or nullptr when no peer needs
   // to be waited for (no peer connected, or async mode).
   virtual std::shared_ptr<Completion> Submit(const Change& change) = 0;
+
+  // Data changes (write, punch, zero, allocate, truncate) are bracketed:
+  // Prepare() before the local file changes — it returns once the change's
+  // write intent is durable, or an error, and then the change must not be
+  // made at all — and Finished() once it is applied locally and its
+  // Completion waited for (also when the local change failed).
+  virtual Status Prepare(const Change& change) {
+    (void)change;
+    return Status::Ok();
+  }
+  virtual void Finished(const Change& change) { (void)change; }
 };
 
 }  // namespace mirrorfs::meta

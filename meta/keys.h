@@ -25,6 +25,13 @@
 //                                    "namespace_dirty" | "full_sync_needed"
 //   "node/clean"                     "1" clean shutdown, "0" running or
 //                                    crashed (absent = clean: a fresh DB)
+//   "int/<ino:be64><region:be64>"    "" (empty): write-intent journal; the
+//                                    region [region * extent, +extent) of
+//                                    the file with inode number <ino> may
+//                                    have writes in flight. Inode numbers
+//                                    survive renames; recovery maps them
+//                                    back to paths by walking the store.
+//   "node/intent_extent"             decimal bytes of one intent region
 //   "node/consistent"                "1" this copy is consistent, "0" a
 //                                    resync into it began and has not
 //                                    ended (absent = consistent)
@@ -74,6 +81,8 @@ inline constexpr std::string_view kNamespaceOpPrefix = "fns/";
 inline constexpr std::string_view kPeerFlagPrefix = "pflag/";
 inline constexpr std::string_view kNodeClean = "node/clean";
 inline constexpr std::string_view kNodeConsistent = "node/consistent";
+inline constexpr std::string_view kIntentPrefix = "int/";
+inline constexpr std::string_view kNodeIntentExtent = "node/intent_extent";
 
 inline constexpr std::string_view kFlagNamespaceDirty = "namespace_dirty";
 inline constexpr std::string_view kFlagFullSyncNeeded = "full_sync_needed";
@@ -106,6 +115,13 @@ inline std::string PrefixEnd(std::string_view prefix) {
   }
   if (!end.empty()) end.back() = static_cast<char>(end.back() + 1);
   return end;
+}
+
+inline std::string IntentKey(uint64_t ino, uint64_t region) {
+  std::string k(kIntentPrefix);
+  AppendBe64(&k, ino);
+  AppendBe64(&k, region);
+  return k;
 }
 
 inline std::string PeerKey(std::string_view name) {

@@ -1,5 +1,7 @@
 #include "meta/meta_store.h"
 
+#include <cstdlib>
+
 #include <rocksdb/cache.h>
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
@@ -793,6 +795,82 @@ Result<bool> MetaStore::WasCleanShutdown() {
     return Status::Error(EUCLEAN, "state database " + dir_ +
                                       ": clean-shutdown mark reads '" + value +
                                       "'");
+  });
+}
+
+Status MetaStore::RecordIntents(const std::vector<IntentRegion>& regions,
+                                uint64_t extent_bytes) {
+  return Guarded([&]() -> Status {
+    rocksdb::WriteBatch batch;
+    for (const auto& r : regions) {
+      MFS_RETURN_IF_ERROR(FromRocks(batch.Put(keys::IntentKey(r.ino, r.region), ""),
+                                    "record write intent"));
+    }
+    MFS_RETURN_IF_ERROR(FromRocks(
+        batch.Put(keys::kNodeIntentExtent, std::to_string(extent_bytes)),
+        "record write intent"));
+    return Write(&batch, /*sync=*/true, "record write intents");
+  });
+}
+
+Status MetaStore::RetireIntents(const std::vector<IntentRegion>& regions) {
+  return Guarded([&]() -> Status {
+    rocksdb::WriteBatch batch;
+    for (const auto& r : regions) {
+      MFS_RETURN_IF_ERROR(FromRocks(batch.Delete(keys::IntentKey(r.ino, r.region)),
+                                    "retire write intent"));
+    }
+    return Write(&batch, /*sync=*/false, "retire write intents");
+  });
+}
+
+Result<std::pair<std::vector<MetaStore::IntentRegion>, uint64_t>>
+MetaStore::LoadIntents() {
+  using Out = std::pair<std::vector<IntentRegion>, uint64_t>;
+  return Guarded([&]() -> Result<Out> {
+    Out out{{}, 0};
+    std::string value;
+    bool found = false;
+    MFS_RETURN_IF_ERROR(Get(keys::kNodeIntentExtent, &value, &found));
+    if (found) {
+      char* end = nullptr;
+      out.second = std::strtoull(value.c_str(), &end, 10);
+      if (end == value.c_str() || *end != '\0' || out.second == 0) {
+        return Status::Error(EUCLEAN, "state database " + dir_ +
+                                          ": intent region size reads '" +
+                                          Printable(value) + "'");
+      }
+    }
+    const std::string prefix(keys::kIntentPrefix);
+    MFS_RETURN_IF_ERROR(ForEachWithPrefix(
+        db_.get(), prefix,
+        [&](const rocksdb::Slice& key, const rocksdb::Slice&) -> Status {
+          std::string_view rest = View(key).substr(prefix.size());
+          if (rest.size() != 2 * keys::kBe64Size) {
+            return Status::Error(EUCLEAN, "state database " + dir_ +
+                                              ": malformed intent key '" +
+                                              Printable(View(key)) + "'");
+          }
+          out.first.push_back(IntentRegion{
+              keys::ReadBe64(rest.data()),
+              keys::ReadBe64(rest.data() + keys::kBe64Size)});
+          return Status::Ok();
+        },
+        [&](const rocksdb::Status& st) {
+          return FromRocks(st, "read the write-intent journal");
+        }));
+    return out;
+  });
+}
+
+Status MetaStore::ClearIntents() {
+  return Guarded([&]() -> Status {
+    rocksdb::WriteBatch batch;
+    MFS_RETURN_IF_ERROR(FromRocks(
+        batch.DeleteRange(std::string(keys::kIntentPrefix),
+                          keys::PrefixEnd(keys::kIntentPrefix)),
+        "clear the write-intent journal"));
+    return Write(&batch, /*sync=*/true, "clear the write-intent journal");
   });
 }
 

@@ -200,6 +200,29 @@ class MetaStore {
   // Returns the mark; true for a fresh database.
   Result<bool> WasCleanShutdown();
 
+  // --- Write-intent journal ------------------------------------------------
+
+  // One region of one file (by inode number) that may have writes in flight.
+  struct IntentRegion {
+    uint64_t ino = 0;
+    uint64_t region = 0;  // index: bytes [region * extent, + extent)
+    bool operator<(const IntentRegion& o) const {
+      return ino != o.ino ? ino < o.ino : region < o.region;
+    }
+  };
+  // Records `regions` as active in one synced batch, together with the
+  // region size (so a later run with another --intent-extent reads them
+  // right). Returns once durable.
+  Status RecordIntents(const std::vector<IntentRegion>& regions,
+                       uint64_t extent_bytes);
+  // Retires `regions` (not synced: a lost retire only re-sends data).
+  Status RetireIntents(const std::vector<IntentRegion>& regions);
+  // The active regions and the region size they were recorded with (0 if
+  // none was ever recorded).
+  Result<std::pair<std::vector<IntentRegion>, uint64_t>> LoadIntents();
+  // Retires every region, synced (a clean stop; after crash recovery).
+  Status ClearIntents();
+
   // A secondary's copy is inconsistent from the start of a resync into it
   // until its end (DESIGN.md guarantee 7); synced, so a crash keeps it.
   Status SetConsistent(bool consistent);

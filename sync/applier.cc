@@ -84,7 +84,80 @@ meta::Result<int> Applier::FileFd(const std::string& path) {
   return fd;
 }
 
+meta::Status Applier::WriteHeld() {
+  std::vector<HeldWrite> held;
+  held.swap(held_);
+  for (const auto& w : held) {
+    meta::Change c;
+    c.kind = meta::ChangeKind::kWrite;
+    c.path = w.path;
+    c.offset = w.offset;
+    c.length = w.data.size();
+    c.data = w.data.data();
+    MFS_RETURN_IF_ERROR(ApplyOnce(c));
+  }
+  return meta::Status::Ok();
+}
+
 meta::Status Applier::Apply(const meta::Change& c) {
+  if (volatile_writes_) {
+    if (c.kind == meta::ChangeKind::kWrite && !(c.flags & meta::kDsyncWrite)) {
+      held_.push_back(HeldWrite{c.path, c.offset,
+                                std::string(c.data, c.length)});
+      return meta::Status::Ok();
+    }
+    MFS_RETURN_IF_ERROR(WriteHeld());
+  }
+  meta::Status s = ApplyOnce(c);
+  if (s.ok() || !(c.flags & meta::kReplay)) return s;
+  // A replay of a change the copy may already have (it was disconnected
+  // but not crashed): "already done" is success; anything else is a real
+  // difference that the caller reports.
+  using meta::ChangeKind;
+  switch (c.kind) {
+    case ChangeKind::kRename:
+      if (s.err() == ENOENT) {
+        std::string name;
+        auto parent = OpenParent(c.target, &name);
+        if (parent.ok()) {
+          struct stat st;
+          bool there =
+              ::fstatat(*parent, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
+          ::close(*parent);
+          if (there) return meta::Status::Ok();
+        }
+      }
+      break;
+    case ChangeKind::kSymlink:
+      if (s.err() == EEXIST) {
+        std::string name;
+        auto parent = OpenParent(c.path, &name);
+        if (parent.ok()) {
+          char buf[4097];
+          ssize_t n = ::readlinkat(*parent, name.c_str(), buf, sizeof(buf) - 1);
+          ::close(*parent);
+          if (n >= 0 && std::string(buf, static_cast<size_t>(n)) == c.target) {
+            return meta::Status::Ok();
+          }
+        }
+      }
+      break;
+    case ChangeKind::kChmod:
+    case ChangeKind::kChown:
+    case ChangeKind::kSetTimes:
+    case ChangeKind::kTruncate:
+    case ChangeKind::kFsync:
+      // The path went away later in the replay; the reconcile that follows
+      // sets what exists.
+      if (s.err() == ENOENT) return meta::Status::Ok();
+      break;
+    default:
+      break;
+  }
+  return s;
+}
+
+meta::Status Applier::ApplyOnce(const meta::Change& c) {
   using meta::ChangeKind;
   using meta::Status;
   switch (c.kind) {
@@ -205,8 +278,10 @@ meta::Status Applier::Apply(const meta::Change& c) {
         result = to_parent.status();
         break;
       }
+      // Only the renameat2() bits; kReplay and friends are ours.
+      unsigned flags = c.flags & (RENAME_NOREPLACE | RENAME_EXCHANGE);
       if (::renameat2(dir, name.c_str(), *to_parent, to_name.c_str(),
-                      c.flags) != 0) {
+                      flags) != 0) {
         result = Errno("rename " + c.path + " to", c.target);
       }
       ::close(*to_parent);
@@ -244,7 +319,7 @@ meta::Status Applier::Apply(const meta::Change& c) {
 }
 
 meta::Status Applier::SyncAll() {
-  meta::Status first;
+  meta::Status first = WriteHeld();
   for (auto& [path, fd] : lru_) {
     if (::fsync(fd) != 0 && first.ok()) first = Errno("fsync", path);
   }
@@ -354,6 +429,7 @@ meta::Status Prune(int dir, const std::string& rel,
 
 meta::Status Applier::Reconcile(
     const std::vector<meta::NamespaceEntry>& entries) {
+  MFS_RETURN_IF_ERROR(WriteHeld());
   ForgetFiles();
   std::unordered_map<std::string, const meta::NamespaceEntry*> wanted;
   for (const auto& e : entries) wanted[e.path] = &e;
@@ -425,6 +501,7 @@ meta::Result<std::vector<uint32_t>> Applier::DiffBlocks(
     const std::string& path, uint64_t offset, uint32_t block_size,
     uint64_t length, const std::vector<std::array<uint8_t, 16>>& sums) {
   std::vector<uint32_t> differing;
+  MFS_RETURN_IF_ERROR(WriteHeld());
   auto fd = FileFd(path);
   if (!fd.ok()) {
     for (uint32_t i = 0; i < sums.size(); ++i) differing.push_back(i);

@@ -54,6 +54,11 @@ class Applier {
   // Flushes every cached file and the store (syncfs). Returns the first error.
   meta::Status SyncAll();
 
+  // Test seam: hold applied writes in memory until the next flush (or any
+  // other change), so that killing the process loses them as a host crash
+  // loses a page cache. Acknowledgements still go out on "apply".
+  void SetVolatileWrites(bool on) { volatile_writes_ = on; }
+
   // Closes cached descriptors (e.g. before the store is handed to a mount).
   void CloseAll();
 
@@ -61,11 +66,21 @@ class Applier {
   // Opens the parent directory of `path` beneath the root; `*name` receives
   // the last component. Returns an owned fd.
   meta::Result<int> OpenParent(const std::string& path, std::string* name);
+  meta::Status ApplyOnce(const meta::Change& change);
   // Returns a cached read-write fd of the regular file at `path` (not owned).
   meta::Result<int> FileFd(const std::string& path);
   void ForgetFiles();
+  // Writes every held write (volatile mode). Returns the first error.
+  meta::Status WriteHeld();
 
   int root_fd_;
+  bool volatile_writes_ = false;
+  struct HeldWrite {
+    std::string path;
+    uint64_t offset;
+    std::string data;
+  };
+  std::vector<HeldWrite> held_;
   // Open files by path, least recently used last; bounded by kMaxOpenFiles.
   // Any namespace change clears the cache: paths may then name other files.
   std::list<std::pair<std::string, int>> lru_;

@@ -1,10 +1,78 @@
 #include "sync/fan_out.h"
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <mutex>
+
+#include "meta/log.h"
 
 namespace mirrorfs::sync {
 
 FanOut::~FanOut() { StopAll(); }
+
+namespace {
+
+bool IsDataChange(meta::ChangeKind kind) {
+  return kind == meta::ChangeKind::kWrite ||
+         kind == meta::ChangeKind::kPunchHole ||
+         kind == meta::ChangeKind::kZeroRange ||
+         kind == meta::ChangeKind::kAllocate ||
+         kind == meta::ChangeKind::kTruncate;
+}
+
+}  // namespace
+
+void FanOut::StartEpochs(IntentJournal* journal, int store_fd,
+                         std::chrono::milliseconds period) {
+  journal_ = journal;
+  store_fd_ = store_fd;
+  period_ = period;
+  epoch_thread_ = std::thread([this] { RunEpochs(); });
+}
+
+void FanOut::RunEpochs() {
+  while (!stopping_) {
+    if (journal_ != nullptr) {
+      journal_->WaitFlushWanted(period_);
+    } else {
+      std::this_thread::sleep_for(period_);
+    }
+    if (stopping_) break;
+    FlushEpoch();
+  }
+}
+
+void FanOut::FlushEpoch() {
+  std::lock_guard<std::mutex> lock(epoch_mu_);
+  uint64_t epoch = journal_ ? journal_->BeginEpoch() : 0;
+  if (store_fd_ >= 0 && ::syncfs(store_fd_) != 0) {
+    meta::LogError("epoch flush: syncfs of the store failed; write intents "
+                   "stay active");
+    return;
+  }
+  meta::Change flush;
+  flush.kind = meta::ChangeKind::kFsync;  // path "": the whole store
+  if (auto done = SubmitAll(flush)) done->Wait();
+  if (journal_ != nullptr) {
+    auto s = journal_->Retire(epoch);
+    if (!s.ok()) meta::LogError("write-intent journal: " + s.message());
+  }
+}
+
+meta::Status FanOut::Prepare(const meta::Change& change) {
+  if (journal_ == nullptr || !IsDataChange(change.kind)) {
+    return meta::Status::Ok();
+  }
+  return journal_->Enter(change.local_ino, change.offset,
+                         std::max<uint64_t>(change.length, 1));
+}
+
+void FanOut::Finished(const meta::Change& change) {
+  if (journal_ == nullptr || !IsDataChange(change.kind)) return;
+  journal_->Leave(change.local_ino, change.offset,
+                  std::max<uint64_t>(change.length, 1));
+}
 
 void FanOut::AddSession(std::unique_ptr<PeerSession> session) {
   std::unique_lock<std::shared_mutex> lock(sessions_mu_);
@@ -29,6 +97,8 @@ bool FanOut::RemoveSession(const std::string& name) {
 }
 
 void FanOut::StopAll() {
+  stopping_ = true;
+  if (epoch_thread_.joinable()) epoch_thread_.join();
   std::vector<std::unique_ptr<PeerSession>> all;
   {
     std::unique_lock<std::shared_mutex> lock(sessions_mu_);
@@ -38,6 +108,12 @@ void FanOut::StopAll() {
 }
 
 std::shared_ptr<meta::Completion> FanOut::Submit(const meta::Change& change) {
+  auto completion = SubmitAll(change);
+  return mode_ == MirrorMode::kAsync ? nullptr : completion;
+}
+
+std::shared_ptr<meta::Completion> FanOut::SubmitAll(
+    const meta::Change& change) {
   std::shared_lock<std::shared_mutex> lock(sessions_mu_);
   if (sessions_.empty()) return nullptr;
   // One extra count keeps the Completion open until every session was asked.
@@ -52,8 +128,7 @@ std::shared_ptr<meta::Completion> FanOut::Submit(const meta::Change& change) {
     }
   }
   completion->Done();
-  if (taken == 0 || mode_ == MirrorMode::kAsync) return nullptr;
-  return completion;
+  return taken == 0 ? nullptr : completion;
 }
 
 PeerSession* FanOut::Find(const std::string& name) const {

@@ -19,7 +19,14 @@
 #include <string>
 #include <vector>
 
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
 #include "meta/change.h"
+#include "sync/intent_journal.h"
 #include "sync/peer_session.h"
 
 namespace mirrorfs::sync {
@@ -31,6 +38,18 @@ class FanOut : public meta::Mirror {
   explicit FanOut(MirrorMode mode) : mode_(mode) {}
   ~FanOut() override;
 
+  // Starts the epoch flusher: every `period` (or sooner when the journal
+  // asks), the local store is synced (`store_fd`), every peer flushes what
+  // it applied, and then journal regions idle since before the epoch
+  // retire. `*journal` (may be null: no journal) must outlive the FanOut.
+  // Peers' unflushed writes are tracked per session regardless (guarantee
+  // 3), so the flusher runs with or without a journal.
+  void StartEpochs(IntentJournal* journal, int store_fd,
+                   std::chrono::milliseconds period);
+  // Runs one epoch now and waits for it (a clean stop: afterwards nothing
+  // is in flight and, with no writes after it, the journal is empty).
+  void FlushEpoch();
+
   // Adds a started session; FanOut owns it from now on.
   void AddSession(std::unique_ptr<PeerSession> session);
   // Stops and removes the session named `name`; false if there is none.
@@ -39,6 +58,8 @@ class FanOut : public meta::Mirror {
   void StopAll();
 
   std::shared_ptr<meta::Completion> Submit(const meta::Change& change) override;
+  meta::Status Prepare(const meta::Change& change) override;
+  void Finished(const meta::Change& change) override;
 
   std::vector<PeerSnapshot> Snapshot() const;
   // The session named `name`, or nullptr. Sessions live until RemoveSession
@@ -47,7 +68,18 @@ class FanOut : public meta::Mirror {
   MirrorMode mode() const { return mode_; }
 
  private:
+  // Queues `change` on every session; the Completion counts them (never
+  // nullptr when a session took it, whatever the mode).
+  std::shared_ptr<meta::Completion> SubmitAll(const meta::Change& change);
+  void RunEpochs();
+
   const MirrorMode mode_;
+  IntentJournal* journal_ = nullptr;
+  int store_fd_ = -1;
+  std::chrono::milliseconds period_{1000};
+  std::thread epoch_thread_;
+  std::atomic<bool> stopping_{false};
+  std::mutex epoch_mu_;  // serializes epochs (flusher thread, FlushEpoch)
   mutable std::shared_mutex sessions_mu_;  // guards sessions_
   std::vector<std::unique_ptr<PeerSession>> sessions_;
 };

@@ -118,13 +118,16 @@ bool PeerSession::Push(
     header.session = session_;
     header.seq = next_seq_++;
     encode(header, frame);
-    Outgoing out{header.seq, frame, completion, meta::Change(), std::move(on_diff)};
-    out.record.kind = meta::ChangeKind::kFsync;  // nothing to log
+    queue_.push_back(Outgoing{header.seq, frame, completion, std::move(on_diff)});
+    // Guarantee 3: what the peer applies stays at risk (its page cache)
+    // until a later store flush of the peer completes.
     if (record != nullptr && Loggable(*record)) {
-      out.record = *record;
-      out.record.data = nullptr;
+      unflushed_.push_back(*record);
+      unflushed_.back().data = nullptr;
+    } else if (record != nullptr && record->kind == meta::ChangeKind::kFsync &&
+               record->path.empty() && !unflushed_.empty()) {
+      flushing_[header.seq].swap(unflushed_);
     }
-    queue_.push_back(std::move(out));
   }
   Wake();
   return true;
@@ -496,7 +499,7 @@ void PeerSession::Serve() {
       bool sent = false;
       if (lost.empty()) {
         sent = SendFrame(out.frame);  // frees the frame either way
-        if (!sent) lost = "could not send to it";
+        if (!sent) lost = "connection lost (could not send)";
       } else {
         delete out.frame;  // nothing may follow a frame that was not sent
       }
@@ -508,9 +511,8 @@ void PeerSession::Serve() {
         queue_.push_front(std::move(out));
         continue;
       }
-      in_flight_[out.seq] = InFlight{std::move(out.completion), now,
-                                     std::move(out.record),
-                                     std::move(out.on_diff)};
+      in_flight_[out.seq] =
+          InFlight{std::move(out.completion), now, std::move(out.on_diff)};
       std::lock_guard<std::mutex> lock(mu_);
       ++changes_sent_;
       bytes_sent_ += size;
@@ -552,6 +554,19 @@ void PeerSession::Serve() {
           // Left in flight: TearDown logs it.
           lost = "it failed to apply a change: " + ack->message;
           break;
+        }
+        if (!ack->message.empty()) {
+          // A replay the peer could not apply: its copy may differ beyond
+          // what the log says, so every block is compared.
+          meta::LogWarning("peer " + name_ + ": " + ack->message +
+                           "; a full sync will compare every block");
+          auto s = log_->SetFullSync(true);
+          if (!s.ok()) meta::LogError("peer " + name_ + ": " + s.message());
+        }
+        {
+          // A completed store flush: what it covered is on the peer's disk.
+          std::lock_guard<std::mutex> lock(mu_);
+          flushing_.erase(ack->seq);
         }
         it->second.completion->Done();
         in_flight_.erase(it);
@@ -625,18 +640,21 @@ void PeerSession::TearDown(PeerState next, const std::string& reason) {
   // The resync stops first, so that releasing its completions below does
   // not let it mark anything as done.
   if (worker) worker->Cancel();
-  // Guarantee 2: what the peer may not have applied is logged, durably,
-  // before any waiting application write is released.
-  bool logged = false;
-  for (auto& out : queued) {
-    if (out.completion && out.record.kind != meta::ChangeKind::kFsync) {
-      (void)log_->Record(out.record);
-      logged = true;
-    }
+  // Guarantees 2 and 3: everything the peer may not have on disk — queued,
+  // unanswered, or applied since its last completed flush — is logged, in
+  // the order it was queued, durably, before any waiting application
+  // write is released.
+  std::map<uint64_t, std::vector<meta::Change>> at_risk;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    at_risk.swap(flushing_);
+    at_risk[UINT64_MAX].swap(unflushed_);
   }
-  for (auto& [seq, f] : in_flight_) {
-    if (f.record.kind != meta::ChangeKind::kFsync) {
-      (void)log_->Record(f.record);
+  bool logged = false;
+  for (auto& [seq, changes] : at_risk) {
+    for (const auto& c : changes) {
+      auto s = log_->Record(c);
+      if (!s.ok()) meta::LogError("peer " + name_ + ": " + s.message());
       logged = true;
     }
   }

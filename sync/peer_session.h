@@ -159,13 +159,11 @@ class PeerSession {
     uint64_t seq;
     std::string* frame;  // owned; handed to ZeroMQ without a copy
     std::shared_ptr<meta::Completion> completion;  // null for a ping
-    meta::Change record;  // logged if the peer is lost (kind kFsync = none)
     std::function<void(const BlockDiff&)> on_diff;
   };
   struct InFlight {
     std::shared_ptr<meta::Completion> completion;
     Clock::time_point sent;
-    meta::Change record;
     std::function<void(const BlockDiff&)> on_diff;
   };
 
@@ -219,6 +217,11 @@ class PeerSession {
   uint64_t bytes_sent_ = 0;
   size_t in_flight_count_ = 0;
   std::unique_ptr<ResyncWorker> worker_;
+  // Changes queued since the last store flush was queued (data without its
+  // bytes), in order; and per store flush in flight (by its seq), what it
+  // covers. Logged if the peer is lost (guarantee 3).
+  std::vector<meta::Change> unflushed_;
+  std::map<uint64_t, std::vector<meta::Change>> flushing_;
   ResyncProgress last_resync_;
 
   // Session-thread only.

@@ -288,10 +288,12 @@ void ReplicaServer::Handle(const std::string& routing_id,
     Ack ack;
     ack.seq = h.seq;
     if (!applied.ok() && (change->flags & meta::kReplay)) {
-      // A replayed change the copy may already have; the manifest that
-      // follows every replay settles the namespace.
-      meta::LogDebug("replayed change not applied (settled by the "
-                     "namespace reconcile): " + applied.message());
+      // A replayed change the copy may already have. Not fatal, but the
+      // primary can no longer trust its log for this copy's data: the ack
+      // says so (err 0 with a message) and it compares every block.
+      meta::LogWarning("replayed change not applied: " + applied.message() +
+                       "; asking the primary for a full comparison");
+      ack.message = "replay not applied: " + applied.message();
       applied = meta::Status::Ok();
     }
     if (!applied.ok()) {

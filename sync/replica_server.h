@@ -87,6 +87,8 @@ class ReplicaServer {
   // Binds the endpoint. Returns OK once bound, or an error naming the
   // endpoint (address in use, bad endpoint, ...). REQUIRES: before Start().
   meta::Status Bind();
+  // Test seam (see Applier::SetVolatileWrites). REQUIRES: before Start().
+  void SetVolatileWrites(bool on) { applier_.SetVolatileWrites(on); }
   void Start();
   // Stops serving, then flushes every applied change to disk.
   void Stop();

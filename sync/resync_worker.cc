@@ -93,6 +93,16 @@ void ResyncWorker::Run() {
                             std::to_string(log_->extents()) + " extents") +
                 ")");
   bool ok = true;
+  // A replay the peer could not apply asks for a full comparison too.
+  full = full || log_->full_sync();
+  if (full && files_for_full_sync_.empty()) {
+    auto listed = source_->ListFiles(&files_for_full_sync_);
+    if (!listed.ok()) {
+      session_->ResyncFinished(false, listed.message());
+      finished_ = true;
+      return;
+    }
+  }
   if (full) ok = FullSync();
   bool more = true;
   while (ok && more) ok = FracturePass(&more);

@@ -1,0 +1,142 @@
+#include "sync/intent_journal.h"
+
+#include <algorithm>
+
+namespace mirrorfs::sync {
+
+IntentJournal::IntentJournal(meta::MetaStore* store, uint64_t extent_bytes,
+                             uint64_t budget_bytes)
+    : store_(store),
+      extent_(std::max<uint64_t>(extent_bytes, 4096)),
+      budget_regions_(std::max<uint64_t>(budget_bytes / extent_, 1)) {}
+
+meta::Status IntentJournal::Enter(uint64_t ino, uint64_t offset,
+                                  uint64_t length) {
+  const uint64_t first = offset / extent_;
+  const uint64_t last = (offset + std::max<uint64_t>(length, 1) - 1) / extent_;
+  std::unique_lock<std::mutex> lock(mu_);
+  bytes_since_epoch_ += length;
+  // Room for the regions this write adds (a write larger than the whole
+  // budget is let through once the set is empty, or it could never run).
+  auto missing = [&] {
+    uint64_t n = 0;
+    for (uint64_t r = first; r <= last; ++r) n += !regions_.count({ino, r});
+    return n;
+  };
+  while (true) {
+    uint64_t need = missing();
+    if (need == 0 || regions_.size() + need <= budget_regions_ ||
+        regions_.empty()) {
+      break;
+    }
+    ++waiting_for_room_;
+    cv_.notify_all();  // wakes WaitFlushWanted
+    cv_.wait(lock);
+    --waiting_for_room_;
+  }
+  bool all_durable = true;
+  for (uint64_t r = first; r <= last; ++r) {
+    auto [it, added] = regions_.try_emplace(Region{ino, r});
+    ++it->second.writers;
+    if (added) pending_.push_back(it->first);
+    all_durable = all_durable && it->second.durable;
+  }
+  // Group commit: one writer at a time writes every pending region in one
+  // synced batch; the others wait for it.
+  while (!all_durable) {
+    if (!committing_ && !pending_.empty()) {
+      committing_ = true;
+      std::vector<Region> batch;
+      batch.swap(pending_);
+      lock.unlock();
+      meta::Status s = store_->RecordIntents(batch, extent_);
+      lock.lock();
+      committing_ = false;
+      for (const auto& r : batch) {
+        auto it = regions_.find(r);
+        if (it != regions_.end()) it->second.durable = s.ok();
+      }
+      if (!s.ok()) commit_error_ = s;
+      cv_.notify_all();
+    } else {
+      cv_.wait(lock);
+    }
+    all_durable = true;
+    for (uint64_t r = first; r <= last; ++r) {
+      auto it = regions_.find(Region{ino, r});
+      all_durable = all_durable && it->second.durable;
+    }
+    if (!all_durable && !committing_ && pending_.empty()) {
+      // Our regions' batch failed: release them and report.
+      meta::Status error = commit_error_;
+      lock.unlock();
+      Leave(ino, offset, length);
+      return error.ok() ? meta::Status::Error(EIO, "write-intent journal")
+                        : error.Context("write-intent journal");
+    }
+  }
+  return meta::Status::Ok();
+}
+
+void IntentJournal::Leave(uint64_t ino, uint64_t offset, uint64_t length) {
+  const uint64_t first = offset / extent_;
+  const uint64_t last = (offset + std::max<uint64_t>(length, 1) - 1) / extent_;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (uint64_t r = first; r <= last; ++r) {
+    auto it = regions_.find(Region{ino, r});
+    if (it == regions_.end()) continue;
+    if (it->second.writers > 0) --it->second.writers;
+    it->second.last_epoch = epoch_;
+    if (!it->second.durable && it->second.writers == 0) {
+      // Never recorded (its commit failed): nothing on disk to retire.
+      regions_.erase(it);
+    }
+  }
+}
+
+uint64_t IntentJournal::BeginEpoch() {
+  std::lock_guard<std::mutex> lock(mu_);
+  bytes_since_epoch_ = 0;
+  return epoch_++;
+}
+
+meta::Status IntentJournal::Retire(uint64_t epoch) {
+  std::vector<Region> retired;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = regions_.begin(); it != regions_.end();) {
+      if (it->second.writers == 0 && it->second.durable &&
+          it->second.last_epoch <= epoch) {
+        retired.push_back(it->first);
+        it = regions_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (!retired.empty()) cv_.notify_all();  // room for waiting writers
+  }
+  if (retired.empty()) return meta::Status::Ok();
+  // What a lost peer missed in these regions is in its fracture log; that
+  // must be on disk before the regions stop covering it.
+  MFS_RETURN_IF_ERROR(store_->SyncWal());
+  return store_->RetireIntents(retired);
+}
+
+bool IntentJournal::FlushWanted() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return waiting_for_room_ > 0 || bytes_since_epoch_ >= kFlushAfterBytes;
+}
+
+void IntentJournal::WaitFlushWanted(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, timeout, [this] {
+    return waiting_for_room_ > 0 || bytes_since_epoch_ >= kFlushAfterBytes;
+  });
+}
+
+size_t IntentJournal::active_extents() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return regions_.size();
+}
+
+}  // namespace mirrorfs::sync

@@ -1,0 +1,93 @@
+// IntentJournal: the write-intent journal (DESIGN.md guarantee 1 across a
+// crash of the primary). Before the first write into a coarse region
+// ("intent extent", default 4 MiB) of a file proceeds — locally or to any
+// peer — the region is recorded durably in the state database. Writes into
+// a region that is already active cost no database write. After a crash,
+// exactly the active regions are added to every peer's fracture log, so a
+// restart re-sends those regions and nothing else.
+//
+//   Enter(write) ──region new──> pending ──group commit (one synced batch
+//        │                                for every waiting writer)──> active
+//        └──region active──────────────────────────────────────────> active
+//   Leave(write): writers--, stamped with the current epoch
+//   epoch flush (local syncfs + every peer fsynced + fracture logs durable):
+//        active regions idle since before that epoch ──> retired (lazily)
+//
+// The active set is bounded by the budget (`budget_bytes` / extent size
+// regions): a write that needs a new region while the set is full waits for
+// a flush to retire old ones. The budget is the promised ceiling of what a
+// crash re-sends.
+//
+// Thread-safety: thread-safe. mu_ is held across no I/O; the one committer
+// at a time writes its batch without it.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "meta/meta_store.h"
+#include "meta/status.h"
+
+namespace mirrorfs::sync {
+
+class IntentJournal {
+ public:
+  using Region = meta::MetaStore::IntentRegion;
+
+  // `*store` must outlive the journal.
+  IntentJournal(meta::MetaStore* store, uint64_t extent_bytes,
+                uint64_t budget_bytes);
+
+  // A write of [offset, offset + length) of file `ino` begins. Returns once
+  // every region it touches is durably active (or the error of recording
+  // it: the write must then fail, or guarantee 1 would not hold).
+  meta::Status Enter(uint64_t ino, uint64_t offset, uint64_t length);
+  // The write that Enter()ed the same range is done: applied locally and
+  // acknowledged (or logged) by every peer.
+  void Leave(uint64_t ino, uint64_t offset, uint64_t length);
+
+  // Starts an epoch: returns its number. Every write that Leave()s before
+  // this call is covered by a flush issued after it.
+  uint64_t BeginEpoch();
+  // A flush issued after BeginEpoch() returned `epoch` completed: regions
+  // without writers whose last write left at or before `epoch` retire.
+  meta::Status Retire(uint64_t epoch);
+  // True when writers wait for room, or enough bytes were written since the
+  // last epoch, that a flush should run now rather than at its period.
+  bool FlushWanted() const;
+  // Blocks until FlushWanted() or `timeout`.
+  void WaitFlushWanted(std::chrono::milliseconds timeout);
+
+  uint64_t extent_bytes() const { return extent_; }
+  uint64_t budget_bytes() const { return budget_regions_ * extent_; }
+  size_t active_extents() const;
+
+ private:
+  struct State {
+    uint32_t writers = 0;
+    uint64_t last_epoch = 0;
+    bool durable = false;
+  };
+
+  meta::MetaStore* const store_;
+  const uint64_t extent_;
+  const uint64_t budget_regions_;
+  // Bytes entered since the last epoch after which a flush is wanted early.
+  static constexpr uint64_t kFlushAfterBytes = 256u << 20;
+
+  mutable std::mutex mu_;  // guards all below; leaf except the committer
+  std::condition_variable cv_;
+  std::map<Region, State> regions_;
+  std::vector<Region> pending_;  // new, not yet durable
+  bool committing_ = false;
+  uint64_t epoch_ = 1;
+  uint64_t bytes_since_epoch_ = 0;
+  int waiting_for_room_ = 0;
+  meta::Status commit_error_;
+};
+
+}  // namespace mirrorfs::sync
