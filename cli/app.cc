@@ -14,6 +14,7 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <optional>
 #include <sstream>
 #include <thread>
@@ -430,9 +431,6 @@ int Main(int argc, char** argv) {
   auto* peer_list = peer->add_subcommand("list", "List peers");
   peer_list->add_option("STORE", store)->required();
   peer_list->add_flag("--json", json);
-  pending.push_back({peer_add, "peer management"});
-  pending.push_back({peer_remove, "peer management"});
-  pending.push_back({peer_list, "peer management"});
 
   bool wait = false;
   double timeout = 0;
@@ -461,18 +459,25 @@ int Main(int argc, char** argv) {
   promote->add_option("STORE", store)->required();
   promote->add_option("--mount", arg1, "Mount the store here");
   promote->add_flag("--force", flag);
-  pending.push_back({promote, "promote"});
 
-  auto* demote = app.add_subcommand("demote", "Primary -> secondary");
+  std::string demote_listen;
+  auto* demote = app.add_subcommand(
+      "demote", "Primary -> secondary (unmounts; fails if the mount is busy)");
   demote->add_option("STORE", store)->required();
-  pending.push_back({demote, "demote"});
+  demote->add_option("--listen", demote_listen,
+                     "Endpoint to serve on (default: the node's --listen)");
 
   auto* resolve = app.add_subcommand("resolve", "End a split brain");
   resolve->add_option("STORE", store)->required();
-  auto* discard = resolve->add_flag("--discard-local", flag);
-  auto* keep = resolve->add_flag("--keep-local", json);
+  bool discard_local = false, keep_local = false;
+  auto* discard = resolve->add_flag(
+      "--discard-local", discard_local,
+      "On the loser: save its changes to a recovery folder, take the other's");
+  auto* keep = resolve->add_flag(
+      "--keep-local", keep_local,
+      "On the survivor: the split-brain peer takes this node's data");
   discard->excludes(keep);
-  pending.push_back({resolve, "split-brain resolution"});
+  resolve->require_option(1);
 
   auto* keygen = app.add_subcommand(
       "keygen", "Write a CURVE key pair: FILE (secret) and FILE.pub");
@@ -623,6 +628,90 @@ int Main(int argc, char** argv) {
     int code = Relay(store, words);
     if (code != kExitOk || !wait) return code;
     return WaitInSync(store, arg1, timeout);
+  }
+  if (peer_add->parsed()) {
+    if (!ValidPeerName(arg1) || !ValidEndpoint(arg2)) {
+      return usage(peer_add, "peer add: expected NAME (letters, digits, '.', "
+                             "'_', '-') and EP like tcp://10.0.0.2:7790");
+    }
+    return Relay(store, {"peer-add", arg1, arg2});
+  }
+  if (peer_remove->parsed()) {
+    std::vector<std::string> words = {"peer-remove", arg1};
+    if (flag) words.push_back("--force");
+    return Relay(store, words);
+  }
+  if (peer_list->parsed()) {
+    return Relay(store, json ? std::vector<std::string>{"peer-list", "--json"}
+                             : std::vector<std::string>{"peer-list"});
+  }
+  if (resolve->parsed()) {
+    return Relay(store, {"resolve", discard_local ? "--discard-local"
+                                                  : "--keep-local"});
+  }
+  if (promote->parsed() || demote->parsed()) {
+    auto info = CallDaemon(store, {"role-info"});
+    if (!info.ok()) return Fail(info.status().message());
+    std::map<std::string, std::string> kv;
+    std::istringstream lines(info->out);
+    std::string line;
+    while (std::getline(lines, line)) {
+      size_t eq = line.find('=');
+      if (eq != std::string::npos) kv[line.substr(0, eq)] = line.substr(eq + 1);
+    }
+    pid_t pid = std::atoi(kv["pid"].c_str());
+    NodeOptions next;
+    next.store = store;
+    next.name = kv["name"];
+    if (promote->parsed()) {
+      if (kv["role"] != "secondary") return Fail(store + " is not a secondary");
+      if (arg1.empty()) {
+        return usage(promote, "promote needs --mount MOUNTPOINT");
+      }
+      if (!kv["primary_connected"].empty() && !flag) {
+        return Fail("refusing to promote: primary " + kv["primary_connected"] +
+                    " is connected to this node; demote it first, or use "
+                    "--force (two primaries make a split brain)");
+      }
+      if (kv["consistent"] != "1" && !flag) {
+        return Fail("refusing to promote: this copy is inconsistent (a "
+                    "resync into it has not finished); use --force to "
+                    "promote it anyway");
+      }
+      std::string error;
+      if (!ExistingDirectory("mountpoint", arg1, &next.mountpoint, &error)) {
+        return Fail(error);
+      }
+      next.primary = true;
+      next.listen = kv["listen"];
+    } else {
+      if (kv["role"] != "primary") return Fail(store + " is not a primary");
+      next.primary = false;
+      next.listen = demote_listen.empty() ? kv["listen"] : demote_listen;
+      if (next.listen.empty()) {
+        return usage(demote, "demote needs an endpoint to serve on: this node "
+                             "has none; pass --listen EP");
+      }
+      if (!ValidEndpoint(next.listen)) {
+        return usage(demote, "--listen " + next.listen + ": not an endpoint");
+      }
+    }
+    int code = Relay(store, {promote->parsed() ? "stop" : "demote"});
+    if (code != kExitOk) return code;
+    if (pid > 0 && !WaitGone(pid, std::chrono::seconds(60))) {
+      return Fail("the daemon of " + store + " did not stop within 60 s");
+    }
+    code = RunNode(next);
+    if (code == kExitOk) {
+      std::cout << store << " is now "
+                << (next.primary ? "primary, mounted at " + next.mountpoint
+                                 : "secondary, serving " + next.listen)
+                << "\n";
+    } else {
+      std::cerr << "mirrorfs: the node is stopped; start it again with "
+                   "`mirrorfs serve` or `mirrorfs mount`\n";
+    }
+    return code;
   }
   for (const auto& p : pending) {
     if (p.app->parsed()) {

@@ -2,10 +2,14 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <map>
 #include <thread>
 #include <unordered_map>
 #include <zmq.hpp>
@@ -118,10 +122,14 @@ meta::Status Node::StartPrimary() {
   if (identity_->store_uuid.IsZero()) {
     identity_->store_uuid = meta::Uuid::Generate();
   }
-  if (identity_->generation.empty()) {
-    identity_->generation = meta::Uuid::Generate().ToString();
-  }
+  // Becoming primary starts a new generation: what this node writes from
+  // now on is a history of its own (split brain detection, fencing).
+  sync::Generations gens = sync::Generations::Parse(identity_->generation);
+  gens.Advance();
+  identity_->generation = gens.Format();
   MFS_RETURN_IF_ERROR(meta_->SaveIdentity(*identity_));
+  generations_ = std::make_unique<sync::GenerationKeeper>(
+      gens, [this](const sync::Generations& g) { return SetGenerations(g); });
   MFS_RETURN_IF_ERROR(meta_->SetCleanShutdown(false));
   auto known = meta_->ListPeers();
   if (!known.ok()) return known.status();
@@ -147,8 +155,9 @@ meta::Status Node::StartPrimary() {
   fan_out_ = std::make_unique<sync::FanOut>(
       options_.async ? sync::MirrorMode::kAsync : sync::MirrorMode::kSync);
   if (options_.intent_journal) {
+    intent_store_ = std::make_unique<sync::MetaIntentStore>(meta_.get());
     journal_ = std::make_unique<sync::IntentJournal>(
-        meta_.get(), options_.intent_extent, options_.intent_budget);
+        intent_store_.get(), options_.intent_extent, options_.intent_budget);
   } else {
     meta::LogWarning("write-intent journal OFF (test switch): a crash of "
                      "this primary may leave peers silently different");
@@ -160,6 +169,11 @@ meta::Status Node::StartPrimary() {
   if (!volume.ok()) return volume.status();
   volume_ = std::move(volume.value());
 
+  // The listen endpoint of a primary answers other nodes' hellos only to
+  // recognise a split brain or a stale primary; it applies nothing.
+  if (!identity_->listen_endpoint.empty()) {
+    MFS_RETURN_IF_ERROR(StartListener(/*primary_mode=*/true));
+  }
   auto peers = meta_->ListPeers();
   if (!peers.ok()) return peers.status();
   std::vector<sync::PeerSession*> started;
@@ -261,8 +275,6 @@ meta::Status Node::AddSession(const meta::PeerRecord& record) {
   local.name = identity_->name;
   local.node_uuid = identity_->node_uuid;
   local.store_uuid = identity_->store_uuid;
-  auto generation = meta::Uuid::Parse(identity_->generation);
-  if (generation.ok()) local.generation = *generation;
   local.endpoint = identity_->listen_endpoint;
   sync::SessionOptions session_options;
   session_options.peer_timeout = options_.peer_timeout;
@@ -283,7 +295,7 @@ meta::Status Node::AddSession(const meta::PeerRecord& record) {
   std::string name = record.name;
   auto session = std::make_unique<sync::PeerSession>(
       zmq_.get(), record.name, record.endpoint, local, session_options,
-      std::move(log), volume_.get(),
+      std::move(log), volume_.get(), generations_.get(),
       [this, name, endpoint = record.endpoint](const sync::PeerHello& hello) {
         meta::PeerRecord learnt;
         learnt.name = name;
@@ -299,34 +311,204 @@ meta::Status Node::AddSession(const meta::PeerRecord& record) {
   return meta::Status::Ok();
 }
 
-meta::Status Node::StartSecondary() {
-  MFS_RETURN_IF_ERROR(meta_->SaveIdentity(*identity_));
-  sync::ReplicaIdentity replica_identity;
-  replica_identity.name = identity_->name;
-  replica_identity.node_uuid = identity_->node_uuid;
-  replica_identity.store_uuid = identity_->store_uuid;
+sync::ReplicaIdentity Node::ReplicaIdentityNow(bool* ok_consistent) {
+  sync::ReplicaIdentity r;
+  r.name = identity_->name;
+  r.node_uuid = identity_->node_uuid;
+  r.store_uuid = identity_->store_uuid;
   auto consistent = meta_->IsConsistent();
-  if (!consistent.ok()) return consistent.status();
-  replica_identity.consistent = *consistent;
+  *ok_consistent = consistent.ok();
+  r.consistent = consistent.ok() && *consistent;
+  r.generations = sync::Generations::Parse(identity_->generation);
+  return r;
+}
+
+meta::Status Node::StartListener(bool primary_mode) {
+  bool ok = false;
+  auto identity = ReplicaIdentityNow(&ok);
+  if (!ok) return meta_->IsConsistent().status();
+  if (primary_mode && generations_) identity.generations = generations_->Get();
   replica_ = std::make_unique<sync::ReplicaServer>(
-      zmq_.get(), identity_->listen_endpoint, replica_identity, store_fd_,
-      [this](const meta::Uuid& store_uuid) {
-        // Runs on the replica thread; identity_ is not touched elsewhere
-        // after Start() except for reads of fields that do not change.
-        auto stored = meta_->LoadIdentity();
-        if (!stored.ok()) return stored.status();
-        stored->store_uuid = store_uuid;
-        return meta_->SaveIdentity(*stored);
-      },
-      [this](bool consistent) { return meta_->SetConsistent(consistent); });
+      zmq_.get(), identity_->listen_endpoint, identity, store_fd_, this,
+      primary_mode);
   MFS_RETURN_IF_ERROR(replica_->Bind());
   if (options_.volatile_writes) {
     meta::LogWarning("TEST MODE: applied writes are held in memory until a "
                      "flush and lost if this process is killed");
     replica_->SetVolatileWrites(true);
   }
+  if (!primary_mode) {
+    // What this node wrote as a former primary and a newer primary may
+    // lack: its fracture logs (for any peer) and its write intents.
+    std::map<std::string, meta::ExtentSet> divergent;
+    bool namespace_diverged = false;
+    auto peers = meta_->ListPeers();
+    if (peers.ok()) {
+      for (const auto& p : *peers) {
+        auto log = meta_->LoadFracture(p.name);
+        if (log.ok()) {
+          for (auto& [path, set] : *log) divergent[path].Merge(set);
+        }
+        auto ops = meta_->LoadNamespaceOps(p.name);
+        namespace_diverged = namespace_diverged || (ops.ok() && !ops->empty());
+      }
+    }
+    auto intents = meta_->LoadIntents();
+    if (intents.ok() && !intents->first.empty()) {
+      std::unordered_map<uint64_t, std::pair<std::string, uint64_t>> files;
+      MapFiles(store_fd_, "", &files);
+      uint64_t extent = intents->second ? intents->second : options_.intent_extent;
+      for (const auto& r : intents->first) {
+        auto it = files.find(r.ino);
+        if (it != files.end()) {
+          divergent[it->second.first].Add(r.region * extent, extent);
+        }
+      }
+    }
+    std::vector<sync::DivergentExtent> list;
+    for (const auto& [path, set] : divergent) {
+      for (const auto& e : set) list.push_back({path, e.offset, e.length});
+    }
+    divergent_paths_.clear();
+    for (const auto& [path, set] : divergent) divergent_paths_.push_back(path);
+    if (!list.empty() || namespace_diverged) {
+      meta::LogInfo("this node wrote as primary before: " +
+                    std::to_string(list.size()) +
+                    " extents may differ from the next primary's copy and "
+                    "will be re-sent from it");
+    }
+    if (list.size() > sync::kMaxDivergentExtents) {
+      // Too many to list: the next primary compares every block instead.
+      list.clear();
+      namespace_diverged = true;
+      auto s = meta_->SetConsistent(false);
+      if (!s.ok()) return s;
+    }
+    replica_->SetDivergent(std::move(list), namespace_diverged);
+  }
   replica_->Start();
   return meta::Status::Ok();
+}
+
+meta::Status Node::StartSecondary() {
+  MFS_RETURN_IF_ERROR(meta_->SaveIdentity(*identity_));
+  return StartListener(/*primary_mode=*/false);
+}
+
+// ---- sync::ReplicaHost ------------------------------------------------------
+
+meta::Status Node::AdoptStore(const meta::Uuid& store_uuid) {
+  auto stored = meta_->LoadIdentity();
+  if (!stored.ok()) return stored.status();
+  stored->store_uuid = store_uuid;
+  return meta_->SaveIdentity(*stored);
+}
+
+meta::Status Node::SetConsistent(bool consistent) {
+  return meta_->SetConsistent(consistent);
+}
+
+meta::Status Node::SetGenerations(const sync::Generations& generations) {
+  auto stored = meta_->LoadIdentity();
+  if (!stored.ok()) return stored.status();
+  stored->generation = generations.Format();
+  return meta_->SaveIdentity(*stored);
+}
+
+void Node::PrimaryAccepted(const std::string& name, const meta::Uuid& uuid,
+                           const std::string& endpoint) {
+  if (endpoint.empty()) return;  // it cannot be reached back
+  meta::PeerRecord record;
+  record.name = name;
+  record.endpoint = endpoint;
+  record.uuid = uuid;
+  auto s = meta_->PutPeer(record);
+  if (!s.ok()) meta::LogWarning("remembering primary " + name + ": " + s.message());
+}
+
+meta::Result<std::string> Node::SaveRecovery() {
+  std::lock_guard<std::mutex> lock(recovery_mu_);
+  if (!recovery_folder_.empty()) return recovery_folder_;
+  char stamp[32];
+  time_t now = ::time(nullptr);
+  struct tm tm;
+  gmtime_r(&now, &tm);
+  std::strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm);
+  std::string base = options_.store + "/.mirrorfs/recovery";
+  std::string folder = base + "/" + stamp;
+  if ((::mkdir(base.c_str(), 0700) != 0 && errno != EEXIST) ||
+      ::mkdir(folder.c_str(), 0700) != 0) {
+    return meta::Status::FromErrno("create recovery folder " + folder);
+  }
+  std::string listing;
+  for (const auto& path : divergent_paths_) {
+    listing += path + "\n";
+    std::string from = options_.store + "/" + path;
+    std::string to = folder + "/" + path;
+    // Parents, then a sparse copy (holes stay holes).
+    for (size_t at = to.find('/', folder.size() + 1); at != std::string::npos;
+         at = to.find('/', at + 1)) {
+      ::mkdir(to.substr(0, at).c_str(), 0700);
+    }
+    int in = ::open(from.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (in < 0) continue;  // gone since: nothing to keep
+    int out = ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (out < 0) {
+      ::close(in);
+      return meta::Status::FromErrno("save " + path + " to " + folder);
+    }
+    struct stat st;
+    ::fstat(in, &st);
+    off_t at = 0;
+    std::string buffer(1 << 20, '\0');
+    while (at < st.st_size) {
+      off_t data = ::lseek(in, at, SEEK_DATA);
+      if (data < 0) break;
+      off_t hole = ::lseek(in, data, SEEK_HOLE);
+      for (off_t o = data; o < hole;) {
+        ssize_t n = ::pread(in, buffer.data(),
+                            std::min<off_t>(buffer.size(), hole - o), o);
+        if (n <= 0) break;
+        if (::pwrite(out, buffer.data(), static_cast<size_t>(n), o) != n) {
+          ::close(in);
+          ::close(out);
+          return meta::Status::FromErrno("save " + path + " to " + folder);
+        }
+        o += n;
+      }
+      at = hole;
+    }
+    if (::ftruncate(out, st.st_size) != 0 || ::fsync(out) != 0) {
+      ::close(in);
+      ::close(out);
+      return meta::Status::FromErrno("save " + path + " to " + folder);
+    }
+    ::close(in);
+    ::close(out);
+  }
+  int list = ::open((folder + "/CHANGED-FILES").c_str(),
+                    O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (list >= 0) {
+    (void)!::write(list, listing.data(), listing.size());
+    ::fsync(list);
+    ::close(list);
+  }
+  recovery_folder_ = folder;
+  return folder;
+}
+
+void Node::Settled() {
+  auto peers = meta_->ListPeers();
+  if (peers.ok()) {
+    for (const auto& p : *peers) {
+      auto s = meta_->ClearAllFracture(p.name);
+      if (!s.ok()) meta::LogError(s.message());
+    }
+  }
+  auto s = meta_->ClearIntents();
+  if (!s.ok()) meta::LogError(s.message());
+  std::lock_guard<std::mutex> lock(recovery_mu_);
+  divergent_paths_.clear();
 }
 
 void Node::RequestStop() {
@@ -344,6 +526,7 @@ meta::Status Node::Run() {
   meta::Status result;
   if (mount_) {
     result = mount_->Run();
+    if (replica_) replica_->Stop();
     meta::LogInfo("unmounted " + options_.mountpoint + "; stopping");
     {
       std::lock_guard<std::mutex> lock(stop_mu_);
@@ -390,6 +573,83 @@ ControlReply Node::HandleControl(const std::vector<std::string>& words) {
     std::thread([this] { RequestStop(); }).detach();
     return {0, "", ""};
   }
+  if (verb == "role-info") {
+    sync::ReplicaSnapshot r;
+    if (replica_) r = replica_->Snapshot();
+    bool primary_connected =
+        replica_ && !options_.primary && r.has_primary &&
+        r.last_seen_seconds_ago >= 0 &&
+        r.last_seen_seconds_ago < options_.peer_timeout.count() / 1000.0;
+    std::string out = "role=" + identity_->role + "\n" + "name=" +
+                      identity_->name + "\n" + "listen=" +
+                      identity_->listen_endpoint + "\n" + "pid=" +
+                      std::to_string(::getpid()) + "\n" + "consistent=" +
+                      ((replica_ && !options_.primary && !r.consistent) ? "0"
+                                                                        : "1") +
+                      "\n" + "primary_connected=" +
+                      (primary_connected ? r.primary_name : "") + "\n" +
+                      "mountpoint=" + options_.mountpoint + "\n";
+    return {0, out, ""};
+  }
+  if (verb == "peer-list") return PeerList(words.size() > 1 && words[1] == "--json");
+  if (verb == "peer-add" || verb == "peer-remove") {
+    return PeerChange(verb, words);
+  }
+  if (verb == "resolve") {
+    bool discard = words.size() > 1 && words[1] == "--discard-local";
+    if (discard) {
+      if (!replica_ || options_.primary) {
+        return {1, "",
+                "this node is primary: demote it first (mirrorfs demote " +
+                    options_.store + "), then resolve --discard-local\n"};
+      }
+      auto saved = SaveRecovery();
+      if (!saved.ok()) return {1, "", saved.status().message() + "\n"};
+      replica_->DiscardLocal();
+      meta::LogWarning("resolve --discard-local: this node's changes since the "
+                       "split are saved in " + *saved +
+                       "; the next primary's data replaces them");
+      return {0,
+              "this node's changes since the split are saved in " + *saved +
+                  "\nthe primary's data replaces them at its next "
+                  "connection (full sync)\n",
+              ""};
+    }
+    if (!fan_out_) {
+      return {1, "",
+              "this node is a secondary: keep-local belongs on the survivor "
+              "(a primary); here use --discard-local\n"};
+    }
+    std::string out;
+    for (const auto& p : fan_out_->Snapshot()) {
+      if (p.state != sync::PeerState::kSplitBrain) continue;
+      fan_out_->Find(p.name)->DiscardPeerChanges();
+      out += "peer " + p.name +
+             ": it will save its changes to its recovery folder and take "
+             "this node's data (full sync)\n";
+    }
+    if (out.empty()) return {1, "", "no peer is in split brain with this node\n"};
+    return {0, out, ""};
+  }
+  if (verb == "demote") {
+    if (!mount_) return {1, "", "this node is not a mounted primary\n"};
+    // Not lazy: a busy mount refuses, and says why.
+    if (::umount2(options_.mountpoint.c_str(), 0) != 0) {
+      int err = errno;
+      if (err == EBUSY) {
+        return {1, "",
+                "mountpoint " + options_.mountpoint +
+                    " is busy: processes have files or directories open "
+                    "there (see `fuser -vm " + options_.mountpoint +
+                    "`); close them and demote again\n"};
+      }
+      return {1, "",
+              "cannot unmount " + options_.mountpoint + ": " +
+                  std::strerror(err) + "\n"};
+    }
+    meta::LogInfo("demote: " + options_.mountpoint + " unmounted; stopping");
+    return {0, "", ""};
+  }
   if (verb == "sync" || verb == "fracture" || verb == "progress") {
     if (!fan_out_) {
       return {1, "",
@@ -433,6 +693,93 @@ ControlReply Node::HandleControl(const std::vector<std::string>& words) {
   return {1, "", "the daemon does not know the request '" + verb + "'\n"};
 }
 
+ControlReply Node::PeerList(bool json) {
+  auto peers = meta_->ListPeers();
+  if (!peers.ok()) return {1, "", peers.status().message() + "\n"};
+  std::map<std::string, sync::PeerSnapshot> live;
+  if (fan_out_) {
+    for (auto& p : fan_out_->Snapshot()) live[p.name] = p;
+  }
+  if (json) {
+    JsonWriter j;
+    j.BeginArray();
+    for (const auto& p : *peers) {
+      j.BeginObject();
+      j.Key("name").Value(p.name);
+      j.Key("endpoint").Value(p.endpoint);
+      j.Key("uuid").Value(p.uuid.IsZero() ? std::string() : p.uuid.ToString());
+      auto it = live.find(p.name);
+      if (it != live.end()) {
+        j.Key("state").Value(sync::PeerStateName(it->second.state));
+        j.Key("in_sync").Value(it->second.in_sync);
+      } else {
+        j.Key("state").Null();
+        j.Key("in_sync").Null();
+      }
+      j.EndObject();
+    }
+    j.EndArray();
+    return {0, j.str() + "\n", ""};
+  }
+  std::string out;
+  for (const auto& p : *peers) {
+    auto it = live.find(p.name);
+    out += Pad(p.name, 16) + Pad(p.endpoint, 28) +
+           (it != live.end() ? std::string(sync::PeerStateName(it->second.state))
+                             : std::string("-")) +
+           "\n";
+  }
+  if (out.empty()) out = "no peers\n";
+  return {0, out, ""};
+}
+
+ControlReply Node::PeerChange(const std::string& verb,
+                              const std::vector<std::string>& words) {
+  if (words.size() < 2) return {2, "", verb + " needs a peer name\n"};
+  const std::string& name = words[1];
+  auto known = meta_->ListPeers();
+  if (!known.ok()) return {1, "", known.status().message() + "\n"};
+  bool exists = false;
+  for (const auto& k : *known) exists = exists || k.name == name;
+  if (verb == "peer-add") {
+    if (words.size() < 3) return {2, "", "peer add needs NAME and EP\n"};
+    if (exists) {
+      return {1, "", "peer " + name + " already exists; remove it first\n"};
+    }
+    meta::PeerRecord record;
+    record.name = name;
+    record.endpoint = words[2];
+    auto s = meta_->PutPeer(record);
+    // A copy of unknown age: every block is compared once.
+    if (s.ok()) s = meta_->SetPeerFlag(name, meta::PeerFlag::kFullSyncNeeded, true);
+    if (s.ok() && fan_out_) s = AddSession(record);
+    if (!s.ok()) return {1, "", s.message() + "\n"};
+    meta::LogInfo("peer " + name + " (" + record.endpoint + ") added");
+    return {0, "peer " + name + " added\n", ""};
+  }
+  // peer-remove [--force]
+  bool force = words.size() > 2 && words[2] == "--force";
+  if (!exists) return {1, "", "no peer named " + name + "\n"};
+  if (fan_out_) {
+    if (auto* session = fan_out_->Find(name)) {
+      auto snap = session->Snapshot();
+      if (!snap.in_sync && !force) {
+        return {1, "",
+                "peer " + name + " is not in sync (" +
+                    sync::PeerStateName(snap.state) + ", " +
+                    Bytes(snap.fracture_bytes) +
+                    " missed); removing it drops what it missed. Use --force "
+                    "to remove it anyway\n"};
+      }
+      fan_out_->RemoveSession(name);
+    }
+  }
+  auto s = meta_->RemovePeer(name);
+  if (!s.ok()) return {1, "", s.message() + "\n"};
+  meta::LogInfo("peer " + name + " removed");
+  return {0, "peer " + name + " removed\n", ""};
+}
+
 std::string Node::StatusJson() {
   JsonWriter j;
   j.BeginObject();
@@ -453,7 +800,36 @@ std::string Node::StatusJson() {
   sync::ReplicaSnapshot replica;
   if (replica_) replica = replica_->Snapshot();
   j.Key("consistent").Value(replica_ ? replica.consistent : true);
-  j.Key("generation").Value(identity_->generation);
+  sync::Generations gens =
+      generations_ ? generations_->Get()
+                   : (replica_ ? replica.generations
+                               : sync::Generations::Parse(identity_->generation));
+  j.Key("generation").Value(gens.current.IsZero() ? std::string()
+                                                  : gens.current.ToString());
+  j.Key("generation_history").BeginArray();
+  for (const auto& g : gens.history) j.Value(g.ToString());
+  j.EndArray();
+  std::string split_with = replica_ ? replica.split_brain_with : "";
+  if (fan_out_ && split_with.empty()) {
+    for (const auto& p : fan_out_->Snapshot()) {
+      if (p.state == sync::PeerState::kSplitBrain) split_with = p.name;
+    }
+  }
+  if (split_with.empty()) {
+    j.Key("split_brain").Value(false);
+  } else {
+    j.Key("split_brain").BeginObject();
+    j.Key("with").Value(split_with);
+    j.EndObject();
+  }
+  {
+    std::lock_guard<std::mutex> lock(recovery_mu_);
+    if (recovery_folder_.empty()) {
+      j.Key("recovery_folder").Null();
+    } else {
+      j.Key("recovery_folder").Value(recovery_folder_);
+    }
+  }
   j.Key("pid").Value(static_cast<int64_t>(::getpid()));
   j.Key("intent").BeginObject();
   j.Key("enabled").Value(journal_ != nullptr);
@@ -506,7 +882,21 @@ std::string Node::StatusJson() {
       j.EndObject();
     }
   }
-  if (replica_ && replica.has_primary) {
+  if (replica_ && !replica.split_brain_with.empty() &&
+      replica.split_brain_with != replica.primary_name) {
+    j.BeginObject();
+    j.Key("name").Value(replica.split_brain_with);
+    j.Key("role").Value("primary");
+    j.Key("state").Value("split-brain");
+    j.Key("in_sync").Value(false);
+    j.Key("fracture_bytes").Value(uint64_t{0});
+    j.Key("fracture_extents").Value(uint64_t{0});
+    j.Key("pending_namespace_ops").Value(uint64_t{0});
+    write_resync(0, 0, 0);
+    j.Key("last_seen_seconds_ago").Null();
+    j.EndObject();
+  }
+  if (replica_ && !options_.primary && replica.has_primary) {
     j.BeginObject();
     j.Key("name").Value(replica.primary_name);
     j.Key("endpoint").Value(replica.primary_endpoint);
@@ -514,10 +904,12 @@ std::string Node::StatusJson() {
     j.Key("role").Value("primary");
     bool live = replica.last_seen_seconds_ago >= 0 &&
                 replica.last_seen_seconds_ago <
-                    3.0 * options_.peer_timeout.count() / 1000.0;
-    j.Key("state").Value(!live                ? "disconnected"
-                         : replica.resyncing ? "syncing"
-                                             : "connected");
+                    options_.peer_timeout.count() / 1000.0;
+    j.Key("state").Value(
+        replica.split_brain_with == replica.primary_name ? "split-brain"
+        : !live                                          ? "disconnected"
+        : replica.resyncing                              ? "syncing"
+                                                         : "connected");
     j.Key("in_sync").Value(live && replica.consistent);
     j.Key("fracture_bytes").Value(uint64_t{0});
     j.Key("fracture_extents").Value(uint64_t{0});

@@ -18,6 +18,8 @@
 #include "cli/control.h"
 #include "cli/options.h"
 #include "meta/status.h"
+#include "sync/generation.h"
+#include "sync/replica_server.h"
 
 namespace zmq {
 class context_t;
@@ -31,6 +33,7 @@ struct PeerRecord;
 namespace mirrorfs::sync {
 class FanOut;
 class IntentJournal;
+class MetaIntentStore;
 class ReplicaServer;
 }  // namespace mirrorfs::sync
 namespace mirrorfs::fs {
@@ -40,7 +43,7 @@ class FuseMount;
 
 namespace mirrorfs::cli {
 
-class Node {
+class Node : public sync::ReplicaHost {
  public:
   explicit Node(NodeOptions options);
   ~Node();
@@ -57,12 +60,28 @@ class Node {
  private:
   meta::Status StartPrimary();
   meta::Status StartSecondary();
+  // Binds the listen endpoint: as a secondary's replication server, or, on
+  // a primary, to recognise split brain and stale primaries.
+  meta::Status StartListener(bool primary_mode);
+  sync::ReplicaIdentity ReplicaIdentityNow(bool* ok);
+
+  // sync::ReplicaHost (called on the replica thread).
+  meta::Status AdoptStore(const meta::Uuid& store_uuid) override;
+  meta::Status SetConsistent(bool consistent) override;
+  meta::Status SetGenerations(const sync::Generations& generations) override;
+  void PrimaryAccepted(const std::string& name, const meta::Uuid& uuid,
+                       const std::string& endpoint) override;
+  meta::Result<std::string> SaveRecovery() override;
+  void Settled() override;
   // Before the mount opens: if the journal holds active regions (an unclean
   // stop), adds them to every peer's fracture log and retires them.
   meta::Status RecoverFromCrash();
   // Starts mirroring to `record` (its fracture log loaded from the store).
   meta::Status AddSession(const meta::PeerRecord& record);
   ControlReply HandleControl(const std::vector<std::string>& words);
+  ControlReply PeerList(bool json);
+  ControlReply PeerChange(const std::string& verb,
+                          const std::vector<std::string>& words);
   std::string StatusJson();
   std::string StatusText();
 
@@ -70,6 +89,11 @@ class Node {
   std::unique_ptr<meta::MetaStore> meta_;
   std::unique_ptr<meta::NodeIdentity> identity_;
   std::unique_ptr<zmq::context_t> zmq_;
+  std::unique_ptr<sync::GenerationKeeper> generations_;  // primary only
+  std::mutex recovery_mu_;  // guards divergent_paths_, recovery_folder_
+  std::vector<std::string> divergent_paths_;
+  std::string recovery_folder_;
+  std::unique_ptr<sync::MetaIntentStore> intent_store_;
   std::unique_ptr<sync::IntentJournal> journal_;
   std::unique_ptr<sync::FanOut> fan_out_;
   // Crash recovery at start: regions of the journal queued for every peer.

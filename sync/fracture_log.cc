@@ -36,6 +36,8 @@ Status FractureLog::Load() {
   ops_.clear();
   bytes_ = count_ = 0;
   full_sync_ = full.ok() && *full;
+  auto dirty = store_->GetPeerFlag(peer_, meta::PeerFlag::kNamespaceDirty);
+  namespace_dirty_ = dirty.ok() && *dirty;
   Status problem;
   if (extents.ok()) {
     extents_ = std::move(extents.value());
@@ -261,16 +263,37 @@ Status FractureLog::Clear() {
     stale_paths_.clear();
     bytes_ = count_ = 0;
     full_sync_ = false;
+    namespace_dirty_ = false;
   }
   MFS_RETURN_IF_ERROR(store_->ClearAllFracture(peer_));
+  MFS_RETURN_IF_ERROR(
+      store_->SetPeerFlag(peer_, meta::PeerFlag::kNamespaceDirty, false));
   MFS_RETURN_IF_ERROR(
       store_->SetPeerFlag(peer_, meta::PeerFlag::kFullSyncNeeded, false));
   return store_->SyncWal();
 }
 
+Status FractureLog::MarkNamespaceDirty() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    namespace_dirty_ = true;
+  }
+  return store_->SetPeerFlag(peer_, meta::PeerFlag::kNamespaceDirty, true);
+}
+
+void FractureLog::ClearNamespaceDirty() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!namespace_dirty_) return;
+    namespace_dirty_ = false;
+  }
+  auto s = store_->SetPeerFlag(peer_, meta::PeerFlag::kNamespaceDirty, false);
+  if (!s.ok()) meta::LogError("peer " + peer_ + ": " + s.message());
+}
+
 bool FractureLog::empty() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return extents_.empty() && ops_.empty() && !full_sync_;
+  return extents_.empty() && ops_.empty() && !full_sync_ && !namespace_dirty_;
 }
 
 uint64_t FractureLog::bytes() const {

@@ -64,6 +64,11 @@ class FractureLog {
   bool full_sync() const;
   meta::Status SetFullSync(bool on);
 
+  // The peer may hold namespace changes we lack (it was primary): the next
+  // resync reconciles the namespace even if nothing else is logged.
+  meta::Status MarkNamespaceDirty();
+  void ClearNamespaceDirty();
+
   // Snapshots for a resync.
   std::map<std::string, meta::ExtentSet> Extents() const;
   std::vector<std::pair<uint64_t, meta::Change>> NamespaceOps() const;
@@ -100,6 +105,7 @@ class FractureLog {
   uint64_t bytes_ = 0;    // sum of TotalBytes() of extents_
   uint64_t count_ = 0;    // sum of Count() of extents_
   bool full_sync_ = false;
+  bool namespace_dirty_ = false;
   // Paths whose on-disk records are out of date with memory (Done).
   std::map<std::string, bool> stale_paths_;
 };

@@ -4,7 +4,7 @@
 
 namespace mirrorfs::sync {
 
-IntentJournal::IntentJournal(meta::MetaStore* store, uint64_t extent_bytes,
+IntentJournal::IntentJournal(IntentStore* store, uint64_t extent_bytes,
                              uint64_t budget_bytes)
     : store_(store),
       extent_(std::max<uint64_t>(extent_bytes, 4096)),

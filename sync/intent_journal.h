@@ -34,12 +34,42 @@
 
 namespace mirrorfs::sync {
 
+// What the journal needs of the state database: the seam where tests inject
+// faults (fail the Nth write, stop at a named point) to check the order —
+// intent durable before data, fracture logs durable before intents retire.
+class IntentStore {
+ public:
+  using Region = meta::MetaStore::IntentRegion;
+  virtual ~IntentStore() = default;
+  virtual meta::Status RecordIntents(const std::vector<Region>& regions,
+                                     uint64_t extent_bytes) = 0;
+  virtual meta::Status RetireIntents(const std::vector<Region>& regions) = 0;
+  virtual meta::Status SyncWal() = 0;
+};
+
+// The real one: the node's MetaStore. `*store` must outlive it.
+class MetaIntentStore : public IntentStore {
+ public:
+  explicit MetaIntentStore(meta::MetaStore* store) : store_(store) {}
+  meta::Status RecordIntents(const std::vector<Region>& regions,
+                             uint64_t extent_bytes) override {
+    return store_->RecordIntents(regions, extent_bytes);
+  }
+  meta::Status RetireIntents(const std::vector<Region>& regions) override {
+    return store_->RetireIntents(regions);
+  }
+  meta::Status SyncWal() override { return store_->SyncWal(); }
+
+ private:
+  meta::MetaStore* store_;
+};
+
 class IntentJournal {
  public:
   using Region = meta::MetaStore::IntentRegion;
 
   // `*store` must outlive the journal.
-  IntentJournal(meta::MetaStore* store, uint64_t extent_bytes,
+  IntentJournal(IntentStore* store, uint64_t extent_bytes,
                 uint64_t budget_bytes);
 
   // A write of [offset, offset + length) of file `ino` begins. Returns once
@@ -73,7 +103,7 @@ class IntentJournal {
     bool durable = false;
   };
 
-  meta::MetaStore* const store_;
+  IntentStore* const store_;
   const uint64_t extent_;
   const uint64_t budget_regions_;
   // Bytes entered since the last epoch after which a flush is wanted early.

@@ -61,6 +61,8 @@ const char* PeerStateName(PeerState state) {
       return "disconnected";
     case PeerState::kFractured:
       return "fractured";
+    case PeerState::kSplitBrain:
+      return "split-brain";
   }
   return "disconnected";
 }
@@ -69,6 +71,7 @@ PeerSession::PeerSession(zmq::context_t* context, std::string name,
                          std::string endpoint, LocalIdentity local,
                          SessionOptions options,
                          std::unique_ptr<FractureLog> log, meta::Source* source,
+                         GenerationKeeper* generations,
                          std::function<void(const PeerHello&)> on_hello)
     : context_(context),
       name_(std::move(name)),
@@ -77,6 +80,7 @@ PeerSession::PeerSession(zmq::context_t* context, std::string name,
       options_(options),
       log_(std::move(log)),
       source_(source),
+      generations_(generations),
       on_hello_(std::move(on_hello)) {
   wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 }
@@ -236,6 +240,14 @@ void PeerSession::Fracture() {
   Wake();
 }
 
+void PeerSession::DiscardPeerChanges() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    discard_peer_ = true;
+  }
+  Rejoin();
+}
+
 void PeerSession::Rejoin() {
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -350,9 +362,15 @@ bool PeerSession::Connect() {
   hello.node_uuid = local_.node_uuid;
   hello.store_uuid = local_.store_uuid;
   hello.role = Role::kPrimary;
-  hello.generation = local_.generation;
+  Generations gens = generations_->Get();
+  hello.generation = gens.current;
+  hello.generation_history = gens.history;
   hello.endpoint = local_.endpoint;
   hello.flags = kHelloConsistent;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (discard_peer_) hello.flags |= kHelloDiscardYours;
+  }
   EncodeHello(header, hello, &scratch_);
   // With ZMQ_IMMEDIATE the hello waits until the TCP link is up; give the
   // whole exchange one peer timeout.
@@ -401,14 +419,48 @@ bool PeerSession::Connect() {
                   ", this node store " + local_.store_uuid.ToString();
       }
       if (!refusal.empty()) {
-        SetState(PeerState::kConnecting, "refused: " + refusal);
-        meta::LogError("peer " + name_ + " (" + endpoint_ +
-                       ") refused the connection: " + refusal +
-                       "; retrying with backoff");
+        bool split = r != nullptr && (r->flags & kHelloSplitBrain);
+        SetState(split ? PeerState::kSplitBrain : PeerState::kConnecting,
+                 (split ? "split brain: " : "refused: ") + refusal);
+        std::string line = "peer " + name_ + " (" + endpoint_ +
+                           ") refused the connection: " + refusal;
+        {
+          // One log line per distinct refusal, not one per retry.
+          std::lock_guard<std::mutex> lock(mu_);
+          if (line == last_refusal_) line.clear();
+          else last_refusal_ = line;
+        }
+        if (!line.empty()) meta::LogError(line + "; retrying with backoff");
         socket_.reset();
         return false;
       }
       bool fresh = (r->flags & kHelloFresh) != 0;
+      generations_->MarkShared();
+      // What the peer wrote as a former primary that may not have reached
+      // us: re-sent from our data, so that it is undone there.
+      for (const auto& d : r->divergent) {
+        meta::Change c;
+        c.kind = meta::ChangeKind::kWrite;
+        c.path = d.path;
+        c.offset = d.offset;
+        c.length = std::max<uint64_t>(d.length, 1);
+        auto s = log_->Record(c);
+        if (!s.ok()) meta::LogError("peer " + name_ + ": " + s.message());
+      }
+      if (r->flags & kHelloNamespaceDiverged) {
+        auto s = log_->MarkNamespaceDirty();
+        if (!s.ok()) meta::LogError("peer " + name_ + ": " + s.message());
+      }
+      if (!r->divergent.empty() || (r->flags & kHelloNamespaceDiverged)) {
+        meta::LogInfo("peer " + name_ + ": it was primary after our common "
+                      "history; " + std::to_string(r->divergent.size()) +
+                      " extents it wrote are re-sent from this node's data");
+      }
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        discard_peer_ = false;
+        last_refusal_.clear();
+      }
       {
         std::lock_guard<std::mutex> lock(mu_);
         hello_.name = r->node_name;
@@ -625,8 +677,10 @@ void PeerSession::Serve() {
 void PeerSession::TearDown(PeerState next, const std::string& reason) {
   std::deque<Outgoing> queued;
   std::unique_ptr<ResyncWorker> worker;
+  bool was_up;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    was_up = up_;
     up_ = false;
     accept_live_ = false;
     state_ = fractured_ ? PeerState::kFractured : next;
@@ -640,6 +694,10 @@ void PeerSession::TearDown(PeerState next, const std::string& reason) {
   // The resync stops first, so that releasing its completions below does
   // not let it mark anything as done.
   if (worker) worker->Cancel();
+  if (was_up && !stopping_) {
+    auto s = generations_->PeerLost();
+    if (!s.ok()) meta::LogError("recording a new generation: " + s.message());
+  }
   // Guarantees 2 and 3: everything the peer may not have on disk — queued,
   // unanswered, or applied since its last completed flush — is logged, in
   // the order it was queued, durably, before any waiting application

@@ -40,6 +40,7 @@
 #include "meta/source.h"
 #include "meta/uuid.h"
 #include "sync/fracture_log.h"
+#include "sync/generation.h"
 #include "sync/resync_worker.h"
 #include "sync/wire.h"
 
@@ -56,6 +57,7 @@ enum class PeerState {
   kSyncing,
   kDisconnected,
   kFractured,
+  kSplitBrain,
 };
 const char* PeerStateName(PeerState state);
 
@@ -64,8 +66,7 @@ struct LocalIdentity {
   std::string name;
   meta::Uuid node_uuid;
   meta::Uuid store_uuid;  // never zero on a primary
-  meta::Uuid generation;
-  std::string endpoint;  // where this node listens ("" if nowhere)
+  std::string endpoint;   // where this node listens ("" if nowhere)
 };
 
 struct SessionOptions {
@@ -103,9 +104,12 @@ class PeerSession {
  public:
   // `*context` and `*source` must outlive the session; the session owns
   // `log`. `on_hello` runs on the session thread after every accepted hello.
+  // `*generations` is shared by the primary's sessions and must outlive
+  // this one.
   PeerSession(zmq::context_t* context, std::string name, std::string endpoint,
               LocalIdentity local, SessionOptions options,
               std::unique_ptr<FractureLog> log, meta::Source* source,
+              GenerationKeeper* generations,
               std::function<void(const PeerHello&)> on_hello);
   ~PeerSession();  // Stop()s
   PeerSession(const PeerSession&) = delete;
@@ -132,6 +136,13 @@ class PeerSession {
   void Fracture();
   // Ends a fracture, or retries a disconnected peer now (no backoff).
   void Rejoin();
+  // After a split brain, the operator kept this node's data (`resolve
+  // --keep-local`): the next hello asks the peer to discard its changes
+  // (saved to its recovery folder) and take a full sync.
+  void DiscardPeerChanges();
+  // Makes the peer's next resync a full comparison (e.g. `verify --repair`
+  // found differences, or the peer is of unknown age).
+  FractureLog* log() { return log_.get(); }
 
   PeerSnapshot Snapshot() const;
   const std::string& name() const { return name_; }
@@ -190,6 +201,7 @@ class PeerSession {
   const SessionOptions options_;
   std::unique_ptr<FractureLog> log_;
   meta::Source* source_;
+  GenerationKeeper* generations_;
   std::function<void(const PeerHello&)> on_hello_;
 
   int wake_fd_ = -1;  // eventfd: "the queue has work" / "stop"
@@ -201,11 +213,13 @@ class PeerSession {
   std::condition_variable state_cv_;
   PeerState state_ = PeerState::kConnecting;
   bool fractured_ = false;     // on purpose, until Rejoin()
+  bool discard_peer_ = false;  // resolve --keep-local, until accepted
   bool up_ = false;            // hello accepted, socket usable
   bool accept_live_ = false;   // application changes are mirrored
   bool first_attempt_done_ = false;
   bool copy_consistent_ = true;  // the peer's copy, as its hello said
   std::string resync_failure_;
+  std::string last_refusal_;  // logged once until something changes
   std::string reason_ = "not connected yet";
   uint64_t session_ = 0;   // epoch of the current connection
   uint64_t next_seq_ = 1;  // seq of the next frame queued in this session

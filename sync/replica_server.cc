@@ -10,13 +10,12 @@ namespace mirrorfs::sync {
 
 ReplicaServer::ReplicaServer(
     zmq::context_t* context, std::string listen_endpoint,
-    ReplicaIdentity identity, int store_root_fd,
-    std::function<meta::Status(const meta::Uuid&)> adopt_store_uuid,
-    std::function<meta::Status(bool)> set_consistent)
+    ReplicaIdentity identity, int store_root_fd, ReplicaHost* host,
+    bool primary_mode)
     : context_(context),
       endpoint_(std::move(listen_endpoint)),
-      adopt_store_uuid_(std::move(adopt_store_uuid)),
-      set_consistent_(std::move(set_consistent)),
+      host_(host),
+      primary_mode_(primary_mode),
       applier_(store_root_fd),
       identity_(std::move(identity)) {}
 
@@ -50,6 +49,18 @@ void ReplicaServer::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
+void ReplicaServer::SetDivergent(std::vector<DivergentExtent> divergent,
+                                 bool namespace_diverged) {
+  std::lock_guard<std::mutex> lock(mu_);
+  divergent_ = std::move(divergent);
+  namespace_diverged_ = namespace_diverged;
+}
+
+void ReplicaServer::DiscardLocal() {
+  std::lock_guard<std::mutex> lock(mu_);
+  discard_local_ = true;
+}
+
 ReplicaSnapshot ReplicaServer::Snapshot() const {
   std::lock_guard<std::mutex> lock(mu_);
   ReplicaSnapshot s;
@@ -71,6 +82,10 @@ ReplicaSnapshot ReplicaServer::Snapshot() const {
   s.resyncing = resyncing_;
   s.resync_total_bytes = resync_total_;
   s.resync_done_bytes = resync_done_;
+  s.split_brain_with = split_brain_with_;
+  s.recovery_folder = recovery_folder_;
+  s.discard_local = discard_local_;
+  s.generations = identity_.generations;
   return s;
 }
 
@@ -152,6 +167,162 @@ void ReplicaServer::Reply(const std::string& routing_id,
   }
 }
 
+void ReplicaServer::HandleHello(const std::string& routing_id,
+                                const FrameHeader& h, const Hello& hello) {
+  HelloReply reply;
+  reply.role = primary_mode_ ? Role::kPrimary : Role::kSecondary;
+  bool fresh = false;
+  bool discard = false;
+  meta::Uuid store;
+  Generations gens;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    reply.node_name = identity_.name;
+    reply.node_uuid = identity_.node_uuid;
+    store = identity_.store_uuid;
+    gens = identity_.generations;
+    discard = discard_local_ || (hello.flags & kHelloDiscardYours);
+  }
+  GenerationRelation relation =
+      gens.Compare(hello.generation, hello.generation_history);
+  if (hello.role != Role::kPrimary) {
+    reply.reason = "this node accepts sessions only from a primary";
+  } else if (!store.IsZero() && store != hello.store_uuid) {
+    reply.reason = "this node holds store " + store.ToString() +
+                   ", not store " + hello.store_uuid.ToString();
+  } else if (primary_mode_) {
+    // Two primaries meet: never mirror, say why.
+    if (relation == GenerationRelation::kDiverged) {
+      reply.flags |= kHelloSplitBrain;
+      reply.reason = "split brain: both " + identity_.name + " and " +
+                     hello.node_name +
+                     " wrote as primary since their last common generation; "
+                     "pick the survivor with `mirrorfs resolve`";
+    } else if (relation == GenerationRelation::kPeerNewer) {
+      reply.reason = "this node (" + identity_.name +
+                     ") is a primary with OLDER data than " + hello.node_name +
+                     "; demote it (mirrorfs demote STORE)";
+    } else {
+      reply.reason = "this node (" + identity_.name + ") is a primary too";
+    }
+  } else if (relation == GenerationRelation::kPeerOlder) {
+    // Fencing: a primary whose history this copy has moved past.
+    reply.flags |= kHelloStale;
+    reply.reason = "stale primary: its generation " +
+                   hello.generation.ToString() +
+                   " is an ancestor of this copy's " +
+                   gens.current.ToString() +
+                   "; demote it (mirrorfs demote STORE) and resync it from "
+                   "the newer node";
+  } else if (relation == GenerationRelation::kDiverged && !discard) {
+    reply.flags |= kHelloSplitBrain;
+    reply.reason = "split brain: " + identity_.name + " and " +
+                   hello.node_name +
+                   " both wrote as primary since their last common "
+                   "generation; run `mirrorfs resolve STORE --discard-local` "
+                   "on the loser or `--keep-local` on the survivor";
+  }
+  if (reply.reason.empty() && relation == GenerationRelation::kDiverged) {
+    // The operator chose the other side: keep our changes aside, then take
+    // a full copy of theirs.
+    auto saved = host_->SaveRecovery();
+    if (!saved.ok()) {
+      reply.reason = "cannot save this node's changes before discarding "
+                     "them: " + saved.status().message();
+    } else {
+      fresh = true;
+      meta::LogWarning("split brain resolved in favour of " + hello.node_name +
+                       ": this node's changes since the split are saved in " +
+                       *saved + "; a full sync follows");
+      std::lock_guard<std::mutex> lock(mu_);
+      discard_local_ = false;
+      recovery_folder_ = *saved;
+      split_brain_with_.clear();
+      divergent_.clear();
+      namespace_diverged_ = false;
+    }
+  }
+  if (reply.reason.empty() && store.IsZero()) {
+    auto adopted = host_->AdoptStore(hello.store_uuid);
+    if (!adopted.ok()) {
+      reply.reason = "cannot record the store identity: " + adopted.message();
+    } else {
+      store = hello.store_uuid;
+      fresh = true;
+      meta::LogInfo("store identity fixed: " + store.ToString() +
+                    " (first primary: " + hello.node_name +
+                    "); this copy gets a full sync");
+    }
+  }
+  if (reply.reason.empty() && relation != GenerationRelation::kSame) {
+    // Follow the primary's history from now on.
+    Generations adopted = gens;
+    adopted.Adopt(hello.generation, hello.generation_history);
+    auto s = host_->SetGenerations(adopted);
+    if (!s.ok()) {
+      reply.reason = "cannot record the generation: " + s.message();
+    } else {
+      meta::LogInfo("following primary " + hello.node_name + " (" +
+                    GenerationRelationName(relation) + "): generation " +
+                    hello.generation.ToString());
+      gens = adopted;
+    }
+  }
+  reply.store_uuid = store;
+  reply.accepted = reply.reason.empty();
+  reply.generation = gens.current;
+  reply.generation_history = gens.history;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (reply.accepted) {
+      if (fresh && identity_.consistent) {
+        // Until the full sync ends, this copy is of unknown age.
+        auto s = host_->SetConsistent(false);
+        if (!s.ok()) meta::LogError(s.message());
+        identity_.consistent = false;
+      }
+      identity_.store_uuid = store;
+      identity_.generations = gens;
+      session_ = h.session;
+      primary_routing_id_ = routing_id;
+      primary_name_ = hello.node_name;
+      primary_uuid_ = hello.node_uuid;
+      primary_endpoint_ = hello.endpoint;
+      last_seen_ = Clock::now();
+      expected_seq_ = 1;  // the hello was seq 0
+      reply_seq_ = 1;     // and so is our reply
+      manifest_.clear();
+      split_brain_with_.clear();
+      reply.divergent = divergent_;
+      if (namespace_diverged_) reply.flags |= kHelloNamespaceDiverged;
+    } else if (reply.flags & kHelloSplitBrain) {
+      split_brain_with_ = hello.node_name;
+    }
+    reply.flags |= (identity_.consistent ? kHelloConsistent : 0) |
+                   (fresh ? kHelloFresh : 0);
+  }
+  if (reply.accepted) {
+    host_->PrimaryAccepted(hello.node_name, hello.node_uuid, hello.endpoint);
+    meta::LogInfo("primary " + hello.node_name + " " +
+                  hello.node_uuid.ToString() + " connected (session " +
+                  std::to_string(h.session) + ")");
+  } else {
+    std::string line = "refused primary " + hello.node_name + ": " + reply.reason;
+    bool repeat;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      repeat = line == last_refusal_;
+      last_refusal_ = line;
+    }
+    if (!repeat) meta::LogWarning(line);
+  }
+  FrameHeader rh;
+  rh.store_uuid = store;
+  rh.session = h.session;
+  EncodeHelloReply(rh, reply, &scratch_);
+  Reply(routing_id, scratch_);
+}
+
 void ReplicaServer::Handle(const std::string& routing_id,
                            std::string_view bytes) {
   auto decoded = DecodeFrame(bytes);
@@ -170,70 +341,7 @@ void ReplicaServer::Handle(const std::string& routing_id,
   }
 
   if (auto* hello = std::get_if<Hello>(&decoded->body)) {
-    HelloReply reply;
-    reply.role = Role::kSecondary;
-    bool fresh = false;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      reply.node_name = identity_.name;
-      reply.node_uuid = identity_.node_uuid;
-    }
-    if (hello->role != Role::kPrimary) {
-      reply.reason = "this node is a secondary and accepts only a primary";
-    } else if (store.IsZero()) {
-      auto adopted = adopt_store_uuid_(hello->store_uuid);
-      if (!adopted.ok()) {
-        reply.reason = "cannot record the store identity: " + adopted.message();
-      } else {
-        store = hello->store_uuid;
-        fresh = true;
-        meta::LogInfo("store identity fixed: " + store.ToString() +
-                      " (first primary: " + hello->node_name +
-                      "); this copy gets a full sync");
-      }
-    } else if (store != hello->store_uuid) {
-      reply.reason = "this node holds store " + store.ToString() +
-                     ", not store " + hello->store_uuid.ToString();
-    }
-    reply.store_uuid = store;
-    reply.accepted = reply.reason.empty();
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (fresh && identity_.consistent) {
-        // Until the full sync ends, this copy is of unknown age.
-        auto s = set_consistent_(false);
-        if (!s.ok()) meta::LogError(s.message());
-        identity_.consistent = false;
-      }
-      reply.flags = (identity_.consistent ? kHelloConsistent : 0) |
-                    (fresh ? kHelloFresh : 0);
-    }
-    if (reply.accepted) {
-      std::lock_guard<std::mutex> lock(mu_);
-      identity_.store_uuid = store;
-      session_ = h.session;
-      primary_routing_id_ = routing_id;
-      primary_name_ = hello->node_name;
-      primary_uuid_ = hello->node_uuid;
-      primary_endpoint_ = hello->endpoint;
-      last_seen_ = Clock::now();
-      expected_seq_ = 1;  // the hello was seq 0
-      manifest_.clear();
-      reply_seq_ = 1;     // and so is our reply
-    }
-    if (reply.accepted) {
-      meta::LogInfo("primary " + hello->node_name + " " +
-                    hello->node_uuid.ToString() + " connected (session " +
-                    std::to_string(h.session) + ")");
-    } else {
-      meta::LogWarning("refused primary " + hello->node_name + ": " +
-                       reply.reason);
-    }
-    FrameHeader rh;
-    rh.store_uuid = store;
-    rh.session = h.session;
-    EncodeHelloReply(rh, reply, &scratch_);
-    Reply(routing_id, scratch_);
+    HandleHello(routing_id, h, *hello);
     return;
   }
 
@@ -339,7 +447,7 @@ void ReplicaServer::Handle(const std::string& routing_id,
     ack.seq = h.seq;
     meta::Status s;
     if (!mark->begin) s = applier_.SyncAll();  // consistent means on disk
-    if (s.ok()) s = set_consistent_(!mark->begin);
+    if (s.ok()) s = host_->SetConsistent(!mark->begin);
     if (!s.ok()) {
       ack.err = s.err();
       ack.message = s.message();
@@ -351,6 +459,13 @@ void ReplicaServer::Handle(const std::string& routing_id,
         resync_total_ = mark->total_bytes;
         resync_done_ = 0;
       }
+    }
+    if (!mark->begin && s.ok()) {
+      // Whatever this node wrote as a former primary is settled now.
+      host_->Settled();
+      std::lock_guard<std::mutex> lock(mu_);
+      divergent_.clear();
+      namespace_diverged_ = false;
     }
     meta::LogInfo(mark->begin ? "resync from the primary started (" +
                                     std::to_string(mark->total_bytes) +

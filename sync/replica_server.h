@@ -31,6 +31,8 @@
 #include "meta/status.h"
 #include "meta/uuid.h"
 #include "sync/applier.h"
+#include "sync/generation.h"
+#include "sync/wire.h"
 
 namespace zmq {
 class context_t;
@@ -39,6 +41,26 @@ class socket_t;
 
 namespace mirrorfs::sync {
 
+// What the server needs from the node that runs it (persistence and the
+// store outside replication). Calls come from the server thread.
+class ReplicaHost {
+ public:
+  virtual ~ReplicaHost() = default;
+  // A fresh store adopts the first primary's store identity.
+  virtual meta::Status AdoptStore(const meta::Uuid& store_uuid) = 0;
+  virtual meta::Status SetConsistent(bool consistent) = 0;
+  virtual meta::Status SetGenerations(const Generations& generations) = 0;
+  // From now on this node follows that primary (remember it as a peer).
+  virtual void PrimaryAccepted(const std::string& name, const meta::Uuid& uuid,
+                               const std::string& endpoint) = 0;
+  // A split brain was resolved against this node: save what it wrote since
+  // the split before a full sync overwrites it. Returns the folder.
+  virtual meta::Result<std::string> SaveRecovery() = 0;
+  // A resync from the primary ended: this node's own logs from its time as
+  // primary are settled.
+  virtual void Settled() = 0;
+};
+
 struct ReplicaIdentity {
   std::string name;
   meta::Uuid node_uuid;
@@ -46,6 +68,7 @@ struct ReplicaIdentity {
   // False while a resync is under way (or never finished): the copy may be
   // a mix of old and new data (DESIGN.md guarantee 7).
   bool consistent = true;
+  Generations generations;
 };
 
 struct ReplicaSnapshot {
@@ -64,6 +87,10 @@ struct ReplicaSnapshot {
   bool resyncing = false;
   uint64_t resync_total_bytes = 0;
   uint64_t resync_done_bytes = 0;
+  std::string split_brain_with;  // "" unless refusing a diverged primary
+  std::string recovery_folder;   // where a discarded side's changes went
+  bool discard_local = false;
+  Generations generations;
 };
 
 class ReplicaServer {
@@ -72,14 +99,12 @@ class ReplicaServer {
 
   // `*context` must outlive the server. `store_root_fd` is the store's
   // directory, owned by the caller and open for the server's lifetime.
-  // `adopt_store_uuid` persists the store identity a fresh store adopts;
-  // `set_consistent` persists the copy's consistency (both run on the
-  // server thread; an error refuses the frame that needed it).
-  ReplicaServer(
-      zmq::context_t* context, std::string listen_endpoint,
-      ReplicaIdentity identity, int store_root_fd,
-      std::function<meta::Status(const meta::Uuid&)> adopt_store_uuid,
-      std::function<meta::Status(bool)> set_consistent);
+  // `*host` must outlive the server. In `primary_mode` (the listener of a
+  // mounted primary) every hello is refused, but a split brain or a stale
+  // side is recognised and reported.
+  ReplicaServer(zmq::context_t* context, std::string listen_endpoint,
+                ReplicaIdentity identity, int store_root_fd, ReplicaHost* host,
+                bool primary_mode);
   ~ReplicaServer();  // Stop()s
   ReplicaServer(const ReplicaServer&) = delete;
   ReplicaServer& operator=(const ReplicaServer&) = delete;
@@ -90,6 +115,12 @@ class ReplicaServer {
   // Test seam (see Applier::SetVolatileWrites). REQUIRES: before Start().
   void SetVolatileWrites(bool on) { applier_.SetVolatileWrites(on); }
   void Start();
+  // What this node wrote as a former primary that a newer primary may lack
+  // (sent in every accepted hello until a resync settles it).
+  void SetDivergent(std::vector<DivergentExtent> divergent,
+                    bool namespace_diverged);
+  // `resolve --discard-local`: the next diverged primary wins.
+  void DiscardLocal();
   // Stops serving, then flushes every applied change to disk.
   void Stop();
 
@@ -99,13 +130,15 @@ class ReplicaServer {
   using Clock = std::chrono::steady_clock;
   void Run();
   void Handle(const std::string& routing_id, std::string_view frame);
+  void HandleHello(const std::string& routing_id, const FrameHeader& header,
+                   const Hello& hello);
   void Reply(const std::string& routing_id, const std::string& frame);
   void BadFrame(const std::string& what);
 
   zmq::context_t* context_;
   const std::string endpoint_;
-  std::function<meta::Status(const meta::Uuid&)> adopt_store_uuid_;
-  std::function<meta::Status(bool)> set_consistent_;
+  ReplicaHost* host_;
+  const bool primary_mode_;
   std::vector<meta::NamespaceEntry> manifest_;  // parts so far (server thread)
   std::unique_ptr<zmq::socket_t> socket_;
   Applier applier_;
@@ -128,6 +161,12 @@ class ReplicaServer {
   uint64_t bad_frames_ = 0;
   uint64_t apply_errors_ = 0;
   bool resyncing_ = false;
+  std::string split_brain_with_;
+  std::string recovery_folder_;
+  std::string last_refusal_;
+  bool discard_local_ = false;
+  std::vector<DivergentExtent> divergent_;
+  bool namespace_diverged_ = false;
   uint64_t resync_total_ = 0;
   uint64_t resync_done_ = 0;
   Clock::time_point log_window_{};

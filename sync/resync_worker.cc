@@ -185,6 +185,7 @@ bool ResyncWorker::Freeze(bool* need_data) {
   if (cancelled_ || !queued) return false;
   auto s = log_->NamespaceDone(last_op);
   if (!s.ok()) meta::LogError("peer " + session_->name() + ": " + s.message());
+  log_->ClearNamespaceDirty();
   return true;
 }
 

@@ -258,7 +258,7 @@ class PayloadReader {
     return Status::Ok();
   }
   Status Bool(const char* field, bool* v) {
-    uint8_t b;
+    uint8_t b = 0;
     MFS_RETURN_IF_ERROR(U8(field, &b));
     if (b > 1) {
       return Proto("'" + std::string(field) + "' is " + std::to_string(b) +
@@ -269,7 +269,7 @@ class PayloadReader {
   }
   // A u16-length-prefixed string of at most `limit` bytes.
   Status String(const char* field, size_t limit, std::string* v) {
-    uint16_t len;
+    uint16_t len = 0;
     MFS_RETURN_IF_ERROR(U16(field, &len));
     if (len > limit) {
       return Proto("'" + std::string(field) + "' is " + std::to_string(len) +
@@ -281,7 +281,7 @@ class PayloadReader {
     return Status::Ok();
   }
   Status RoleByte(const char* field, Role* v) {
-    uint8_t r;
+    uint8_t r = 0;
     MFS_RETURN_IF_ERROR(U8(field, &r));
     if (r != static_cast<uint8_t>(Role::kPrimary) &&
         r != static_cast<uint8_t>(Role::kSecondary)) {
@@ -292,7 +292,7 @@ class PayloadReader {
   }
   Status Generation(meta::Uuid* current, std::vector<meta::Uuid>* history) {
     MFS_RETURN_IF_ERROR(Uuid("generation", current));
-    uint8_t n;
+    uint8_t n = 0;
     MFS_RETURN_IF_ERROR(U8("generation_history count", &n));
     if (n > kMaxGenerationHistory) {
       return Proto("generation history has " + std::to_string(n) +
@@ -367,12 +367,30 @@ Status DecodeHelloReply(std::string_view payload, HelloReply* m) {
   MFS_RETURN_IF_ERROR(r.Uuid("store_uuid", &m->store_uuid));
   MFS_RETURN_IF_ERROR(r.Generation(&m->generation, &m->generation_history));
   MFS_RETURN_IF_ERROR(r.String("reason", kMaxWireString, &m->reason));
+  uint32_t count = 0;
+  MFS_RETURN_IF_ERROR(r.U32("divergent count", &count));
+  if (count > kMaxDivergentExtents) {
+    return Proto("hello reply lists " + std::to_string(count) +
+                 " divergent extents, limit " +
+                 std::to_string(kMaxDivergentExtents));
+  }
+  m->divergent.resize(count);
+  for (auto& d : m->divergent) {
+    MFS_RETURN_IF_ERROR(r.String("divergent path", kMaxPathBytes, &d.path));
+    MFS_RETURN_IF_ERROR(ValidateStorePath(d.path).Context("divergent extent"));
+    MFS_RETURN_IF_ERROR(r.U64("divergent offset", &d.offset));
+    MFS_RETURN_IF_ERROR(r.U64("divergent length", &d.length));
+    if (d.offset > kMaxFileOffset || d.length > kMaxFileOffset - d.offset) {
+      return Proto("divergent extent of " + Quote(d.path) +
+                   " ends beyond the largest file offset");
+    }
+  }
   return r.End();
 }
 
 Status DecodeChange(std::string_view payload, meta::Change* c) {
   PayloadReader r(payload);
-  uint8_t kind;
+  uint8_t kind = 0;
   MFS_RETURN_IF_ERROR(r.U8("kind", &kind));
   if (kind < 1 || kind > kMaxChangeKind) {
     return Proto("unknown change kind " + std::to_string(kind));
@@ -384,7 +402,7 @@ Status DecodeChange(std::string_view payload, meta::Change* c) {
   MFS_RETURN_IF_ERROR(r.U32("mode", &c->mode));
   MFS_RETURN_IF_ERROR(r.U32("uid", &c->uid));
   MFS_RETURN_IF_ERROR(r.U32("gid", &c->gid));
-  uint32_t nsec;
+  uint32_t nsec = 0;
   MFS_RETURN_IF_ERROR(r.I64("atime.sec", &c->atime.sec));
   MFS_RETURN_IF_ERROR(r.U32("atime.nsec", &nsec));
   c->atime.nsec = nsec;
@@ -545,7 +563,7 @@ Status ValidateChangeFields(const meta::Change& c) {
 Status DecodeManifest(std::string_view payload, Manifest* m) {
   PayloadReader r(payload);
   MFS_RETURN_IF_ERROR(r.Bool("last", &m->last));
-  uint32_t count;
+  uint32_t count = 0;
   MFS_RETURN_IF_ERROR(r.U32("entry count", &count));
   if (count > kMaxManifestEntries) {
     return Proto("manifest part has " + std::to_string(count) +
@@ -555,7 +573,7 @@ Status DecodeManifest(std::string_view payload, Manifest* m) {
   for (auto& e : m->entries) {
     MFS_RETURN_IF_ERROR(r.String("entry path", kMaxPathBytes, &e.path));
     MFS_RETURN_IF_ERROR(ValidateStorePath(e.path).Context("manifest entry"));
-    uint8_t type;
+    uint8_t type = 0;
     MFS_RETURN_IF_ERROR(r.U8("entry type", &type));
     if (type < 1 || type > 3) {
       return Proto("manifest entry " + Quote(e.path) + " has unknown type " +
@@ -600,7 +618,7 @@ Status DecodeBlockSums(std::string_view payload, BlockSums* m) {
   MFS_RETURN_IF_ERROR(r.U64("offset", &m->offset));
   MFS_RETURN_IF_ERROR(r.U32("block_size", &m->block_size));
   MFS_RETURN_IF_ERROR(r.U64("length", &m->length));
-  uint32_t count;
+  uint32_t count = 0;
   MFS_RETURN_IF_ERROR(r.U32("count", &count));
   if (m->block_size == 0 || count > kMaxBlockSums ||
       m->offset > kMaxFileOffset || m->length > kMaxFileOffset - m->offset ||
@@ -623,7 +641,7 @@ Status DecodeBlockSums(std::string_view payload, BlockSums* m) {
 Status DecodeBlockDiff(std::string_view payload, BlockDiff* m) {
   PayloadReader r(payload);
   MFS_RETURN_IF_ERROR(r.U64("seq", &m->seq));
-  uint32_t count;
+  uint32_t count = 0;
   MFS_RETURN_IF_ERROR(r.U32("count", &count));
   if (count > kMaxBlockSums) {
     return Proto("block diff lists " + std::to_string(count) +
@@ -724,9 +742,12 @@ void EncodeHello(const FrameHeader& header, const Hello& m, std::string* out) {
 
 void EncodeHelloReply(const FrameHeader& header, const HelloReply& m,
                       std::string* out) {
+  size_t divergent_bytes = 4;
+  for (const auto& d : m.divergent) divergent_bytes += StringBytes(d.path) + 16;
   BeginFrame(header, FrameType::kHelloReply,
              1 + 1 + 4 + StringBytes(m.node_name) + 16 + 16 + 16 + 1 +
-                 16 * m.generation_history.size() + StringBytes(m.reason),
+                 16 * m.generation_history.size() + StringBytes(m.reason) +
+                 divergent_bytes,
              out);
   PutU8(out, m.accepted ? 1 : 0);
   PutU8(out, static_cast<uint8_t>(m.role));
@@ -736,6 +757,13 @@ void EncodeHelloReply(const FrameHeader& header, const HelloReply& m,
   PutUuid(out, m.store_uuid);
   PutGeneration(out, m.generation, m.generation_history);
   PutString(out, m.reason);
+  size_t n = std::min(m.divergent.size(), kMaxDivergentExtents);
+  PutU32(out, static_cast<uint32_t>(n));
+  for (size_t i = 0; i < n; ++i) {
+    PutString(out, m.divergent[i].path);
+    PutU64(out, m.divergent[i].offset);
+    PutU64(out, m.divergent[i].length);
+  }
   FinishFrame(out);
 }
 

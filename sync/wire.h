@@ -80,7 +80,22 @@ inline constexpr uint32_t kHelloConsistent = 1u << 0;
 // In a reply: the replier's store just adopted this store's identity, so its
 // contents are of unknown age and need a full sync.
 inline constexpr uint32_t kHelloFresh = 1u << 1;
-inline constexpr uint32_t kHelloKnownFlags = kHelloConsistent | kHelloFresh;
+// In a reply: refused because both sides wrote as primary since their last
+// common generation (split brain); the reason names the generations.
+inline constexpr uint32_t kHelloSplitBrain = 1u << 2;
+// In a reply: refused because the asking primary's generation is an
+// ancestor of the replier's (a stale primary, fenced off).
+inline constexpr uint32_t kHelloStale = 1u << 3;
+// In a hello: the operator chose this primary's data after a split brain
+// (`resolve --keep-local`); a split-brain peer saves its own changes to a
+// recovery folder and takes a full sync.
+inline constexpr uint32_t kHelloDiscardYours = 1u << 4;
+// In a reply: the replier, a former primary, may hold namespace changes the
+// asker lacks (its own logs were not empty): reconcile the namespace.
+inline constexpr uint32_t kHelloNamespaceDiverged = 1u << 5;
+inline constexpr uint32_t kHelloKnownFlags =
+    kHelloConsistent | kHelloFresh | kHelloSplitBrain | kHelloStale |
+    kHelloDiscardYours | kHelloNamespaceDiverged;
 
 // Flag bits of a kRename change (the values of Linux renameat2()).
 inline constexpr uint32_t kRenameNoReplace = 1u << 0;
@@ -115,6 +130,13 @@ struct Hello {
   uint32_t flags = 0;    // kHello* bits; unknown bits are refused
 };
 
+struct DivergentExtent {
+  std::string path;
+  uint64_t offset = 0;
+  uint64_t length = 0;
+};
+inline constexpr size_t kMaxDivergentExtents = 65536;
+
 struct HelloReply {
   bool accepted = false;
   Role role = Role::kSecondary;
@@ -125,6 +147,11 @@ struct HelloReply {
   meta::Uuid generation;
   std::vector<meta::Uuid> generation_history;
   std::string reason;  // why it was refused; empty when accepted
+  // Accepted from a newer primary: the ranges this node wrote (as a former
+  // primary) that may not have reached it — the primary re-sends them so
+  // that they are undone here. At most kMaxDivergentExtents; more is
+  // reported as kHelloFresh instead (compare every block).
+  std::vector<DivergentExtent> divergent;
 };
 
 struct Ack {

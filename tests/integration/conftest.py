@@ -662,3 +662,69 @@ def pytest_runtest_makereport(item, call):
             except Exception as e:  # the report must not hide the failure
                 text = f"<cannot describe cluster: {e!r}>"
             report.sections.append((f"mirrorfs daemons ({report.when})", text))
+
+
+# ------------------------------------------- outages and resync (issue 3) ----
+
+def union_bytes(ranges):
+    """Size of the union of (offset, length) byte ranges (one file)."""
+    total, end = 0, None
+    for off, length in sorted(r for r in ranges if r[1] > 0):
+        if end is None or off > end:
+            total += length
+            end = off + length
+        elif off + length > end:
+            total += off + length - end
+            end = off + length
+    return total
+
+
+def restart_serve(cluster, node, extra=()):
+    """Starts the secondary `node` again after it died: same name, same
+    store, same endpoint. Returns the new Node."""
+    return cluster.serve(node.name, store=node.store, listen=node.endpoint,
+                         foreground=node.foreground, extra=extra)
+
+
+def kill9(node, timeout=READY_SECONDS):
+    """SIGKILLs every process of `node` and waits until it is gone."""
+    node.signal(signal.SIGKILL)
+    node.wait_exit(timeout=timeout)
+
+
+def sync_wait(store, peer=None, timeout=60):
+    """`mirrorfs sync STORE [--peer NAME] --wait --timeout T`; returns the
+    CompletedProcess (not checked) and the seconds it took."""
+    args = ["sync", store] + (["--peer", peer] if peer else []) + \
+           ["--wait", "--timeout", str(timeout)]
+    t0 = time.monotonic()
+    r = mirrorfs(*args, timeout=timeout + CLI_SECONDS)
+    return r, time.monotonic() - t0
+
+
+def assert_sync_wait(store, peer=None, timeout=60):
+    r, took = sync_wait(store, peer, timeout)
+    assert r.returncode == 0, (f"mirrorfs sync {store} {'--peer ' + peer if peer else ''} --wait "
+                               f"--timeout {timeout}: exit {r.returncode} after {took:.1f} s\n"
+                               f"stdout: {r.stdout[-3000:]}\nstderr: {r.stderr}")
+    return r
+
+
+def bytes_applied(secondary_store):
+    """The secondary's bytes_applied (kWrite data applied since its process
+    started), read from its status (peers[0] is the primary)."""
+    peers = status_json(secondary_store).get("peers", [])
+    assert peers, f"secondary {secondary_store} lists no primary in its status"
+    assert "bytes_applied" in peers[0], f"no bytes_applied in {peers[0]}"
+    return peers[0]["bytes_applied"]
+
+
+def wait_flushed(primary_store, timeout=READY_SECONDS):
+    """Waits until every peer is in sync and the write-intent journal has no
+    active region: an epoch flush completed after the last write, so no peer
+    holds writes that are not on its disk (guarantee 3's set is empty)."""
+    def check():
+        doc = status_json(primary_store)
+        return (doc.get("intent", {}).get("active_extents") == 0
+                and all(p.get("in_sync") for p in doc.get("peers", [])))
+    wait_until(check, timeout, f"{primary_store}: peers in sync and no active write intents")

@@ -91,8 +91,9 @@ def test_hung_peer_does_not_stall_writes(cluster):
         peer = wait_peer_state(primary.store, "backup",
                                ("disconnected", "connecting", "fractured"), timeout=10)
         assert peer["in_sync"] is False, peer
-        # TODO(fracture log issue): also assert peer["fracture_bytes"] > 0 —
-        # the writes of the outage must be logged for the peer.
+        # The writes of the outage are logged for the peer.
+        assert peer["fracture_bytes"] > 0, peer
+        assert peer["fracture_extents"] > 0, peer
     finally:
         finished = writer.finish(timeout=3 * (PEER_TIMEOUT + SLACK))
         if stopped:

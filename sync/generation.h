@@ -1,0 +1,87 @@
+// Generations: the identifier of a copy's data history and its ancestors
+// (like DRBD's generation UUIDs). A node gets a new current generation when
+// it becomes primary, and when, as primary, it goes on writing after losing
+// a peer that knew its current one; the previous one moves into the history.
+// Comparing two nodes' generations tells who is newer, or that both wrote as
+// primary since their last common one (split brain).
+//
+// Stored in the node identity's generation field as the current generation
+// followed by the history, newest first, separated by spaces.
+//
+// Thread-safety: a value type.
+#pragma once
+
+#include <functional>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "meta/status.h"
+#include "meta/uuid.h"
+
+namespace mirrorfs::sync {
+
+enum class GenerationRelation {
+  kSame,       // same current generation: the fracture logs decide
+  kPeerOlder,  // the peer's current is one of our ancestors: we are newer
+  kPeerNewer,  // our current is one of the peer's ancestors: it is newer
+  kUnknown,    // the peer has no generation yet (a fresh copy)
+  kDiverged,   // neither: both wrote since their last common generation
+};
+const char* GenerationRelationName(GenerationRelation relation);
+
+struct Generations {
+  static constexpr size_t kMaxHistory = 32;
+
+  meta::Uuid current;
+  std::vector<meta::Uuid> history;  // newest first
+
+  // Parses the stored text; empty or malformed text gives no generation.
+  static Generations Parse(const std::string& text);
+  std::string Format() const;
+  // Starts a new current generation; the old one heads the history.
+  void Advance();
+  // Takes the peer's history as ours (after following it: resync from it).
+  void Adopt(const meta::Uuid& peer_current,
+             const std::vector<meta::Uuid>& peer_history);
+  GenerationRelation Compare(const meta::Uuid& peer_current,
+                             const std::vector<meta::Uuid>& peer_history) const;
+};
+
+// A primary's generations, shared by its peer sessions. Thread-safe.
+class GenerationKeeper {
+ public:
+  // `persist` stores a new value durably (called with mu_ held: it must
+  // not call back into the keeper).
+  GenerationKeeper(Generations initial,
+                   std::function<meta::Status(const Generations&)> persist)
+      : gens_(std::move(initial)), persist_(std::move(persist)) {}
+
+  Generations Get() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return gens_;
+  }
+  // A peer accepted a session in the current generation.
+  void MarkShared() {
+    std::lock_guard<std::mutex> lock(mu_);
+    shared_ = true;
+  }
+  // A peer that knew the current generation was lost: what this primary
+  // writes from now on is a new history (so that a peer promoted meanwhile
+  // is recognised as a split brain, not as an ancestor).
+  meta::Status PeerLost() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!shared_) return meta::Status::Ok();
+    shared_ = false;
+    gens_.Advance();
+    return persist_(gens_);
+  }
+
+ private:
+  mutable std::mutex mu_;  // guards gens_, shared_; leaf lock
+  Generations gens_;
+  bool shared_ = false;
+  std::function<meta::Status(const Generations&)> persist_;
+};
+
+}  // namespace mirrorfs::sync
