@@ -201,6 +201,30 @@ int RunNode(const NodeOptions& options) {
   return code;
 }
 
+// Starts `mirrorfs mount|serve ...` for `options` as a new process (so the
+// daemon's command line names its role and store, as if typed) and returns
+// its exit status: it returns once the node is ready or failed.
+int StartNodeProcess(const NodeOptions& o) {
+  std::vector<std::string> args = {"mirrorfs", o.primary ? "mount" : "serve",
+                                   o.store};
+  if (o.primary) args.push_back(o.mountpoint);
+  if (!o.name.empty()) args.insert(args.end(), {"--name", o.name});
+  if (!o.listen.empty()) args.insert(args.end(), {"--listen", o.listen});
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = ::fork();
+  if (pid < 0) return Fail(std::string("fork failed: ") + std::strerror(errno));
+  if (pid == 0) {
+    ::execv("/proc/self/exe", argv.data());
+    _exit(127);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : kExitFailed;
+}
+
 // Waits until the daemon of `store` (pid) is gone, polling with a deadline.
 bool WaitGone(pid_t pid, std::chrono::seconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
@@ -448,11 +472,15 @@ int Main(int argc, char** argv) {
   fracture->add_option("STORE", store)->required();
   fracture->add_option("NAME", arg1)->required();
 
-  auto* verify = app.add_subcommand("verify", "Compare checksums with peers");
+  std::string verify_rate;
+  auto* verify = app.add_subcommand(
+      "verify", "Compare block checksums with peers; exit 1 if they differ");
   verify->add_option("STORE", store)->required();
-  verify->add_option("--peer", arg1);
-  verify->add_flag("--repair", flag, "Log differing extents for resync");
-  pending.push_back({verify, "verify"});
+  verify->add_option("--peer", arg1, "Only this peer");
+  verify->add_flag("--repair", flag, "Log differing ranges and resync them");
+  verify->add_flag("--json", json, "One JSON document on stdout");
+  verify->add_option("--rate", verify_rate,
+                     "Bytes compared per second (K, M, G; default unlimited)");
 
   auto* promote =
       app.add_subcommand("promote", "Secondary -> primary (failover)");
@@ -629,6 +657,25 @@ int Main(int argc, char** argv) {
     if (code != kExitOk || !wait) return code;
     return WaitInSync(store, arg1, timeout);
   }
+  if (verify->parsed()) {
+    std::vector<std::string> words = {"verify"};
+    if (!arg1.empty()) words.insert(words.end(), {"--peer", arg1});
+    if (flag) words.push_back("--repair");
+    if (json) words.push_back("--json");
+    if (!verify_rate.empty()) {
+      auto rate = ParseBytes(verify_rate);
+      if (!rate || *rate == 0) {
+        return usage(verify, "--rate " + verify_rate + ": expected bytes per "
+                             "second, e.g. 100M");
+      }
+      words.insert(words.end(), {"--rate", std::to_string(*rate)});
+    }
+    auto reply = CallDaemon(store, words, 24 * 3600 * 1000);
+    if (!reply.ok()) return Fail(reply.status().message());
+    std::cout << reply->out << std::flush;
+    std::cerr << reply->err << std::flush;
+    return reply->exit_code;
+  }
   if (peer_add->parsed()) {
     if (!ValidPeerName(arg1) || !ValidEndpoint(arg2)) {
       return usage(peer_add, "peer add: expected NAME (letters, digits, '.', "
@@ -701,7 +748,7 @@ int Main(int argc, char** argv) {
     if (pid > 0 && !WaitGone(pid, std::chrono::seconds(60))) {
       return Fail("the daemon of " + store + " did not stop within 60 s");
     }
-    code = RunNode(next);
+    code = StartNodeProcess(next);
     if (code == kExitOk) {
       std::cout << store << " is now "
                 << (next.primary ? "primary, mounted at " + next.mountpoint

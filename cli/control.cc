@@ -98,6 +98,20 @@ void ControlServer::Stop() {
   ssize_t ignored = ::write(stop_fd_, &one, sizeof(one));
   (void)ignored;
   thread_.join();
+  std::vector<std::pair<std::thread, std::shared_ptr<std::atomic<bool>>>> workers;
+  {
+    std::lock_guard<std::mutex> lock(workers_mu_);
+    workers.swap(workers_);
+  }
+  for (auto& w : workers) {
+    // A request that is still running (the daemon stopping from within a
+    // request) finishes on its own.
+    if (w.first.get_id() == std::this_thread::get_id()) {
+      w.first.detach();
+    } else {
+      w.first.join();
+    }
+  }
   ::close(listen_fd_);
   ::close(stop_fd_);
   listen_fd_ = stop_fd_ = -1;
@@ -115,13 +129,34 @@ void ControlServer::Run() {
     if (p[1].revents) return;
     int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
     if (fd < 0) continue;
+    // Each request on its own thread: a long one (verify, a slow stop) must
+    // not keep `status` waiting.
+    std::lock_guard<std::mutex> lock(workers_mu_);
+    for (auto it = workers_.begin(); it != workers_.end();) {
+      if (it->second->load()) {
+        it->first.join();
+        it = workers_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    workers_.emplace_back(std::thread([this, fd, done] {
+      Serve(fd);
+      *done = true;
+    }), done);
+  }
+}
+
+void ControlServer::Serve(int fd) {
+  {
     // Only root (uid 0) may steer the node, whatever the socket mode says.
     struct ucred cred;
     socklen_t len = sizeof(cred);
     if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 ||
         cred.uid != 0) {
       ::close(fd);
-      continue;
+      return;
     }
     std::string request;
     bool complete = ReadUntil(fd, &request, 5000, [](const std::string& b) {

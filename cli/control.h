@@ -16,6 +16,8 @@
 
 #include <atomic>
 #include <functional>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -47,7 +49,11 @@ class ControlServer {
 
  private:
   void Run();
+  void Serve(int fd);
   std::string path_;
+  std::mutex workers_mu_;  // guards workers_
+  std::vector<std::pair<std::thread, std::shared_ptr<std::atomic<bool>>>>
+      workers_;
   ControlHandler handler_;
   int listen_fd_ = -1;
   int stop_fd_ = -1;  // eventfd that wakes the server thread

@@ -22,6 +22,7 @@
 #include "sync/fan_out.h"
 #include "sync/intent_journal.h"
 #include "sync/replica_server.h"
+#include "sync/verifier.h"
 
 namespace mirrorfs::cli {
 namespace {
@@ -591,6 +592,7 @@ ControlReply Node::HandleControl(const std::vector<std::string>& words) {
                       "mountpoint=" + options_.mountpoint + "\n";
     return {0, out, ""};
   }
+  if (verb == "verify") return Verify(words);
   if (verb == "peer-list") return PeerList(words.size() > 1 && words[1] == "--json");
   if (verb == "peer-add" || verb == "peer-remove") {
     return PeerChange(verb, words);
@@ -691,6 +693,128 @@ ControlReply Node::HandleControl(const std::vector<std::string>& words) {
     return {0, out, ""};
   }
   return {1, "", "the daemon does not know the request '" + verb + "'\n"};
+}
+
+ControlReply Node::Verify(const std::vector<std::string>& words) {
+  if (!fan_out_) {
+    return {1, "", "this node is a secondary; run `mirrorfs verify` on the primary\n"};
+  }
+  std::string only;
+  bool repair = false, json = false;
+  uint64_t rate = 0;
+  for (size_t i = 1; i < words.size(); ++i) {
+    if (words[i] == "--peer" && i + 1 < words.size()) only = words[++i];
+    else if (words[i] == "--repair") repair = true;
+    else if (words[i] == "--json") json = true;
+    else if (words[i] == "--rate" && i + 1 < words.size()) {
+      rate = std::strtoull(words[++i].c_str(), nullptr, 10);
+    }
+  }
+  std::vector<sync::VerifyResult> results;
+  std::string errors;
+  bool any_peer = false;
+  for (const auto& p : fan_out_->Snapshot()) {
+    if (!only.empty() && p.name != only) continue;
+    any_peer = true;
+    if (!p.in_sync) {
+      errors += "peer " + p.name + " is not in sync (" +
+                sync::PeerStateName(p.state) +
+                "); verify compares in-sync copies: `mirrorfs sync --wait` "
+                "first\n";
+      continue;
+    }
+    auto* session = fan_out_->Find(p.name);
+    sync::Verifier verifier(session, volume_.get(), rate);
+    meta::LogInfo("verify: comparing every block with peer " + p.name);
+    auto last = std::chrono::steady_clock::now();
+    auto result = verifier.Run([&](uint64_t done, uint64_t total) {
+      auto now = std::chrono::steady_clock::now();
+      if (now - last >= std::chrono::seconds(5)) {
+        meta::LogInfo("verify " + p.name + ": " + Bytes(done) + " of " +
+                      Bytes(total));
+        last = now;
+      }
+    });
+    if (!result.ok()) {
+      errors += "peer " + p.name + ": " + result.status().message() + "\n";
+      continue;
+    }
+    uint64_t differing = 0;
+    for (const auto& d : result->differences) differing += d.length;
+    meta::LogInfo("verify " + p.name + ": " + Bytes(result->compared_bytes) +
+                  " compared, " + std::to_string(result->differences.size()) +
+                  " differing ranges (" + Bytes(differing) + ")");
+    if (repair && !result->differences.empty()) {
+      for (const auto& d : result->differences) {
+        meta::Change c;
+        c.kind = meta::ChangeKind::kWrite;
+        c.path = d.path;
+        c.offset = d.offset;
+        c.length = d.length;
+        auto s = session->log()->Record(c);
+        if (!s.ok()) errors += "peer " + p.name + ": " + s.message() + "\n";
+      }
+      auto s = session->log()->MakeDurable();
+      if (!s.ok()) errors += "peer " + p.name + ": " + s.message() + "\n";
+      session->Resync();
+      meta::LogInfo("verify --repair: " + std::to_string(
+                        result->differences.size()) +
+                    " ranges added to the fracture log of peer " + p.name +
+                    "; resyncing");
+    }
+    results.push_back(std::move(result.value()));
+  }
+  if (!any_peer) {
+    return {1, "", only.empty() ? "no peers to verify\n"
+                                : "no peer named " + only + "\n"};
+  }
+  bool differ = false;
+  for (const auto& r : results) differ = differ || !r.differences.empty();
+  std::string out;
+  if (json) {
+    JsonWriter j;
+    j.BeginObject();
+    j.Key("peers").BeginArray();
+    for (const auto& r : results) {
+      j.BeginObject();
+      j.Key("name").Value(r.peer);
+      j.Key("identical").Value(r.differences.empty());
+      j.Key("compared_bytes").Value(r.compared_bytes);
+      j.Key("repaired").Value(repair && !r.differences.empty());
+      j.Key("differences").BeginArray();
+      for (const auto& d : r.differences) {
+        j.BeginObject();
+        j.Key("path").Value(d.path);
+        j.Key("offset").Value(d.offset);
+        j.Key("length").Value(d.length);
+        j.EndObject();
+      }
+      j.EndArray();
+      j.EndObject();
+    }
+    j.EndArray();
+    j.EndObject();
+    out = j.str() + "\n";
+  } else {
+    for (const auto& r : results) {
+      for (const auto& d : r.differences) {
+        out += r.peer + " " + d.path + " " + std::to_string(d.offset) + " " +
+               std::to_string(d.length) + "\n";
+      }
+    }
+  }
+  std::string summary;
+  for (const auto& r : results) {
+    summary += "peer " + r.peer + ": " + Bytes(r.compared_bytes) +
+               " compared, " +
+               (r.differences.empty()
+                    ? std::string("identical")
+                    : std::to_string(r.differences.size()) + " ranges differ" +
+                          (repair ? " (logged for resync)" : "")) +
+               "\n";
+  }
+  int code = (!errors.empty() || differ) ? 1 : 0;
+  return {code, out, summary + errors};
 }
 
 ControlReply Node::PeerList(bool json) {

@@ -80,6 +80,7 @@ class Node : public sync::ReplicaHost {
   meta::Status AddSession(const meta::PeerRecord& record);
   ControlReply HandleControl(const std::vector<std::string>& words);
   ControlReply PeerList(bool json);
+  ControlReply Verify(const std::vector<std::string>& words);
   ControlReply PeerChange(const std::string& verb,
                           const std::vector<std::string>& words);
   std::string StatusJson();

@@ -1033,6 +1033,17 @@ meta::Status Volume::DataExtents(
 meta::Status Volume::ReadRange(
     const std::string& path, uint64_t offset, uint64_t length,
     const std::function<void(const meta::Change&)>& emit) {
+  return ReadRangeLocked(
+      path, offset, length,
+      [&emit](const std::string&, const std::vector<meta::Change>& pieces) {
+        for (const auto& c : pieces) emit(c);
+      });
+}
+
+meta::Status Volume::ReadRangeLocked(
+    const std::string& path, uint64_t offset, uint64_t length,
+    const std::function<void(const std::string& current_path,
+                             const std::vector<meta::Change>& pieces)>& fn) {
   if (length == 0) return meta::Status::Ok();
   // Pin the inode with one lookup per path component (as the kernel would),
   // so that its range lock outlives what follows.
@@ -1119,6 +1130,8 @@ meta::Status Volume::ReadRange(
         std::string current;
         if (PathOf(inode, &current)) {
           uint64_t consumed = 0;
+          std::vector<meta::Change> out;
+          out.reserve(pieces.size());
           for (const auto& p : pieces) {
             meta::Change c;
             c.path = current;
@@ -1132,8 +1145,9 @@ meta::Status Volume::ReadRange(
               c.kind = meta::ChangeKind::kPunchHole;
               c.flags = meta::kKeepSize;
             }
-            emit(c);
+            out.push_back(std::move(c));
           }
+          fn(current, out);
         }
       }
     }

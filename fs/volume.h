@@ -218,6 +218,11 @@ class Volume : public meta::Source {
   meta::Status ReadRange(
       const std::string& path, uint64_t offset, uint64_t length,
       const std::function<void(const meta::Change&)>& emit) override;
+  meta::Status ReadRangeLocked(
+      const std::string& path, uint64_t offset, uint64_t length,
+      const std::function<void(const std::string& current_path,
+                               const std::vector<meta::Change>& pieces)>& fn)
+      override;
   meta::Status ListFiles(
       std::vector<std::pair<std::string, uint64_t>>* files) override;
   meta::Status DataExtents(

@@ -86,6 +86,11 @@ class Completion {
     std::lock_guard<std::mutex> lock(mu_);
     if (--pending_ == 0) cv_.notify_all();
   }
+  // True once every peer is done (never blocks).
+  bool IsDone() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return pending_ <= 0;
+  }
   // Blocks until every peer is done.
   void Wait() {
     std::unique_lock<std::mutex> lock(mu_);

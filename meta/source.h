@@ -49,6 +49,15 @@ class Source {
                            uint64_t length,
                            const std::function<void(const Change&)>& emit) = 0;
 
+  // Like ReadRange, but hands every piece at once to `fn` while the range
+  // lock is still held, so `fn` may wait (e.g. for a peer to compare the
+  // same range: no write can change it meanwhile). `fn` gets the
+  // store-relative path the file has now.
+  virtual Status ReadRangeLocked(
+      const std::string& path, uint64_t offset, uint64_t length,
+      const std::function<void(const std::string& current_path,
+                               const std::vector<Change>& pieces)>& fn) = 0;
+
   // Regular files of the store with their sizes (for a full sync).
   virtual Status ListFiles(
       std::vector<std::pair<std::string, uint64_t>>* files) = 0;

@@ -27,7 +27,8 @@ using meta::Result;
 using meta::Status;
 
 constexpr char kZ85Alphabet[] =
-    "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>"
+    "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/"
+    "*?&<>"
     "()[]{}@%$#";
 constexpr size_t kZ85KeyChars = 40;
 constexpr size_t kKeyBytes = 32;
@@ -289,8 +290,7 @@ Result<CurveKeyPair> LoadKeyFile(const std::string& file) {
   while (status.ok() && pos < text.size()) {
     size_t end = text.find('\n', pos);
     if (end == std::string::npos) end = text.size();
-    std::string_view line =
-        Trim(std::string_view(text).substr(pos, end - pos));
+    std::string_view line = Trim(std::string_view(text).substr(pos, end - pos));
     pos = end + 1;
     ++line_no;
     const std::string where = file + ":" + std::to_string(line_no) + ": ";
@@ -310,8 +310,8 @@ Result<CurveKeyPair> LoadKeyFile(const std::string& file) {
       status = Status::Error(
           EINVAL, where + "unknown field (expected secret-key or public-key)");
     } else if ((is_secret && have_secret) || (!is_secret && have_public)) {
-      status = Status::Error(EINVAL, where + std::string(field) +
-                                         " is given more than once");
+      status = Status::Error(
+          EINVAL, where + std::string(field) + " is given more than once");
     } else if (!IsZ85Key(value)) {
       status = Status::Error(EINVAL, where + std::string(field) +
                                          " is not a CURVE key (40 Z85 "
@@ -328,8 +328,9 @@ Result<CurveKeyPair> LoadKeyFile(const std::string& file) {
   Wipe(&text);
   if (status.ok() && !have_secret) {
     status = Status::Error(
-        EINVAL, file + " has no 'secret-key = KEY' line; it is not a mirrorfs "
-                       "secret key file (make one with mirrorfs keygen)");
+        EINVAL, file +
+                    " has no 'secret-key = KEY' line; it is not a mirrorfs "
+                    "secret key file (make one with mirrorfs keygen)");
   }
   if (status.ok()) {
     char derived[kZ85KeyChars + 1];
@@ -383,8 +384,7 @@ Result<AuthorizedKeys> LoadAuthorizedKeys(const std::string& file) {
   while (pos < text.size()) {
     size_t end = text.find('\n', pos);
     if (end == std::string::npos) end = text.size();
-    std::string_view line =
-        Trim(std::string_view(text).substr(pos, end - pos));
+    std::string_view line = Trim(std::string_view(text).substr(pos, end - pos));
     pos = end + 1;
     ++line_no;
     const std::string where = file + ":" + std::to_string(line_no) + ": ";
@@ -417,8 +417,7 @@ Result<AuthorizedKeys> LoadAuthorizedKeys(const std::string& file) {
       return Status::Error(EINVAL, where + "the key of " + name_s +
                                        " is already listed for " +
                                        it->second.first + " (line " +
-                                       std::to_string(it->second.second) +
-                                       ")");
+                                       std::to_string(it->second.second) + ")");
     }
     name_line[name_s] = line_no;
     key_line[key_s] = {name_s, line_no};
@@ -466,10 +465,9 @@ Status ApplyCurveClient(zmq::socket_t* socket, const CurveConfig& config,
   }
   auto it = config.authorized->by_name.find(peer_name);
   if (it == config.authorized->by_name.end()) {
-    return Status::Error(EINVAL, "peer " + peer_name +
-                                     " is not in the authorized keys file " +
-                                     file + "; add a line '" + peer_name +
-                                     " <its public key>'");
+    return Status::Error(
+        EINVAL, "peer " + peer_name + " is not in the authorized keys file " +
+                    file + "; add a line '" + peer_name + " <its public key>'");
   }
   try {
     socket->set(zmq::sockopt::curve_serverkey, std::string_view(it->second));
@@ -540,12 +538,12 @@ Status ZapHandler::Start() {
     // barrier, which thread creation is; it belongs to Run() from now on.
     thread_ = std::thread(&ZapHandler::Run, this, std::move(socket));
   } catch (const zmq::error_t& e) {
-    return FromZmq(e, std::string("cannot start the ZAP handler on ") +
-                          kZapEndpoint);
+    return FromZmq(
+        e, std::string("cannot start the ZAP handler on ") + kZapEndpoint);
   } catch (const std::system_error& e) {
-    return Status::Error(e.code().value(),
-                         std::string("cannot start the ZAP thread: ") +
-                             e.what());
+    return Status::Error(
+        e.code().value(),
+        std::string("cannot start the ZAP thread: ") + e.what());
   }
   return Status::Ok();
 }
@@ -647,8 +645,7 @@ void ZapHandler::Answer(zmq::socket_t& socket,
     return;
   }
   char z85[kZ85KeyChars + 1];
-  zmq_z85_encode(z85, static_cast<const uint8_t*>(frames[6].data()),
-                 kKeyBytes);
+  zmq_z85_encode(z85, static_cast<const uint8_t*>(frames[6].data()), kKeyBytes);
   const std::string key(z85);
   const std::string name = Current()->NameOf(key);
   if (name.empty()) {

@@ -178,7 +178,7 @@ class ZapHandler {
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> refused_{0};
   std::atomic<uint64_t> admitted_{0};
-  std::thread thread_;  // Start/Stop only; guarded by lifecycle_mu_.
+  std::thread thread_;       // Start/Stop only; guarded by lifecycle_mu_.
   std::mutex lifecycle_mu_;  // Guards thread_. Lock order: before mu_.
   mutable std::mutex mu_;    // Guards authorized_. Leaf lock.
   std::shared_ptr<const AuthorizedKeys> authorized_;

@@ -240,6 +240,14 @@ void PeerSession::Fracture() {
   Wake();
 }
 
+void PeerSession::Resync() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    resync_requested_ = true;
+  }
+  Rejoin();
+}
+
 void PeerSession::DiscardPeerChanges() {
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -542,6 +550,10 @@ void PeerSession::Serve() {
         next = PeerState::kFractured;
       } else if (!resync_failure_.empty()) {
         lost = "resync failed: " + resync_failure_;
+      } else if (resync_requested_) {
+        resync_requested_ = false;
+        lost = "resync requested";
+        next = PeerState::kConnecting;
       }
       batch.swap(queue_);
     }
@@ -665,6 +677,11 @@ void PeerSession::Serve() {
            nullptr, nullptr, nullptr);
       last_ping = now;
     }
+  }
+  if (lost == "resync requested") {
+    meta::LogInfo("peer " + name_ + ": resync requested; reconnecting");
+    TearDown(next, lost);
+    return;
   }
   if (!lost.empty()) {
     meta::LogError("peer " + name_ + " (" + endpoint_ + "): " + lost +

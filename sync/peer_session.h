@@ -136,6 +136,9 @@ class PeerSession {
   void Fracture();
   // Ends a fracture, or retries a disconnected peer now (no backoff).
   void Rejoin();
+  // Runs a resync now even if the peer is connected (its log grew, e.g.
+  // `verify --repair`): the session restarts and replays the log.
+  void Resync();
   // After a split brain, the operator kept this node's data (`resolve
   // --keep-local`): the next hello asks the peer to discard its changes
   // (saved to its recovery folder) and take a full sync.
@@ -214,6 +217,7 @@ class PeerSession {
   PeerState state_ = PeerState::kConnecting;
   bool fractured_ = false;     // on purpose, until Rejoin()
   bool discard_peer_ = false;  // resolve --keep-local, until accepted
+  bool resync_requested_ = false;
   bool up_ = false;            // hello accepted, socket usable
   bool accept_live_ = false;   // application changes are mirrored
   bool first_attempt_done_ = false;

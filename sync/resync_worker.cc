@@ -197,7 +197,10 @@ bool ResyncWorker::SendMark(bool begin, uint64_t total) {
 }
 
 bool ResyncWorker::Drain(size_t keep) {
-  while (pending_.size() > keep) {
+  // Count what is already done (progress moves with every acknowledged
+  // chunk), then wait for the oldest until at most `keep` remain.
+  while (!pending_.empty() && (pending_.size() > keep ||
+                               pending_.front().completion->IsDone())) {
     Pending& front = pending_.front();
     front.completion->Wait();
     if (cancelled_) return false;

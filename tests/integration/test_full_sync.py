@@ -5,7 +5,6 @@ that differ (DESIGN.md guarantee 6, resync proportional to the damage)."""
 
 import os
 import random
-import shutil
 import subprocess
 
 from conftest import (

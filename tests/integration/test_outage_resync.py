@@ -12,7 +12,6 @@ manifests; the data a resync sent is measured on the secondary
 import ctypes
 import os
 import random
-import signal
 import threading
 import time
 
@@ -20,7 +19,7 @@ from conftest import (
     READY_SECONDS, allocated_bytes, assert_same_manifest, assert_sync_wait,
     bytes_applied, is_mounted, kill9, mirrorfs, peer_status, restart_serve, run,
     sha256_file, status_json, store_manifest, sync_wait, union_bytes,
-    wait_flushed, wait_in_sync, wait_peer_state, wait_until)
+    wait_flushed, wait_peer_state, wait_until)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -290,7 +289,10 @@ def test_namespace_changes_during_outage_are_replayed(cluster):
     os.symlink("newdir/sub.img", m / "link")
     os.symlink("nowhere/at/all", m / "dangling")
     os.unlink(m / "oldlink")
+    write_file(m / "shrink.img", b"S" * (256 * KiB), offset=1536 * KiB)   # logged, then cut off
     os.truncate(m / "shrink.img", 100 * KiB + 3)
+    write_file(m / "keep.img", b"reborn" * 1000)              # a new file at a renamed-away path
+    write_file(m / "gone2.img", b"g" * 3000, offset=5 * MiB)  # created with a leading hole
     os.truncate(m / "grow.img", 3 * MiB + 5)
     write_file(m / "replacer.img", os.urandom(60 * KiB))
     os.rename(m / "replacer.img", m / "victim.img")           # rename over a file
@@ -309,7 +311,8 @@ def test_namespace_changes_during_outage_are_replayed(cluster):
     assert man["dangling"].target == "nowhere/at/all"
     assert man["kept.img"].mode == 0o600 and man["newdir"].mode == 0o750
     assert man["shrink.img"].size == 100 * KiB + 3 and man["grow.img"].size == 3 * MiB + 5
-    for gone in ("gone.img", "keep.img", "olddir", "emptydir", "tmpdir", "oldlink",
+    assert man["keep.img"].size == 6000 and man["gone2.img"].size == 5 * MiB + 3000
+    for gone in ("gone.img", "olddir", "emptydir", "tmpdir", "oldlink",
                  "replacer.img", "made/inner/transient.img"):
         assert gone not in man, f"{gone} still on the secondary"
 
@@ -456,6 +459,7 @@ def test_writes_racing_a_slow_resync_never_go_backwards(cluster):
     writer = RandomWriter(str(img), 4 * MiB, 12 * MiB, threads=2, size=64 * KiB,
                           align=4 * KiB, seed=6, pace=0.005)
     seen_syncing = []
+    secondary_consistent = []
     try:
         writer.start()
         until = time.monotonic() + 3.5
@@ -463,6 +467,7 @@ def test_writes_racing_a_slow_resync_never_go_backwards(cluster):
             p = peer_status(primary.store, "backup")
             if writer.count > 0 and p["state"] == "syncing":
                 seen_syncing.append(p["resync"])
+                secondary_consistent.append(status_json(backup.store)["consistent"])
             time.sleep(0.2)
     finally:
         writer.finish()
@@ -470,11 +475,22 @@ def test_writes_racing_a_slow_resync_never_go_backwards(cluster):
           f"{[(r['done_bytes'], r['total_bytes']) for r in seen_syncing]}")
     assert writer.count >= 20, f"only {writer.count} racing writes"
     assert seen_syncing, "the resync was over before the racing writes began (rate limit?)"
-    done = seen_syncing[-1]
-    assert done["done_bytes"] < done["total_bytes"], done
+    # Guarantee 7: a copy that is mid-resync says so.
+    assert False in secondary_consistent, \
+        f"the secondary never reported consistent: false mid-resync: {secondary_consistent}"
+    last = seen_syncing[-1]
+    assert last["done_bytes"] < last["total_bytes"], last
 
-    assert_sync_wait(primary.store, timeout=60)
+    r = assert_sync_wait(primary.store, timeout=60)
     assert_same_manifest(primary.store, backup.store, "stores after a raced resync")
+    assert r.stdout.strip(), "sync --wait showed no progress"
+
+    # The status reports the progress of a running resync (DESIGN.md
+    # status --json resync{}): at 1 MiB/s for 3.5 s, some of it is done.
+    assert max(p["done_bytes"] for p in seen_syncing) > 0, \
+        f"resync.done_bytes stayed 0 on the primary while the resync ran: {seen_syncing}"
+    assert max(p["bytes_per_second"] for p in seen_syncing) > 0, \
+        f"resync.bytes_per_second stayed 0 while the resync ran: {seen_syncing}"
 
 
 # ------------------------------------------------------------------ 7 ----

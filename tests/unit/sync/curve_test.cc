@@ -153,7 +153,7 @@ TEST_F(CurveFileTest, LoadKeyFileRefusesLooseModesWithoutShowingTheSecret) {
     ASSERT_EQ(::chmod(file.c_str(), mode), 0);
     meta::Result<CurveKeyPair> loaded = LoadKeyFile(file);
     ASSERT_FALSE(loaded.ok()) << std::oct << mode;
-    const std::string& msg = loaded.status().message();
+    const std::string msg = loaded.status().message();
     EXPECT_EQ(loaded.status().err(), EACCES);
     EXPECT_NE(msg.find("chmod 600 " + file), std::string::npos) << msg;
     char mode_text[8];
@@ -178,18 +178,20 @@ TEST_F(CurveFileTest, LoadKeyFileRefusesMalformedFilesWithoutShowingKeys) {
       {"", "no 'secret-key = KEY' line"},
       {"# only a comment\n\n", "no 'secret-key = KEY' line"},
       {"public-key = " + pair.public_key + "\n", "no 'secret-key = KEY'"},
-      {pair.secret_key + "\n", ":1: expected 'secret-key = KEY'"},
+      // Z85 may contain '=': either complaint is right; neither echoes it.
+      {pair.secret_key + "\n", ":1: "},
+      {"garbage line\n", ":1: expected 'secret-key = KEY'"},
       {"# c\nsecret-key = " + pair.secret_key.substr(1) + "\n",
        ":2: secret-key is not a CURVE key"},
       {"secret-key = " + pair.secret_key + "x\n", ":1: secret-key is not"},
       {"secret-key = " + pair.secret_key.substr(0, 39) + "\"\n",
        ":1: secret-key is not"},
-      {"secret-key = " + pair.secret_key + "\nsecret-key = " +
-           pair.secret_key + "\n",
+      {"secret-key = " + pair.secret_key + "\nsecret-key = " + pair.secret_key +
+           "\n",
        ":2: secret-key is given more than once"},
       {"secret = " + pair.secret_key + "\n", ":1: unknown field"},
-      {"public-key = " + other.public_key + "\nsecret-key = " +
-           pair.secret_key + "\n",
+      {"public-key = " + other.public_key +
+           "\nsecret-key = " + pair.secret_key + "\n",
        "public-key does not belong to secret-key"},
   };
   for (size_t i = 0; i < cases.size(); ++i) {
@@ -197,21 +199,21 @@ TEST_F(CurveFileTest, LoadKeyFileRefusesMalformedFilesWithoutShowingKeys) {
     WriteFile(file, cases[i].text);
     meta::Result<CurveKeyPair> loaded = LoadKeyFile(file);
     ASSERT_FALSE(loaded.ok()) << "case " << i;
-    const std::string& msg = loaded.status().message();
+    const std::string msg = loaded.status().message();
     EXPECT_EQ(loaded.status().err(), EINVAL) << msg;
     EXPECT_NE(msg.find(file), std::string::npos) << msg;
     EXPECT_NE(msg.find(cases[i].expect), std::string::npos)
         << "case " << i << ": " << msg;
-    for (const std::string& key : {pair.secret_key, pair.public_key,
-                                   other.public_key,
-                                   pair.secret_key.substr(1)}) {
+    for (const std::string& key :
+         {pair.secret_key, pair.public_key, other.public_key,
+          pair.secret_key.substr(1)}) {
       EXPECT_EQ(msg.find(key), std::string::npos) << "case " << i;
     }
   }
 
   // Hand-written, CRLF, extra blanks, public key optional: accepted.
-  WriteFile(Path("hand"), "\r\n  # mine\r\n\tsecret-key=" + pair.secret_key +
-                              "  \r\n");
+  WriteFile(Path("hand"),
+            "\r\n  # mine\r\n\tsecret-key=" + pair.secret_key + "  \r\n");
   meta::Result<CurveKeyPair> hand = LoadKeyFile(Path("hand"));
   ASSERT_TRUE(hand.ok()) << hand.status().message();
   EXPECT_EQ(hand->secret_key, pair.secret_key);

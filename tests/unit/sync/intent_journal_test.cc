@@ -231,6 +231,7 @@ std::future<meta::Status> EnterAsync(IntentJournal* j, uint64_t ino,
 
 template <typename T>
 bool Ready(std::future<T>& f, std::chrono::milliseconds wait = 0ms) {
+  if (!f.valid()) return true;  // already taken with get()
   return f.wait_for(wait) == std::future_status::ready;
 }
 
@@ -456,10 +457,11 @@ TEST(IntentJournalTest, WritersOfAFailingRegionNeverHang) {
   constexpr int kRounds = 3000;
   std::atomic<int> done{0};
   std::atomic<int> ok_count{0};
+  std::atomic<bool> stop{false};
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
-      for (int i = 0; i < kRounds; ++i) {
+      for (int i = 0; i < kRounds && !stop; ++i) {
         auto s = journal.Enter(11, static_cast<uint64_t>(t) * 4096, 4096);
         if (s.ok()) {
           ++ok_count;
@@ -470,20 +472,26 @@ TEST(IntentJournalTest, WritersOfAFailingRegionNeverHang) {
     });
   }
   bool finished = PollUntil([&] { return done == kThreads; }, 20s);
+  const int done_at_deadline = done;
   int rescues = 0;
   if (!finished) {
     // Some writer sleeps on the condition variable with nobody left to
-    // commit: wake it through another commit (of another file).
-    while (done != kThreads && rescues < 1000) {
-      (void)journal.Enter(99, static_cast<uint64_t>(rescues) * kMiB, 1);
+    // commit: stop the loops, and wake the sleepers through commits of
+    // another file (each ends in notify_all).
+    stop = true;
+    while (done != kThreads) {
+      (void)journal.Enter(99, static_cast<uint64_t>(rescues % 512) * kMiB, 1);
       ++rescues;
       std::this_thread::sleep_for(1ms);
     }
   }
   for (auto& th : threads) th.join();
   EXPECT_TRUE(finished)
-      << "writers of a region whose record failed hung until another commit "
-         "woke them (" << rescues << " unrelated commits needed)";
+      << "writers of a region whose record failed hung in Enter (no commit "
+         "running, none pending) until an unrelated commit woke them; "
+      << done_at_deadline << " of " << kThreads
+      << " threads had finished after 20 s, "
+      << rescues << " unrelated commits were needed to release the rest";
   EXPECT_EQ(ok_count, 0) << "a write succeeded although no intent was ever recorded";
 }
 

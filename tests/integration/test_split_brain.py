@@ -1,0 +1,198 @@
+"""Split brain (DESIGN.md guarantee 8): detected, never merged silently.
+
+a (primary, with --listen) and b (its secondary) are in sync. a stops
+cleanly; b is promoted and writes; then a is mounted again as primary and
+writes too: both wrote as primary since their last common generation. When
+they meet, both refuse to resync and report the split brain; nothing moves.
+The operator picks b as the survivor: a is demoted, `resolve --discard-local`
+saves a's changed files in a recovery folder, and the next connection from b
+is a full sync: identical stores with b's data, a's version kept aside.
+"""
+
+import os
+import time
+
+from conftest import (
+    READY_SECONDS, Node, assert_same_manifest, assert_sync_wait, manifest_diff,
+    mirrorfs, mirrorfs_pids, peer_status, sha256_file, status_json,
+    store_manifest, wait_flushed, wait_peer_state, wait_until)
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def adopt(cluster, name, verb, store, mountpoint, endpoint):
+    """Registers a daemon started by promote/demote, so that the teardown
+    stops it and the failure report shows its log."""
+    node = Node(cluster, name, verb, store, mountpoint, endpoint, foreground=False)
+    cluster.nodes.append(node)
+    node.pids.update(mirrorfs_pids(store, verbs=()))
+    assert node.pids, f"no mirrorfs daemon runs for {store}"
+    return node
+
+
+def checked(*args, timeout=None):
+    r = mirrorfs(*args) if timeout is None else mirrorfs(*args, timeout=timeout)
+    assert r.returncode == 0, \
+        f"mirrorfs {' '.join(map(str, args))}: exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+def write_at(path, data, offset):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, data, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def split_brain_with(store):
+    sb = status_json(store).get("split_brain")
+    return sb.get("with") if isinstance(sb, dict) else None
+
+
+def make_split_brain(cluster):
+    """Returns (a, b, a_mnt, b_mnt, b_view, a_files): a primary and b
+    primary that both wrote since their last common generation, and have
+    met (both report the split brain)."""
+    b = cluster.serve("b")
+    a = cluster.mount("a", peers=[b], listen=True)
+    wait_peer_state(a.store, "b", "connected")
+    a_mnt = a.mountpoint
+    with open(a_mnt / "shared.img", "wb") as f:
+        f.write(os.urandom(4 * MiB))
+    (a_mnt / "common.txt").write_bytes(b"common history\n")
+    (a_mnt / "dir").mkdir()
+    (a_mnt / "dir" / "keep.txt").write_bytes(b"untouched by both\n")
+    wait_flushed(a.store)
+    assert_same_manifest(a.store, b.store, "stores before the split")
+
+    # a goes away cleanly; b takes over and writes.
+    cluster.stop(a)
+    wait_until(lambda: all(p.get("state") != "connected"
+                           for p in status_json(b.store)["peers"]),
+               READY_SECONDS, "b to see its primary a gone")
+    b_mnt = cluster.dir("b.mnt")
+    r = checked("promote", b.store, "--mount", b_mnt)
+    assert f"{b.store} is now primary, mounted at {b_mnt}" in r.stdout, r.stdout
+    b.wait_exit()
+    b = adopt(cluster, "b", "promote", b.store, b_mnt, b.endpoint)
+    write_at(b_mnt / "shared.img", b"B" * (64 * KiB), 0)
+    write_at(b_mnt / "b-only.txt", b"written by b as primary\n", 0)
+    b_view = store_manifest(b.store)
+
+    # a comes back as primary (an operator mistake) and writes too.
+    a = cluster.mount("a", store=a.store, mountpoint=a_mnt, listen=a.endpoint,
+                      peers=[("b", b.endpoint)])
+    write_at(a_mnt / "shared.img", b"A" * (128 * KiB), 1 * MiB)
+    write_at(a_mnt / "common.txt", b"changed by a after the split\n", 0)
+    write_at(a_mnt / "a-only.txt", b"written by a as primary\n", 0)
+    a_files = {rel: (a.store / rel).read_bytes()
+               for rel in ("shared.img", "common.txt", "a-only.txt")}
+
+    # Both see it: a's session to b, b's listener (hello from a), and b's
+    # session to a (b learned a as the primary that once fed it).
+    peer = wait_peer_state(a.store, "b", "split-brain")
+    assert peer["in_sync"] is False, peer
+    wait_until(lambda: split_brain_with(a.store) == "b", READY_SECONDS,
+               "a's status split_brain.with == b")
+    wait_until(lambda: split_brain_with(b.store) == "a", READY_SECONDS,
+               "b's status split_brain.with == a")
+    wait_peer_state(b.store, "a", "split-brain")
+    return a, b, a_mnt, b_mnt, b_view, a_files
+
+
+def test_split_brain_is_detected_and_resolved_by_discarding_the_loser(cluster):
+    a, b, a_mnt, b_mnt, b_view, a_files = make_split_brain(cluster)
+
+    # Nothing moves while the split brain lasts (observed for > 2 retries).
+    a_view = store_manifest(a.store)
+    assert "a-only.txt" in a_view and "b-only.txt" not in a_view
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        assert peer_status(a.store, "b")["state"] == "split-brain"
+        assert split_brain_with(b.store) == "a"
+        time.sleep(0.2)
+    got = store_manifest(b.store)
+    assert got == b_view, f"a's writes reached b during the split brain:\n{manifest_diff(b_view, got)}"
+    got = store_manifest(a.store)
+    assert got == a_view, f"b's writes reached a during the split brain:\n{manifest_diff(a_view, got)}"
+    assert "split brain" in a.log().lower(), a.log()
+
+    # The loser must be a secondary to discard its changes.
+    r = mirrorfs("resolve", a.store, "--discard-local")
+    assert r.returncode == 1 and "demote" in r.stderr, \
+        f"resolve --discard-local on a primary: exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+    assert store_manifest(a.store) == a_view
+
+    r = checked("demote", a.store)
+    assert f"{a.store} is now secondary, serving {a.endpoint}" in r.stdout, r.stdout
+    a.wait_exit()
+    a = adopt(cluster, "a", "demote", a.store, None, a.endpoint)
+    doc = status_json(a.store)
+    assert doc["role"] == "secondary", doc
+    # Still refused: a secondary does not follow a diverged primary.
+    wait_until(lambda: split_brain_with(a.store) == "b", READY_SECONDS,
+               "the demoted a to report its split brain with b")
+    entry = [p for p in status_json(a.store)["peers"] if p.get("name") == "b"]
+    assert entry and entry[0]["state"] == "split-brain", status_json(a.store)["peers"]
+    assert store_manifest(a.store) == a_view, "a's copy changed before the operator chose"
+
+    r = checked("resolve", a.store, "--discard-local")
+    folder = status_json(a.store).get("recovery_folder")
+    assert folder, f"no recovery_folder in a's status after resolve: {status_json(a.store)}"
+    assert folder in r.stdout, f"resolve does not name the recovery folder {folder}:\n{r.stdout}"
+    assert folder.startswith(str(a.store / ".mirrorfs" / "recovery") + "/"), folder
+    listed = set((open(os.path.join(folder, "CHANGED-FILES")).read()).split("\n")) - {""}
+    assert set(a_files) <= listed, f"CHANGED-FILES lists {sorted(listed)}"
+    assert "dir/keep.txt" not in listed and "b-only.txt" not in listed, sorted(listed)
+    for rel, data in a_files.items():
+        with open(os.path.join(folder, rel), "rb") as f:
+            assert f.read() == data, f"the recovery folder's {rel} is not a's version"
+
+    # b's next connection wins: full sync; b's data everywhere.
+    assert_sync_wait(b.store, peer="a", timeout=60)
+    peer = peer_status(b.store, "a")
+    assert peer["state"] == "connected" and peer["in_sync"] is True, peer
+    wait_until(lambda: split_brain_with(b.store) is None, READY_SECONDS,
+               "b's split_brain to clear")
+    assert split_brain_with(a.store) is None, status_json(a.store)
+    assert status_json(a.store)["consistent"] is True
+    got = assert_same_manifest(b.store, a.store, "stores after the resolution")
+    assert got == b_view, f"b's data changed by the resolution:\n{manifest_diff(b_view, got)}"
+    for rel, data in a_files.items():   # a's version survives, aside
+        with open(os.path.join(folder, rel), "rb") as f:
+            assert f.read() == data, f"the recovery folder's {rel} changed after the sync"
+
+    # And the mirror works again.
+    write_at(b_mnt / "after.txt", b"mirrored again\n", 0)
+    wait_flushed(b.store)
+    assert_same_manifest(b.store, a.store, "stores after a new write")
+    assert sha256_file(a.store / "after.txt") == sha256_file(b.store / "after.txt")
+
+
+def test_keep_local_on_the_survivor_makes_the_loser_discard(cluster):
+    a, b, a_mnt, b_mnt, b_view, a_files = make_split_brain(cluster)
+
+    # keep-local belongs on a primary; the loser is demoted first.
+    r = checked("demote", a.store)
+    a.wait_exit()
+    a = adopt(cluster, "a", "demote", a.store, None, a.endpoint)
+    wait_until(lambda: split_brain_with(a.store) == "b", READY_SECONDS,
+               "the demoted a to report its split brain with b")
+    r = mirrorfs("resolve", a.store, "--keep-local")
+    assert r.returncode == 1, f"--keep-local accepted on a secondary:\n{r.stdout}\n{r.stderr}"
+
+    r = checked("resolve", b.store, "--keep-local")
+    assert "peer a" in r.stdout, r.stdout
+    assert_sync_wait(b.store, peer="a", timeout=60)
+    wait_until(lambda: split_brain_with(b.store) is None and split_brain_with(a.store) is None,
+               READY_SECONDS, "both split_brain fields to clear")
+    got = assert_same_manifest(b.store, a.store, "stores after keep-local")
+    assert got == b_view, f"b's data changed by the resolution:\n{manifest_diff(b_view, got)}"
+    folder = status_json(a.store).get("recovery_folder")
+    assert folder, f"the loser saved nothing: {status_json(a.store)}"
+    for rel, data in a_files.items():
+        with open(os.path.join(folder, rel), "rb") as f:
+            assert f.read() == data, f"the recovery folder's {rel} is not a's version"
