@@ -14,9 +14,10 @@
 //       # mirrorfs CURVE secret key: keep private (mode 0600)
 //       public-key = <40 Z85 characters>
 //       secret-key = <40 Z85 characters>
-//     '#' lines and blank lines are ignored; both fields are required, once
-//     each, and the public key must be the one derived from the secret key.
-//     The file is refused if group or others have any access to it.
+//     '#' lines and blank lines are ignored; secret-key is required,
+//     public-key optional (derived from the secret key; if present it must
+//     match), each at most once. The file is refused if group or others have
+//     any access to it.
 //
 //   Public key file FILE.pub, mode 0644: the public key and a newline.
 //
@@ -85,8 +86,10 @@ struct AuthorizedKeys {
 };
 
 // Reads an authorized keys file (format above). Returns the set (possibly
-// empty), or an error naming file:line for a bad name, a bad key, a duplicate
-// name or a duplicate key, or the errno of a failed open/read.
+// empty), or an error: EINVAL naming file:line for a bad name, a bad key, a
+// duplicate name or a duplicate key; EACCES if group or others may write the
+// file (whoever can write it decides who may write our data; the message
+// names `chmod go-w FILE`); the errno of a failed open/read.
 meta::Result<AuthorizedKeys> LoadAuthorizedKeys(const std::string& file);
 
 // True if binding ZeroMQ `endpoint` listens only on this machine:

@@ -34,16 +34,35 @@ meta::Status IntentJournal::Enter(uint64_t ino, uint64_t offset,
     cv_.wait(lock);
     --waiting_for_room_;
   }
-  bool all_durable = true;
   for (uint64_t r = first; r <= last; ++r) {
     auto [it, added] = regions_.try_emplace(Region{ino, r});
     ++it->second.writers;
-    if (added) pending_.push_back(it->first);
-    all_durable = all_durable && it->second.durable;
+    if (!it->second.durable && !it->second.queued) {
+      // New, or its last commit failed: (re)queue it.
+      it->second.queued = true;
+      pending_.push_back(it->first);
+    }
   }
   // Group commit: one writer at a time writes every pending region in one
   // synced batch; the others wait for it.
-  while (!all_durable) {
+  while (true) {
+    bool all_durable = true;
+    bool failed = false;
+    for (uint64_t r = first; r <= last; ++r) {
+      const State& st = regions_.find(Region{ino, r})->second;
+      all_durable = all_durable && st.durable;
+      failed = failed || (!st.durable && !st.queued);
+    }
+    if (all_durable) return meta::Status::Ok();
+    if (failed) {
+      // Its commit failed and nobody retries it for us: report the error
+      // (the write must not proceed without its intent on disk).
+      meta::Status error = commit_error_;
+      lock.unlock();
+      Leave(ino, offset, length);
+      return error.ok() ? meta::Status::Error(EIO, "write-intent journal")
+                        : error.Context("write-intent journal");
+    }
     if (!committing_ && !pending_.empty()) {
       committing_ = true;
       std::vector<Region> batch;
@@ -54,28 +73,16 @@ meta::Status IntentJournal::Enter(uint64_t ino, uint64_t offset,
       committing_ = false;
       for (const auto& r : batch) {
         auto it = regions_.find(r);
-        if (it != regions_.end()) it->second.durable = s.ok();
+        if (it == regions_.end()) continue;
+        it->second.queued = false;
+        it->second.durable = s.ok();
       }
       if (!s.ok()) commit_error_ = s;
       cv_.notify_all();
     } else {
       cv_.wait(lock);
     }
-    all_durable = true;
-    for (uint64_t r = first; r <= last; ++r) {
-      auto it = regions_.find(Region{ino, r});
-      all_durable = all_durable && it->second.durable;
-    }
-    if (!all_durable && !committing_ && pending_.empty()) {
-      // Our regions' batch failed: release them and report.
-      meta::Status error = commit_error_;
-      lock.unlock();
-      Leave(ino, offset, length);
-      return error.ok() ? meta::Status::Error(EIO, "write-intent journal")
-                        : error.Context("write-intent journal");
-    }
   }
-  return meta::Status::Ok();
 }
 
 void IntentJournal::Leave(uint64_t ino, uint64_t offset, uint64_t length) {
@@ -87,7 +94,7 @@ void IntentJournal::Leave(uint64_t ino, uint64_t offset, uint64_t length) {
     if (it == regions_.end()) continue;
     if (it->second.writers > 0) --it->second.writers;
     it->second.last_epoch = epoch_;
-    if (!it->second.durable && it->second.writers == 0) {
+    if (!it->second.durable && !it->second.queued && it->second.writers == 0) {
       // Never recorded (its commit failed): nothing on disk to retire.
       regions_.erase(it);
     }
@@ -102,24 +109,31 @@ uint64_t IntentJournal::BeginEpoch() {
 
 meta::Status IntentJournal::Retire(uint64_t epoch) {
   std::vector<Region> retired;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto it = regions_.begin(); it != regions_.end();) {
-      if (it->second.writers == 0 && it->second.durable &&
-          it->second.last_epoch <= epoch) {
-        retired.push_back(it->first);
-        it = regions_.erase(it);
-      } else {
-        ++it;
-      }
+  std::unique_lock<std::mutex> lock(mu_);
+  // The store token (committing_) orders this retire against commits: a
+  // writer that re-enters a region retired here records it again only
+  // after our delete, never before (which would lose its record).
+  cv_.wait(lock, [this] { return !committing_; });
+  for (auto it = regions_.begin(); it != regions_.end();) {
+    if (it->second.writers == 0 && it->second.durable &&
+        it->second.last_epoch <= epoch) {
+      retired.push_back(it->first);
+      it = regions_.erase(it);
+    } else {
+      ++it;
     }
-    if (!retired.empty()) cv_.notify_all();  // room for waiting writers
   }
   if (retired.empty()) return meta::Status::Ok();
+  committing_ = true;
+  lock.unlock();
   // What a lost peer missed in these regions is in its fracture log; that
   // must be on disk before the regions stop covering it.
-  MFS_RETURN_IF_ERROR(store_->SyncWal());
-  return store_->RetireIntents(retired);
+  meta::Status s = store_->SyncWal();
+  if (s.ok()) s = store_->RetireIntents(retired);
+  lock.lock();
+  committing_ = false;
+  cv_.notify_all();  // room for waiting writers, and the token is free
+  return s;
 }
 
 bool IntentJournal::FlushWanted() const {

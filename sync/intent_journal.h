@@ -101,6 +101,7 @@ class IntentJournal {
     uint32_t writers = 0;
     uint64_t last_epoch = 0;
     bool durable = false;
+    bool queued = false;  // in pending_ or in the batch being committed
   };
 
   IntentStore* const store_;
