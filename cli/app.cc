@@ -23,6 +23,7 @@
 #include "cli/control.h"
 #include "cli/node.h"
 #include "cli/options.h"
+#include "sync/curve.h"
 #include "meta/log.h"
 
 namespace mirrorfs::cli {
@@ -106,7 +107,10 @@ void StopOnSignals(Node* node) {
     while (true) {
       int sig = 0;
       if (sigwait(&set, &sig) != 0) continue;
-      if (sig == SIGHUP) continue;  // reload hook (keys) comes with security
+      if (sig == SIGHUP) {
+        node->ReloadKeys();
+        continue;
+      }
       meta::LogInfo(std::string("received ") + strsignal(sig) + "; stopping");
       node->RequestStop();
       return;
@@ -178,9 +182,10 @@ int RunNode(const NodeOptions& options) {
     if (!started.ok()) {
       meta::LogError("start failed: " + started.message());
       if (ready[1] >= 0) {
+        // The pipe stays open until this process has exited, so the parent
+        // returns only when no daemon is left behind.
         (void)!::write(ready[1], started.message().data(),
                        started.message().size());
-        ::close(ready[1]);
       } else {
         std::cerr << "mirrorfs: " << started.message() << "\n";
       }
@@ -210,6 +215,11 @@ int StartNodeProcess(const NodeOptions& o) {
   if (o.primary) args.push_back(o.mountpoint);
   if (!o.name.empty()) args.insert(args.end(), {"--name", o.name});
   if (!o.listen.empty()) args.insert(args.end(), {"--listen", o.listen});
+  if (!o.key_file.empty()) {
+    args.insert(args.end(), {"--key", o.key_file, "--authorized-keys",
+                             o.authorized_file});
+  }
+  if (o.insecure) args.push_back("--insecure");
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -396,6 +406,22 @@ int Main(int argc, char** argv) {
   mount->add_option("--resync-rate", resync_rate,
                     "Resync bandwidth limit, bytes per second (K, M, G "
                     "suffixes; default unlimited)");
+  auto add_security = [](CLI::App* cmd, NodeOptions* o) {
+    auto* key = cmd->add_option("--key", o->key_file,
+                                "This node's CURVE secret key file (mirrorfs "
+                                "keygen); peer links are then authenticated "
+                                "and encrypted");
+    auto* auth = cmd->add_option("--authorized-keys", o->authorized_file,
+                                 "Peers allowed in: one 'NAME PUBLIC-KEY' "
+                                 "per line (re-read on SIGHUP)");
+    key->needs(auth);
+    auth->needs(key);
+    cmd->add_flag("--insecure", o->insecure,
+                  "Allow listening beyond loopback without keys");
+    cmd->add_option("--control-group", o->control_group,
+                    "Group allowed on the control socket besides root");
+  };
+  add_security(mount, &node);
   mount->add_option("--peer-timeout", peer_timeout,
                     "Seconds a write waits for a silent peer before it is "
                     "dropped (default 2)")
@@ -420,6 +446,7 @@ int Main(int argc, char** argv) {
   serve->add_flag("--test-volatile-writes", serve_node.volatile_writes)
       ->group("");
 #endif
+  add_security(serve, &serve_node);
   serve->add_option("--peer-timeout", serve_timeout,
                     "Seconds of silence before the primary counts as gone")
       ->check(CLI::Range(0.1, 3600.0));
@@ -508,9 +535,8 @@ int Main(int argc, char** argv) {
   resolve->require_option(1);
 
   auto* keygen = app.add_subcommand(
-      "keygen", "Write a CURVE key pair: FILE (secret) and FILE.pub");
+      "keygen", "Write a CURVE key pair: FILE (secret, 0600) and FILE.pub");
   keygen->add_option("FILE", arg1)->required();
-  pending.push_back({keygen, "keygen (peer link security)"});
 
   try {
     app.parse(argc, argv);
@@ -602,6 +628,13 @@ int Main(int argc, char** argv) {
                             ": expected a ZeroMQ endpoint like "
                             "tcp://10.0.0.2:7790");
     }
+    if (!options.listen.empty() && options.key_file.empty() &&
+        !options.insecure && !sync::IsLoopbackEndpoint(options.listen)) {
+      return Fail("refusing to listen on " + options.listen +
+                  " beyond loopback without keys: give --key FILE "
+                  "--authorized-keys FILE (see `mirrorfs keygen`), or "
+                  "--insecure on a trusted, isolated network");
+    }
     std::string error;
     if (!ExistingDirectory("store", options.store, &options.store, &error)) {
       return Fail(error);
@@ -657,6 +690,13 @@ int Main(int argc, char** argv) {
     if (code != kExitOk || !wait) return code;
     return WaitInSync(store, arg1, timeout);
   }
+  if (keygen->parsed()) {
+    auto made = sync::GenerateKeyFiles(arg1);
+    if (!made.ok()) return Fail(made.message());
+    std::cout << "wrote " << arg1 << " (secret key, mode 0600) and " << arg1
+              << ".pub (public key)\n";
+    return kExitOk;
+  }
   if (verify->parsed()) {
     std::vector<std::string> words = {"verify"};
     if (!arg1.empty()) words.insert(words.end(), {"--peer", arg1});
@@ -710,6 +750,9 @@ int Main(int argc, char** argv) {
     NodeOptions next;
     next.store = store;
     next.name = kv["name"];
+    next.key_file = kv["key"];
+    next.authorized_file = kv["authorized"];
+    next.insecure = kv["insecure"] == "1";
     if (promote->parsed()) {
       if (kv["role"] != "secondary") return Fail(store + " is not a secondary");
       if (arg1.empty()) {

@@ -1,6 +1,8 @@
 #include "cli/control.h"
 
 #include <poll.h>
+#include <grp.h>
+#include <pwd.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -57,15 +59,41 @@ bool FillAddress(const std::string& path, struct sockaddr_un* addr) {
 
 }  // namespace
 
+// True if the user `uid` (primary group `gid`) belongs to `group`.
+bool InGroup(uid_t uid, gid_t gid, gid_t group) {
+  if (group == static_cast<gid_t>(-1)) return false;
+  if (gid == group) return true;
+  struct passwd pw;
+  struct passwd* found = nullptr;
+  std::vector<char> buf(16384);
+  if (::getpwuid_r(uid, &pw, buf.data(), buf.size(), &found) != 0 ||
+      found == nullptr) {
+    return false;
+  }
+  int n = 64;
+  std::vector<gid_t> groups(static_cast<size_t>(n));
+  if (::getgrouplist(pw.pw_name, pw.pw_gid, groups.data(), &n) < 0) {
+    groups.resize(static_cast<size_t>(n));
+    if (::getgrouplist(pw.pw_name, pw.pw_gid, groups.data(), &n) < 0) {
+      return false;
+    }
+  }
+  for (int i = 0; i < n; ++i) {
+    if (groups[static_cast<size_t>(i)] == group) return true;
+  }
+  return false;
+}
+
 std::string ControlSocketPath(const std::string& store) {
   return store + "/.mirrorfs/control.sock";
 }
 
 ControlServer::~ControlServer() { Stop(); }
 
-meta::Status ControlServer::Start(const std::string& path,
+meta::Status ControlServer::Start(const std::string& path, gid_t gid,
                                   ControlHandler handler) {
   path_ = path;
+  gid_ = gid;
   handler_ = std::move(handler);
   struct sockaddr_un addr;
   if (!FillAddress(path, &addr)) {
@@ -80,7 +108,9 @@ meta::Status ControlServer::Start(const std::string& path,
   int rc = ::bind(listen_fd_, reinterpret_cast<struct sockaddr*>(&addr),
                   sizeof(addr));
   ::umask(old);
-  if (rc != 0 || ::chmod(path.c_str(), 0600) != 0 ||
+  bool grouped = gid != static_cast<gid_t>(-1);
+  if (rc != 0 || (grouped && ::chown(path.c_str(), 0, gid) != 0) ||
+      ::chmod(path.c_str(), grouped ? 0660 : 0600) != 0 ||
       ::listen(listen_fd_, 16) != 0) {
     auto s = meta::Status::FromErrno("control socket " + path);
     ::close(listen_fd_);
@@ -154,7 +184,7 @@ void ControlServer::Serve(int fd) {
     struct ucred cred;
     socklen_t len = sizeof(cred);
     if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 ||
-        cred.uid != 0) {
+        !(cred.uid == 0 || InGroup(cred.uid, cred.gid, gid_))) {
       ::close(fd);
       return;
     }

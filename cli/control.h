@@ -14,6 +14,8 @@
 // at a time; the handler runs on it. ControlClient is a value.
 #pragma once
 
+#include <sys/types.h>
+
 #include <atomic>
 #include <functional>
 #include <memory>
@@ -41,9 +43,12 @@ class ControlServer {
  public:
   ControlServer() = default;
   ~ControlServer();  // Stop()s
-  // Binds `path` (replacing a stale socket file) and starts serving.
-  // Returns an error naming the path if it cannot.
-  meta::Status Start(const std::string& path, ControlHandler handler);
+  // Binds `path` (replacing a stale socket file) and starts serving. Only
+  // root may connect, and members of `gid` unless it is (gid_t)-1 (the
+  // socket is then mode 0660, group `gid`; else 0600). Returns an error
+  // naming the path if it cannot.
+  meta::Status Start(const std::string& path, gid_t gid,
+                     ControlHandler handler);
   // Stops serving and removes the socket file.
   void Stop();
 
@@ -56,6 +61,7 @@ class ControlServer {
       workers_;
   ControlHandler handler_;
   int listen_fd_ = -1;
+  gid_t gid_ = static_cast<gid_t>(-1);
   int stop_fd_ = -1;  // eventfd that wakes the server thread
   std::thread thread_;
 };

@@ -1,6 +1,7 @@
 #include "cli/node.h"
 
 #include <dirent.h>
+#include <grp.h>
 #include <fcntl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -80,6 +81,8 @@ Node::~Node() {
   replica_.reset();
   volume_.reset();
   fan_out_.reset();
+  if (zap_) zap_->Stop();
+  zap_.reset();
   zmq_.reset();
   meta_.reset();
   if (store_fd_ >= 0) ::close(store_fd_);
@@ -105,11 +108,26 @@ meta::Status Node::Start() {
   if (!options_.listen.empty()) identity_->listen_endpoint = options_.listen;
   identity_->role = options_.primary ? "primary" : "secondary";
   zmq_ = std::make_unique<zmq::context_t>(1);
+  MFS_RETURN_IF_ERROR(SetUpSecurity());
 
   MFS_RETURN_IF_ERROR(options_.primary ? StartPrimary() : StartSecondary());
 
+  gid_t control_gid = static_cast<gid_t>(-1);
+  if (!options_.control_group.empty()) {
+    struct group grp;
+    struct group* found = nullptr;
+    std::vector<char> buf(16384);
+    if (::getgrnam_r(options_.control_group.c_str(), &grp, buf.data(),
+                     buf.size(), &found) != 0 ||
+        found == nullptr) {
+      return meta::Status::Error(EINVAL, "--control-group " +
+                                             options_.control_group +
+                                             ": no such group");
+    }
+    control_gid = grp.gr_gid;
+  }
   MFS_RETURN_IF_ERROR(control_.Start(
-      ControlSocketPath(options_.store),
+      ControlSocketPath(options_.store), control_gid,
       [this](const std::vector<std::string>& words) {
         return HandleControl(words);
       }));
@@ -117,6 +135,71 @@ meta::Status Node::Start() {
                 identity_->node_uuid.ToString() + " serving " +
                 options_.store + " as " + identity_->role);
   return meta::Status::Ok();
+}
+
+meta::Status Node::SetUpSecurity() {
+  const std::string& listen = identity_->listen_endpoint;
+  if (options_.key_file.empty()) {
+    if (!listen.empty() && !sync::IsLoopbackEndpoint(listen)) {
+      if (!options_.insecure) {
+        return meta::Status::Error(
+            EPERM, "refusing to listen on " + listen +
+                       " beyond loopback without keys: anyone who reaches "
+                       "it could write into this store. Give --key FILE "
+                       "--authorized-keys FILE (see `mirrorfs keygen`), or "
+                       "--insecure on a trusted, isolated network");
+      }
+      meta::LogWarning("--insecure: peer links on " + listen +
+                       " are neither authenticated nor encrypted");
+    }
+    return meta::Status::Ok();
+  }
+  auto own = sync::LoadKeyFile(options_.key_file);
+  if (!own.ok()) return own.status();
+  auto authorized = sync::LoadAuthorizedKeys(options_.authorized_file);
+  if (!authorized.ok()) return authorized.status();
+  auto config = std::make_shared<sync::CurveConfig>();
+  config->own = std::move(own.value());
+  config->authorized =
+      std::make_shared<const sync::AuthorizedKeys>(std::move(authorized.value()));
+  config->authorized_file = options_.authorized_file;
+  zap_ = std::make_unique<sync::ZapHandler>(zmq_.get(), config->authorized,
+                                            options_.authorized_file);
+  MFS_RETURN_IF_ERROR(zap_->Start());
+  {
+    std::lock_guard<std::mutex> lock(curve_mu_);
+    curve_ = std::move(config);
+  }
+  meta::LogInfo("peer links: CURVE, " +
+                std::to_string(curve_->authorized->by_name.size()) +
+                " authorized peers in " + options_.authorized_file);
+  return meta::Status::Ok();
+}
+
+void Node::ReloadKeys() {
+  if (options_.authorized_file.empty() || !zap_) return;
+  auto authorized = sync::LoadAuthorizedKeys(options_.authorized_file);
+  if (!authorized.ok()) {
+    meta::LogError("reloading authorized keys: " + authorized.status().message() +
+                   "; keeping the previous set");
+    return;
+  }
+  auto shared =
+      std::make_shared<const sync::AuthorizedKeys>(std::move(authorized.value()));
+  {
+    std::lock_guard<std::mutex> lock(curve_mu_);
+    auto config = std::make_shared<sync::CurveConfig>(*curve_);
+    config->authorized = shared;
+    curve_ = std::move(config);
+  }
+  zap_->Reload(shared);
+  meta::LogInfo("authorized keys reloaded from " + options_.authorized_file +
+                ": " + std::to_string(shared->by_name.size()) + " peers");
+  if (fan_out_) {
+    for (const auto& p : fan_out_->Snapshot()) {
+      if (!p.in_sync) fan_out_->Find(p.name)->Rejoin();
+    }
+  }
 }
 
 meta::Status Node::StartPrimary() {
@@ -282,6 +365,12 @@ meta::Status Node::AddSession(const meta::PeerRecord& record) {
   session_options.heartbeat =
       std::max(std::chrono::milliseconds(100), options_.peer_timeout / 4);
   session_options.resync_rate = options_.resync_rate;
+  if (zap_) {
+    session_options.curve = [this] {
+      std::lock_guard<std::mutex> lock(curve_mu_);
+      return curve_;
+    };
+  }
   auto log = std::make_unique<sync::FractureLog>(meta_.get(), record.name);
   auto loaded = log->Load();
   if (!loaded.ok()) meta::LogError(loaded.message());
@@ -329,9 +418,14 @@ meta::Status Node::StartListener(bool primary_mode) {
   auto identity = ReplicaIdentityNow(&ok);
   if (!ok) return meta_->IsConsistent().status();
   if (primary_mode && generations_) identity.generations = generations_->Get();
+  std::shared_ptr<const sync::CurveConfig> curve;
+  {
+    std::lock_guard<std::mutex> lock(curve_mu_);
+    curve = curve_;
+  }
   replica_ = std::make_unique<sync::ReplicaServer>(
       zmq_.get(), identity_->listen_endpoint, identity, store_fd_, this,
-      primary_mode);
+      primary_mode, curve);
   MFS_RETURN_IF_ERROR(replica_->Bind());
   if (options_.volatile_writes) {
     meta::LogWarning("TEST MODE: applied writes are held in memory until a "
@@ -589,7 +683,10 @@ ControlReply Node::HandleControl(const std::vector<std::string>& words) {
                                                                         : "1") +
                       "\n" + "primary_connected=" +
                       (primary_connected ? r.primary_name : "") + "\n" +
-                      "mountpoint=" + options_.mountpoint + "\n";
+                      "mountpoint=" + options_.mountpoint + "\n" + "key=" +
+                      options_.key_file + "\n" + "authorized=" +
+                      options_.authorized_file + "\n" + "insecure=" +
+                      (options_.insecure ? "1" : "0") + "\n";
     return {0, out, ""};
   }
   if (verb == "verify") return Verify(words);
@@ -879,6 +976,7 @@ ControlReply Node::PeerChange(const std::string& verb,
     if (s.ok() && fan_out_) s = AddSession(record);
     if (!s.ok()) return {1, "", s.message() + "\n"};
     meta::LogInfo("peer " + name + " (" + record.endpoint + ") added");
+    ReloadKeys();
     return {0, "peer " + name + " added\n", ""};
   }
   // peer-remove [--force]
@@ -955,6 +1053,8 @@ std::string Node::StatusJson() {
     }
   }
   j.Key("pid").Value(static_cast<int64_t>(::getpid()));
+  j.Key("secure").Value(zap_ != nullptr);
+  j.Key("insecure").Value(zap_ == nullptr && options_.insecure);
   j.Key("intent").BeginObject();
   j.Key("enabled").Value(journal_ != nullptr);
   j.Key("extent_bytes").Value(journal_ ? journal_->extent_bytes()
@@ -1067,6 +1167,12 @@ std::string Node::StatusText() {
   } else {
     out += Pad("listen", 12) + identity_->listen_endpoint + "\n";
   }
+  out += Pad("links", 12) +
+         (zap_ ? std::string("CURVE (authenticated, encrypted)")
+               : options_.insecure
+                     ? std::string("plain, INSECURE (--insecure)")
+                     : std::string("plain (loopback only)")) +
+         "\n";
   if (journal_) {
     out += Pad("intents", 12) + std::to_string(journal_->active_extents()) +
            " active of " +

@@ -18,6 +18,7 @@
 #include "cli/control.h"
 #include "cli/options.h"
 #include "meta/status.h"
+#include "sync/curve.h"
 #include "sync/generation.h"
 #include "sync/replica_server.h"
 
@@ -56,8 +57,13 @@ class Node : public sync::ReplicaHost {
   // stops cleanly. Returns the first error of the stop.
   meta::Status Run();
   void RequestStop();
+  // Re-reads the authorized keys file (SIGHUP, `peer add`); logs the result.
+  void ReloadKeys();
 
  private:
+  // Loads the CURVE keys and starts the ZAP handler (before anything binds
+  // or connects), or checks that a keyless listen stays on loopback.
+  meta::Status SetUpSecurity();
   meta::Status StartPrimary();
   meta::Status StartSecondary();
   // Binds the listen endpoint: as a secondary's replication server, or, on
@@ -90,6 +96,9 @@ class Node : public sync::ReplicaHost {
   std::unique_ptr<meta::MetaStore> meta_;
   std::unique_ptr<meta::NodeIdentity> identity_;
   std::unique_ptr<zmq::context_t> zmq_;
+  std::mutex curve_mu_;  // guards curve_ (replaced whole on reload)
+  std::shared_ptr<const sync::CurveConfig> curve_;  // null: plain links
+  std::unique_ptr<sync::ZapHandler> zap_;
   std::unique_ptr<sync::GenerationKeeper> generations_;  // primary only
   std::mutex recovery_mu_;  // guards divergent_paths_, recovery_folder_
   std::vector<std::string> divergent_paths_;

@@ -34,6 +34,11 @@ struct NodeOptions {
   // Test-only (secondary): hold applied writes in memory until a flush, to
   // lose them honestly when killed (the peer-crash test).
   bool volatile_writes = false;
+  // Peer link security (ZeroMQ CURVE): both files, or neither.
+  std::string key_file;
+  std::string authorized_file;
+  bool insecure = false;       // allow a keyless listen beyond loopback
+  std::string control_group;   // group (besides root) allowed on the socket
 };
 
 }  // namespace mirrorfs::cli

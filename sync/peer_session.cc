@@ -352,6 +352,18 @@ bool PeerSession::Connect() {
     socket_->set(zmq::sockopt::rcvhwm, 0);
     socket_->set(zmq::sockopt::maxmsgsize,
                  static_cast<int64_t>(kFrameHeaderSize + kMaxPayloadBytes));
+    if (options_.curve) {
+      auto keys = options_.curve();
+      meta::Status secured =
+          keys ? ApplyCurveClient(socket_.get(), *keys, name_)
+               : meta::Status::Error(EINVAL, "no CURVE keys loaded");
+      if (!secured.ok()) {
+        socket_.reset();
+        SetState(PeerState::kDisconnected, secured.message());
+        meta::LogError("peer " + name_ + ": " + secured.message());
+        return false;
+      }
+    }
     socket_->connect(endpoint_);
   } catch (const zmq::error_t& e) {
     socket_.reset();

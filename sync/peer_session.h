@@ -39,6 +39,7 @@
 #include "meta/change.h"
 #include "meta/source.h"
 #include "meta/uuid.h"
+#include "sync/curve.h"
 #include "sync/fracture_log.h"
 #include "sync/generation.h"
 #include "sync/resync_worker.h"
@@ -74,6 +75,9 @@ struct SessionOptions {
   std::chrono::milliseconds heartbeat{500};
   std::chrono::milliseconds max_backoff{5000};
   uint64_t resync_rate = 0;  // bytes per second, 0 = unlimited
+  // The node's CURVE keys as of now (reloaded on SIGHUP), or null for plain
+  // links; called at every connection attempt.
+  std::function<std::shared_ptr<const CurveConfig>()> curve;
 };
 
 // What a peer told us about itself in its hello reply.

@@ -11,11 +11,12 @@ namespace mirrorfs::sync {
 ReplicaServer::ReplicaServer(
     zmq::context_t* context, std::string listen_endpoint,
     ReplicaIdentity identity, int store_root_fd, ReplicaHost* host,
-    bool primary_mode)
+    bool primary_mode, std::shared_ptr<const CurveConfig> curve)
     : context_(context),
       endpoint_(std::move(listen_endpoint)),
       host_(host),
       primary_mode_(primary_mode),
+      curve_(std::move(curve)),
       applier_(store_root_fd),
       identity_(std::move(identity)) {}
 
@@ -30,6 +31,13 @@ meta::Status ReplicaServer::Bind() {
     socket_->set(zmq::sockopt::rcvhwm, 0);
     socket_->set(zmq::sockopt::maxmsgsize,
                  static_cast<int64_t>(kFrameHeaderSize + kMaxPayloadBytes));
+    if (curve_) {
+      auto secured = ApplyCurveServer(socket_.get(), *curve_);
+      if (!secured.ok()) {
+        socket_.reset();
+        return secured.Context("cannot secure " + endpoint_);
+      }
+    }
     socket_->bind(endpoint_);
   } catch (const zmq::error_t& e) {
     socket_.reset();
@@ -122,6 +130,11 @@ void ReplicaServer::Run() {
       } catch (const zmq::error_t& e) {
         meta::LogError(std::string("replication socket: ") + e.what());
         break;
+      }
+      if (curve_ && AuthenticatedPeerName(body).empty()) {
+        // Second line of defence: ZAP admitted nothing for this connection.
+        BadFrame("a frame from an unauthenticated connection");
+        continue;
       }
       Handle(
           std::string(static_cast<const char*>(id.data()), id.size()),

@@ -31,6 +31,7 @@
 #include "meta/status.h"
 #include "meta/uuid.h"
 #include "sync/applier.h"
+#include "sync/curve.h"
 #include "sync/generation.h"
 #include "sync/wire.h"
 
@@ -102,9 +103,12 @@ class ReplicaServer {
   // `*host` must outlive the server. In `primary_mode` (the listener of a
   // mounted primary) every hello is refused, but a split brain or a stale
   // side is recognised and reported.
+  // `curve` (null: plain links) makes the endpoint a CURVE server; a
+  // ZapHandler must run on `*context` before Bind().
   ReplicaServer(zmq::context_t* context, std::string listen_endpoint,
                 ReplicaIdentity identity, int store_root_fd, ReplicaHost* host,
-                bool primary_mode);
+                bool primary_mode,
+                std::shared_ptr<const CurveConfig> curve = nullptr);
   ~ReplicaServer();  // Stop()s
   ReplicaServer(const ReplicaServer&) = delete;
   ReplicaServer& operator=(const ReplicaServer&) = delete;
@@ -139,6 +143,7 @@ class ReplicaServer {
   const std::string endpoint_;
   ReplicaHost* host_;
   const bool primary_mode_;
+  std::shared_ptr<const CurveConfig> curve_;
   std::vector<meta::NamespaceEntry> manifest_;  // parts so far (server thread)
   std::unique_ptr<zmq::socket_t> socket_;
   Applier applier_;

@@ -21,7 +21,8 @@ against a 64 MiB image written all over), so that the ceiling is a real
 bound and the writers run into it (they wait for epoch flushes).
 
 Environment: MFS_CRASH_ITERATIONS (default 20), MFS_CRASH_SEED (default:
-random, printed), MFS_CRASH_BUDGET_MIB (default 16)."""
+random, printed), MFS_CRASH_BUDGET_MIB (default 16), MFS_CRASH_MOUNT_EXTRA
+(more mount flags; `--test-no-intent-journal` shows the test failing)."""
 
 import os
 import random
@@ -44,7 +45,9 @@ ITERATIONS = int(os.environ.get("MFS_CRASH_ITERATIONS", "20"))
 PEER_TIMEOUT = 1
 MOUNT_EXTRA = ["--peer-timeout", str(PEER_TIMEOUT),
                "--intent-budget", f"{BUDGET // MiB}M",
-               "--intent-extent", f"{EXTENT // MiB}M"]
+               "--intent-extent", f"{EXTENT // MiB}M",
+               # e.g. --test-no-intent-journal, to see this test fail
+               *os.environ.get("MFS_CRASH_MOUNT_EXTRA", "").split()]
 
 
 class CrashWriter:

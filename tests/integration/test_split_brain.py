@@ -52,6 +52,23 @@ def split_brain_with(store):
     return sb.get("with") if isinstance(sb, dict) else None
 
 
+def wait_split_brain_cleared(*stores):
+    last = {}
+
+    def check():
+        for store in stores:
+            doc = status_json(store)
+            last[str(store)] = {"split_brain": doc.get("split_brain"),
+                                "peers": [(p.get("name"), p.get("state"), p.get("role"))
+                                          for p in doc.get("peers", [])]}
+        return all(v["split_brain"] is False for v in last.values())
+    try:
+        wait_until(check, READY_SECONDS, "split_brain to clear (false) in the status of "
+                   + " and ".join(map(str, stores)))
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last seen: {last}") from None
+
+
 def make_split_brain(cluster):
     """Returns (a, b, a_mnt, b_mnt, b_view, a_files): a primary and b
     primary that both wrote since their last common generation, and have
@@ -155,9 +172,7 @@ def test_split_brain_is_detected_and_resolved_by_discarding_the_loser(cluster):
     assert_sync_wait(b.store, peer="a", timeout=60)
     peer = peer_status(b.store, "a")
     assert peer["state"] == "connected" and peer["in_sync"] is True, peer
-    wait_until(lambda: split_brain_with(b.store) is None, READY_SECONDS,
-               "b's split_brain to clear")
-    assert split_brain_with(a.store) is None, status_json(a.store)
+    wait_split_brain_cleared(b.store, a.store)
     assert status_json(a.store)["consistent"] is True
     got = assert_same_manifest(b.store, a.store, "stores after the resolution")
     assert got == b_view, f"b's data changed by the resolution:\n{manifest_diff(b_view, got)}"
@@ -187,8 +202,7 @@ def test_keep_local_on_the_survivor_makes_the_loser_discard(cluster):
     r = checked("resolve", b.store, "--keep-local")
     assert "peer a" in r.stdout, r.stdout
     assert_sync_wait(b.store, peer="a", timeout=60)
-    wait_until(lambda: split_brain_with(b.store) is None and split_brain_with(a.store) is None,
-               READY_SECONDS, "both split_brain fields to clear")
+    wait_split_brain_cleared(b.store, a.store)
     got = assert_same_manifest(b.store, a.store, "stores after keep-local")
     assert got == b_view, f"b's data changed by the resolution:\n{manifest_diff(b_view, got)}"
     folder = status_json(a.store).get("recovery_folder")

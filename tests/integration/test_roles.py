@@ -1,0 +1,234 @@
+"""Role changes and peer management (issue 5): `promote` refuses a copy that
+is mid-resync (guarantee 7) and a secondary whose primary is still
+connected; `demote` refuses a busy mount and names `fuser -vm`; `peer
+add/list/remove` (remove refuses a peer that is not in sync unless
+--force); fracture and rejoin."""
+
+import json
+import os
+import subprocess
+
+from conftest import (
+    READY_SECONDS, Node, assert_same_manifest, assert_sync_wait, is_mounted,
+    kill9, mirrorfs, mirrorfs_pids, peer_status, restart_serve, status_json,
+    wait_flushed, wait_in_sync, wait_peer_state, wait_until)
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def adopt(cluster, name, verb, store, mountpoint, endpoint):
+    """Registers a daemon started by promote/demote, so that the teardown
+    stops it and the failure report shows its log."""
+    node = Node(cluster, name, verb, store, mountpoint, endpoint, foreground=False)
+    cluster.nodes.append(node)
+    node.pids.update(mirrorfs_pids(store, verbs=()))
+    assert node.pids, f"no mirrorfs daemon runs for {store}"
+    return node
+
+
+def out(r):
+    return f"exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
+
+
+def primary_entry(store):
+    peers = [p for p in status_json(store).get("peers", []) if p.get("role") == "primary"]
+    return peers[0] if peers else None
+
+
+def peer_list(store):
+    r = mirrorfs("peer", "list", store, "--json")
+    assert r.returncode == 0, f"peer list --json: {out(r)}"
+    doc = json.loads(r.stdout)
+    assert isinstance(doc, list), r.stdout
+    return {p["name"]: p for p in doc}
+
+
+def test_promote_refuses_an_inconsistent_copy_unless_forced(cluster):
+    b = cluster.serve("b")
+    a = cluster.mount("a", peers=[b], listen=True, extra=["--resync-rate", "256K"])
+    wait_peer_state(a.store, "b", "connected")
+    (a.mountpoint / "small.txt").write_bytes(b"before the outage\n")
+    wait_flushed(a.store)
+
+    # b misses 8 MiB; its resync at 256 KiB/s takes ~32 s.
+    kill9(b)
+    wait_peer_state(a.store, "b", ("disconnected", "connecting"), timeout=15)
+    with open(a.mountpoint / "big.img", "wb") as f:
+        f.write(os.urandom(8 * MiB))
+    b = restart_serve(cluster, b)
+    r = mirrorfs("sync", a.store, "--peer", "b")
+    assert r.returncode == 0, f"sync: {out(r)}"
+    wait_until(lambda: status_json(b.store)["consistent"] is False, READY_SECONDS,
+               "b to report consistent: false during its resync")
+    wait_until(lambda: (peer_status(a.store, "b")["resync"]["done_bytes"] or 0) > 0,
+               READY_SECONDS, "the resync to b to make progress")
+
+    # The primary dies mid-resync: b stays inconsistent.
+    kill9(a)
+    subprocess.run(["fusermount3", "-uz", str(a.mountpoint)], capture_output=True, timeout=20)
+    wait_until(lambda: (primary_entry(b.store) or {}).get("state") == "disconnected",
+               READY_SECONDS, "b to see its primary gone")
+    doc = status_json(b.store)
+    assert doc["consistent"] is False, f"b's copy is mid-resync but says consistent: {doc}"
+
+    b_mnt = cluster.dir("b.mnt")
+    r = mirrorfs("promote", b.store, "--mount", b_mnt)
+    assert r.returncode == 1, f"promote of an inconsistent copy: {out(r)}"
+    assert "inconsistent" in r.stderr and "--force" in r.stderr, out(r)
+    assert b.alive() and not is_mounted(b_mnt)
+    assert status_json(b.store)["role"] == "secondary"
+
+    r = mirrorfs("promote", b.store, "--mount", b_mnt, "--force")
+    assert r.returncode == 0, f"promote --force: {out(r)}"
+    assert f"{b.store} is now primary, mounted at {b_mnt}" in r.stdout, out(r)
+    b.wait_exit()
+    b = adopt(cluster, "b", "promote", b.store, b_mnt, b.endpoint)
+    assert is_mounted(b_mnt)
+    assert status_json(b.store)["role"] == "primary"
+    assert (b_mnt / "small.txt").read_bytes() == b"before the outage\n"
+
+
+def test_promote_refuses_while_the_primary_is_connected(cluster):
+    b = cluster.serve("b")
+    a = cluster.mount("a", peers=[b], listen=True)
+    wait_peer_state(a.store, "b", "connected")
+    b_mnt = cluster.dir("b.mnt")
+
+    r = mirrorfs("promote", b.store, "--mount", b_mnt)
+    assert r.returncode == 1, f"promote next to a connected primary: {out(r)}"
+    assert "primary a" in r.stderr and "connected" in r.stderr, out(r)
+    r = mirrorfs("promote", b.store)
+    assert r.returncode == 2 and "--mount" in r.stderr, f"promote without --mount: {out(r)}"
+    r = mirrorfs("promote", a.store, "--mount", b_mnt)
+    assert r.returncode == 1 and "not a secondary" in r.stderr, f"promote of a primary: {out(r)}"
+
+    assert b.alive() and not is_mounted(b_mnt)
+    assert status_json(b.store)["role"] == "secondary"
+    (a.mountpoint / "still.txt").write_bytes(b"still mirrored\n")
+    wait_flushed(a.store)
+    assert_same_manifest(a.store, b.store)
+
+
+def test_demote_refuses_a_busy_mount_then_works(cluster):
+    b = cluster.serve("b")
+    a = cluster.mount("a", peers=[b], listen=True)
+    wait_peer_state(a.store, "b", "connected")
+    a_mnt = a.mountpoint
+
+    fd = os.open(a_mnt / "open.img", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, b"x" * 4096, 0)
+        r = mirrorfs("demote", a.store)
+        assert r.returncode == 1, f"demote of a busy mount: {out(r)}"
+        assert f"fuser -vm {a_mnt}" in r.stderr, out(r)
+        # Nothing changed: still primary, mounted, mirroring.
+        assert a.alive() and is_mounted(a_mnt)
+        assert status_json(a.store)["role"] == "primary"
+        os.pwrite(fd, b"y" * 4096, 4096)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    wait_flushed(a.store)
+    assert_same_manifest(a.store, b.store, "stores after the refused demote")
+
+    r = mirrorfs("demote", b.store)
+    assert r.returncode == 1 and "not a primary" in r.stderr, f"demote of a secondary: {out(r)}"
+
+    r = mirrorfs("demote", a.store)
+    assert r.returncode == 0, f"demote: {out(r)}"
+    assert f"{a.store} is now secondary, serving {a.endpoint}" in r.stdout, out(r)
+    a.wait_exit()
+    a = adopt(cluster, "a", "demote", a.store, None, a.endpoint)
+    assert not is_mounted(a_mnt)
+    doc = status_json(a.store)
+    assert doc["role"] == "secondary" and doc["mountpoint"] is None, doc
+
+
+def test_demote_without_an_endpoint_needs_listen(cluster):
+    a = cluster.mount("a", listen=False)
+    r = mirrorfs("demote", a.store)
+    assert r.returncode == 2 and "--listen" in r.stderr, f"demote without endpoint: {out(r)}"
+    assert is_mounted(a.mountpoint) and status_json(a.store)["role"] == "primary"
+
+
+def test_peer_add_list_remove(cluster):
+    b = cluster.serve("b")
+    c = cluster.serve("c")
+    a = cluster.mount("a", peers=[b], listen=True)
+    wait_peer_state(a.store, "b", "connected")
+    (a.mountpoint / "data.img").write_bytes(os.urandom(MiB))
+    wait_flushed(a.store)
+
+    peers = peer_list(a.store)
+    assert set(peers) == {"b"}, peers
+    assert peers["b"]["endpoint"] == b.endpoint and peers["b"]["state"] == "connected", peers
+    assert peers["b"]["in_sync"] is True and peers["b"]["uuid"], peers
+    assert status_json(b.store)["uuid"] == peers["b"]["uuid"]
+
+    # Bad input.
+    r = mirrorfs("peer", "add", a.store, "bad name", "tcp://127.0.0.1:1")
+    assert r.returncode == 2, f"peer add with a bad name: {out(r)}"
+    r = mirrorfs("peer", "add", a.store, "x", "not-an-endpoint")
+    assert r.returncode == 2, f"peer add with a bad endpoint: {out(r)}"
+    r = mirrorfs("peer", "add", a.store, "b", c.endpoint)
+    assert r.returncode == 1 and "already exists" in r.stderr, f"peer add twice: {out(r)}"
+    r = mirrorfs("peer", "remove", a.store, "nosuch")
+    assert r.returncode == 1 and "no peer named nosuch" in r.stderr, out(r)
+
+    # A new peer gets a full copy.
+    r = mirrorfs("peer", "add", a.store, "c", c.endpoint)
+    assert r.returncode == 0, f"peer add: {out(r)}"
+    wait_in_sync(a.store, "c")
+    assert_same_manifest(a.store, c.store, "a and the added peer c")
+    peers = peer_list(a.store)
+    assert set(peers) == {"b", "c"} and peers["c"]["in_sync"] is True, peers
+
+    # A peer that missed writes is not dropped without --force.
+    r = mirrorfs("fracture", a.store, "c")
+    assert r.returncode == 0, out(r)
+    wait_peer_state(a.store, "c", "fractured")
+    with open(a.mountpoint / "data.img", "r+b") as f:
+        f.write(b"z" * 8192)
+    wait_until(lambda: peer_status(a.store, "c")["fracture_bytes"] > 0, READY_SECONDS,
+               "c's fracture log to hold the write")
+    r = mirrorfs("peer", "remove", a.store, "c")
+    assert r.returncode == 1 and "not in sync" in r.stderr and "--force" in r.stderr, \
+        f"peer remove of a peer not in sync: {out(r)}"
+    assert "c" in peer_list(a.store)
+    r = mirrorfs("peer", "remove", a.store, "c", "--force")
+    assert r.returncode == 0, f"peer remove --force: {out(r)}"
+    assert set(peer_list(a.store)) == {"b"}
+    assert peer_status(a.store, "c") is None
+
+    # An in-sync peer goes without --force; removals are remembered.
+    wait_flushed(a.store)
+    r = mirrorfs("peer", "remove", a.store, "b")
+    assert r.returncode == 0, f"peer remove of an in-sync peer: {out(r)}"
+    assert peer_list(a.store) == {}
+    cluster.stop(a)
+    a = cluster.mount("a", store=a.store, mountpoint=a.mountpoint, listen=a.endpoint)
+    assert peer_list(a.store) == {}, "removed peers came back after a restart"
+    assert status_json(a.store)["peers"] == []
+
+
+def test_fracture_and_rejoin(cluster):
+    b = cluster.serve("b")
+    a = cluster.mount("a", peers=[b], listen=True)
+    wait_peer_state(a.store, "b", "connected")
+    (a.mountpoint / "f.img").write_bytes(os.urandom(2 * MiB))
+    wait_flushed(a.store)
+    r = mirrorfs("fracture", a.store, "b")
+    assert r.returncode == 0, out(r)
+    wait_peer_state(a.store, "b", "fractured")
+    before = status_json(b.store)
+    with open(a.mountpoint / "f.img", "r+b") as f:
+        f.seek(MiB)
+        f.write(b"f" * 65536)
+    (a.mountpoint / "new.txt").write_bytes(b"while fractured\n")
+    assert peer_status(a.store, "b")["state"] == "fractured"
+    assert not (b.store / "new.txt").exists(), "a fractured peer received a change"
+    assert status_json(b.store)["consistent"] is before["consistent"] is True
+    assert_sync_wait(a.store, peer="b", timeout=60)
+    assert peer_status(a.store, "b")["in_sync"] is True
+    assert_same_manifest(a.store, b.store, "stores after the rejoin")

@@ -1,0 +1,195 @@
+"""`mirrorfs verify` compares per-block (64 KiB) checksums of every file with
+each connected peer, online: identical copies under a steady write load give
+no false alarm (exit 0); blocks changed behind mirrorfs's back on the
+secondary are listed exactly (exit 1, "PEER PATH OFFSET LENGTH" or --json);
+`--repair` logs them for the peer and resyncs, after which verify is clean
+and the stores are identical."""
+
+import json
+import os
+import random
+import threading
+
+from conftest import (
+    READY_SECONDS, assert_same_manifest, mirrorfs, status_json, wait_flushed,
+    wait_in_sync, wait_peer_state, wait_until)
+
+KiB = 1024
+MiB = 1024 * KiB
+BLOCK = 64 * KiB
+VERIFY_SECONDS = 120
+
+
+def out(r):
+    return f"exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
+
+
+def verify(store, *args):
+    return mirrorfs("verify", store, *args, timeout=VERIFY_SECONDS)
+
+
+def verify_json(store, *args):
+    r = verify(store, "--json", *args)
+    try:
+        doc = json.loads(r.stdout)
+    except json.JSONDecodeError as e:
+        raise AssertionError(f"verify --json is not one JSON document ({e}): {out(r)}") from None
+    return r, doc
+
+
+def start_pair(cluster):
+    b = cluster.serve("b")
+    a = cluster.mount("a", peers=[b], listen=True)
+    wait_peer_state(a.store, "b", "connected")
+    return a, b
+
+
+def fill(path, size, seed):
+    rng = random.Random(seed)
+    with open(path, "wb") as f:
+        f.write(rng.randbytes(size))
+
+
+class Writer:
+    """Writes 4 KiB blocks at random offsets of one file until stopped."""
+
+    def __init__(self, path, size):
+        self.path, self.size = path, size
+        self.count, self.errors = 0, []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        rng = random.Random(7)
+        try:
+            fd = os.open(self.path, os.O_WRONLY)
+            try:
+                while not self.stop.is_set():
+                    off = rng.randrange(self.size // 4096) * 4096
+                    os.pwrite(fd, rng.randbytes(4096), off)
+                    self.count += 1
+                    if self.count % 32 == 0:
+                        os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            self.errors.append(e)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "the writer is stuck"
+
+
+def test_identical_copies_verify_clean_under_load(cluster):
+    a, b = start_pair(cluster)
+    fill(a.mountpoint / "busy.img", 16 * MiB, 1)
+    fill(a.mountpoint / "quiet.img", 3 * MiB + 123, 2)      # a partial last block
+    (a.mountpoint / "dir").mkdir()
+    fill(a.mountpoint / "dir" / "small.bin", 1000, 3)
+    (a.mountpoint / "empty").write_bytes(b"")
+    wait_flushed(a.store)
+    total = 16 * MiB + 3 * MiB + 123 + 1000
+
+    with Writer(a.mountpoint / "busy.img", 16 * MiB) as w:
+        wait_until(lambda: w.count > 50 or w.errors, READY_SECONDS, "the writer to start")
+        for round_ in range(3):
+            before = w.count
+            r, doc = verify_json(a.store)
+            during = w.count - before
+            assert r.returncode == 0, f"verify round {round_} under load: {out(r)}"
+            assert during > 0, "the writer made no progress while verify ran: not a load test"
+            assert [p["name"] for p in doc["peers"]] == ["b"], doc
+            peer = doc["peers"][0]
+            assert peer["identical"] is True and peer["differences"] == [], doc
+            assert peer["compared_bytes"] >= total, (total, doc)
+        assert not w.errors, w.errors
+    wait_flushed(a.store)
+    assert_same_manifest(a.store, b.store)
+
+    r = verify(a.store)
+    assert r.returncode == 0 and r.stdout == "", f"plain verify of identical copies: {out(r)}"
+    r = verify(a.store, "--peer", "b")
+    assert r.returncode == 0, out(r)
+
+
+def test_blocks_changed_behind_mirrorfs_are_listed_exactly_and_repaired(cluster):
+    a, b = start_pair(cluster)
+    size = 4 * MiB
+    fill(a.mountpoint / "disk.img", size, 11)
+    fill(a.mountpoint / "other.img", 2 * MiB, 12)
+    wait_flushed(a.store)
+    assert_same_manifest(a.store, b.store)
+
+    # Behind mirrorfs's back, on the secondary's store: three blocks.
+    changes = [(100, 1), (5 * BLOCK + 10, 100), (20 * BLOCK + 65000, 30)]
+    fd = os.open(b.store / "disk.img", os.O_WRONLY)
+    try:
+        for off, length in changes:
+            with open(a.store / "disk.img", "rb") as f:
+                f.seek(off)
+                old = f.read(length)
+            os.pwrite(fd, bytes(x ^ 0xFF for x in old), off)
+    finally:
+        os.close(fd)
+    expected = {("disk.img", (off // BLOCK) * BLOCK, BLOCK) for off, _ in changes}
+    assert len(expected) == 3
+
+    def parse_lines(stdout):
+        got = set()
+        for line in stdout.splitlines():
+            fields = line.split()
+            assert len(fields) == 4 and fields[0] == "b", f"not 'PEER PATH OFFSET LENGTH': {line!r}"
+            got.add((fields[1].lstrip("/"), int(fields[2]), int(fields[3])))
+        return got
+
+    r = verify(a.store)
+    assert r.returncode == 1, f"verify of differing copies: {out(r)}"
+    got = parse_lines(r.stdout)
+    assert got == expected, f"verify listed {sorted(got)}, expected {sorted(expected)}\n{out(r)}"
+
+    r, doc = verify_json(a.store, "--peer", "b")
+    assert r.returncode == 1, out(r)
+    assert isinstance(doc.get("peers"), list) and len(doc["peers"]) == 1, doc
+    peer = doc["peers"][0]
+    assert peer["name"] == "b" and peer["identical"] is False, doc
+    assert peer["compared_bytes"] >= size + 2 * MiB, doc
+    got = {(d["path"].lstrip("/"), d["offset"], d["length"]) for d in peer["differences"]}
+    assert got == expected, f"verify --json listed {sorted(got)}, expected {sorted(expected)}"
+    for d in peer["differences"]:
+        assert set(d) >= {"path", "offset", "length"}, d
+
+    # verify only reads: nothing was repaired.
+    assert status_json(a.store)["peers"][0]["in_sync"] is True
+    r = verify(a.store)
+    assert r.returncode == 1 and parse_lines(r.stdout) == expected, out(r)
+
+    r = verify(a.store, "--repair")
+    assert r.returncode == 1, f"verify --repair reports what it found: {out(r)}"
+    assert parse_lines(r.stdout) == expected, out(r)
+    wait_in_sync(a.store, "b", timeout=READY_SECONDS)
+    wait_flushed(a.store)
+    assert_same_manifest(a.store, b.store, "stores after verify --repair")
+    r, doc = verify_json(a.store)
+    assert r.returncode == 0 and doc["peers"][0]["identical"] is True, \
+        f"verify after --repair: {out(r)}"
+
+
+def test_verify_errors(cluster):
+    a, b = start_pair(cluster)
+    (a.mountpoint / "f").write_bytes(b"x" * 1000)
+    wait_flushed(a.store)
+    r = verify(a.store, "--peer", "nosuch")
+    assert r.returncode == 1 and "nosuch" in r.stderr, out(r)
+    r = verify(b.store)
+    assert r.returncode == 1 and "secondary" in r.stderr, f"verify on a secondary: {out(r)}"
+    r = mirrorfs("fracture", a.store, "b")
+    assert r.returncode == 0, out(r)
+    wait_peer_state(a.store, "b", "fractured")
+    (a.mountpoint / "f").write_bytes(b"y" * 1000)
+    r = verify(a.store)
+    assert r.returncode == 1 and "not in sync" in r.stderr, f"verify of a fractured peer: {out(r)}"
