@@ -357,7 +357,7 @@ int WaitInSync(const std::string& store, const std::string& peer,
       last_line = Clock::now();
     }
     last_text = text;
-    std::this_thread::sleep_for(std::chrono::milliseconds(tty ? 250 : 500));
+    std::this_thread::sleep_for(std::chrono::milliseconds(tty ? 250 : 100));
   }
 }
 

@@ -630,7 +630,7 @@ meta::Status Node::Run() {
     }
     // Clean stop: one last epoch (local sync, every peer flushes what it
     // applied), so that no write is in flight and the journal retires.
-    fan_out_->FlushEpoch();
+    fan_out_->FlushEpoch(/*final=*/true);
     fan_out_->StopAll();
     volume_.reset();
     ::syncfs(store_fd_);

@@ -43,7 +43,7 @@ void FanOut::RunEpochs() {
   }
 }
 
-void FanOut::FlushEpoch() {
+void FanOut::FlushEpoch(bool final) {
   std::lock_guard<std::mutex> lock(epoch_mu_);
   uint64_t epoch = journal_ ? journal_->BeginEpoch() : 0;
   if (store_fd_ >= 0 && ::syncfs(store_fd_) != 0) {
@@ -55,7 +55,7 @@ void FanOut::FlushEpoch() {
   flush.kind = meta::ChangeKind::kFsync;  // path "": the whole store
   if (auto done = SubmitAll(flush)) done->Wait();
   if (journal_ != nullptr) {
-    auto s = journal_->Retire(epoch);
+    auto s = journal_->Retire(epoch, final);
     if (!s.ok()) meta::LogError("write-intent journal: " + s.message());
   }
 }

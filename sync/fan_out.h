@@ -48,7 +48,8 @@ class FanOut : public meta::Mirror {
                    std::chrono::milliseconds period);
   // Runs one epoch now and waits for it (a clean stop: afterwards nothing
   // is in flight and, with no writes after it, the journal is empty).
-  void FlushEpoch();
+  // `final`: a clean stop; every idle region retires.
+  void FlushEpoch(bool final = false);
 
   // Adds a started session; FanOut owns it from now on.
   void AddSession(std::unique_ptr<PeerSession> session);

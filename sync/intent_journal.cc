@@ -107,16 +107,20 @@ uint64_t IntentJournal::BeginEpoch() {
   return epoch_++;
 }
 
-meta::Status IntentJournal::Retire(uint64_t epoch) {
+meta::Status IntentJournal::Retire(uint64_t epoch, bool everything) {
   std::vector<Region> retired;
   std::unique_lock<std::mutex> lock(mu_);
   // The store token (committing_) orders this retire against commits: a
   // writer that re-enters a region retired here records it again only
   // after our delete, never before (which would lose its record).
   cv_.wait(lock, [this] { return !committing_; });
+  const uint64_t idle_since =
+      (everything || waiting_for_room_ > 0 || epoch < kIdleEpochs)
+          ? epoch
+          : epoch - kIdleEpochs;
   for (auto it = regions_.begin(); it != regions_.end();) {
     if (it->second.writers == 0 && it->second.durable &&
-        it->second.last_epoch <= epoch) {
+        it->second.last_epoch <= idle_since) {
       retired.push_back(it->first);
       it = regions_.erase(it);
     } else {

@@ -84,8 +84,12 @@ class IntentJournal {
   // this call is covered by a flush issued after it.
   uint64_t BeginEpoch();
   // A flush issued after BeginEpoch() returned `epoch` completed: regions
-  // without writers whose last write left at or before `epoch` retire.
-  meta::Status Retire(uint64_t epoch);
+  // without writers whose last write left at or before `epoch` may retire.
+  // Lazily: only those idle for kIdleEpochs epochs, unless writers wait for
+  // room or `everything` (a clean stop) — a hot region stays active rather
+  // than cost a database write every epoch.
+  meta::Status Retire(uint64_t epoch, bool everything = false);
+  static constexpr uint64_t kIdleEpochs = 5;
   // True when writers wait for room, or enough bytes were written since the
   // last epoch, that a flush should run now rather than at its period.
   bool FlushWanted() const;

@@ -120,8 +120,12 @@ void ResyncWorker::Run() {
   if (!ok) return;  // cancelled: the session reports why
   succeeded_ = true;
   auto p = progress();
+  char seconds[32];
+  std::snprintf(seconds, sizeof(seconds), "%.2f",
+                std::chrono::duration<double>(Clock::now() - started_).count());
   meta::LogInfo("peer " + peer + ": resync done, " +
-                std::to_string(p.done_bytes) + " bytes sent; in sync");
+                std::to_string(p.done_bytes) + " bytes sent in " + seconds +
+                " s; in sync");
   session_->ResyncFinished(true, "");
 }
 
