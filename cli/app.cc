@@ -532,7 +532,6 @@ int Main(int argc, char** argv) {
       "--keep-local", keep_local,
       "On the survivor: the split-brain peer takes this node's data");
   discard->excludes(keep);
-  resolve->require_option(1);
 
   auto* keygen = app.add_subcommand(
       "keygen", "Write a CURVE key pair: FILE (secret, 0600) and FILE.pub");
@@ -733,6 +732,10 @@ int Main(int argc, char** argv) {
                              : std::vector<std::string>{"peer-list"});
   }
   if (resolve->parsed()) {
+    if (!discard_local && !keep_local) {
+      return usage(resolve, "resolve needs --discard-local (on the loser) or "
+                            "--keep-local (on the survivor)");
+    }
     return Relay(store, {"resolve", discard_local ? "--discard-local"
                                                   : "--keep-local"});
   }

@@ -914,6 +914,22 @@ ControlReply Node::Verify(const std::vector<std::string>& words) {
   return {code, out, summary + errors};
 }
 
+sync::ReplicaSnapshot Node::ReplicaNow() {
+  sync::ReplicaSnapshot r;
+  if (!replica_) return r;
+  r = replica_->Snapshot();
+  // On a primary, our own session to that node knows better: a split brain
+  // the listener saw is over once the session is healthy.
+  if (fan_out_ && !r.split_brain_with.empty()) {
+    if (auto* session = fan_out_->Find(r.split_brain_with)) {
+      if (session->Snapshot().state != sync::PeerState::kSplitBrain) {
+        r.split_brain_with.clear();
+      }
+    }
+  }
+  return r;
+}
+
 ControlReply Node::PeerList(bool json) {
   auto peers = meta_->ListPeers();
   if (!peers.ok()) return {1, "", peers.status().message() + "\n"};
@@ -1019,8 +1035,7 @@ std::string Node::StatusJson() {
   }
   j.Key("listen").Value(identity_->listen_endpoint);
   j.Key("mode").Value(options_.async ? "async" : "sync");
-  sync::ReplicaSnapshot replica;
-  if (replica_) replica = replica_->Snapshot();
+  sync::ReplicaSnapshot replica = ReplicaNow();
   j.Key("consistent").Value(replica_ ? replica.consistent : true);
   sync::Generations gens =
       generations_ ? generations_->Get()
@@ -1155,8 +1170,7 @@ std::string Node::StatusJson() {
 
 std::string Node::StatusText() {
   std::string out;
-  sync::ReplicaSnapshot replica;
-  if (replica_) replica = replica_->Snapshot();
+  sync::ReplicaSnapshot replica = ReplicaNow();
   out += Pad("node", 12) + identity_->name + " (" +
          identity_->node_uuid.ToString() + ")\n";
   out += Pad("role", 12) + identity_->role + "\n";

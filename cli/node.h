@@ -86,6 +86,8 @@ class Node : public sync::ReplicaHost {
   meta::Status AddSession(const meta::PeerRecord& record);
   ControlReply HandleControl(const std::vector<std::string>& words);
   ControlReply PeerList(bool json);
+  // The listener's snapshot, with what the primary's own sessions correct.
+  sync::ReplicaSnapshot ReplicaNow();
   ControlReply Verify(const std::vector<std::string>& words);
   ControlReply PeerChange(const std::string& verb,
                           const std::vector<std::string>& words);

@@ -90,7 +90,12 @@ ReplicaSnapshot ReplicaServer::Snapshot() const {
   s.resyncing = resyncing_;
   s.resync_total_bytes = resync_total_;
   s.resync_done_bytes = resync_done_;
-  s.split_brain_with = split_brain_with_;
+  // A note of a split brain holds while that node keeps asking (it retries
+  // at least every few seconds); once resolved it stops asking.
+  if (!split_brain_with_.empty() &&
+      Clock::now() - split_brain_seen_ < std::chrono::seconds(15)) {
+    s.split_brain_with = split_brain_with_;
+  }
   s.recovery_folder = recovery_folder_;
   s.discard_local = discard_local_;
   s.generations = identity_.generations;
@@ -310,6 +315,7 @@ void ReplicaServer::HandleHello(const std::string& routing_id,
       if (namespace_diverged_) reply.flags |= kHelloNamespaceDiverged;
     } else if (reply.flags & kHelloSplitBrain) {
       split_brain_with_ = hello.node_name;
+      split_brain_seen_ = Clock::now();
     }
     reply.flags |= (identity_.consistent ? kHelloConsistent : 0) |
                    (fresh ? kHelloFresh : 0);

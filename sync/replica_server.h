@@ -167,6 +167,7 @@ class ReplicaServer {
   uint64_t apply_errors_ = 0;
   bool resyncing_ = false;
   std::string split_brain_with_;
+  Clock::time_point split_brain_seen_{};
   std::string recovery_folder_;
   std::string last_refusal_;
   bool discard_local_ = false;
