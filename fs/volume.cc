@@ -984,6 +984,19 @@ meta::Status Volume::WithNamespaceFrozen(
   return fn(entries);
 }
 
+void Volume::Prefetch(const std::string& path, uint64_t offset,
+                      uint64_t length) {
+  int root = ::open(root_path_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (root < 0) return;
+  int fd = OpenBeneathForRead(root, path);
+  ::close(root);
+  if (fd < 0) return;
+  // Asynchronous readahead into the page cache; errors do not matter.
+  (void)::posix_fadvise(fd, static_cast<off_t>(offset),
+                        static_cast<off_t>(length), POSIX_FADV_WILLNEED);
+  ::close(fd);
+}
+
 meta::Status Volume::ListFiles(
     std::vector<std::pair<std::string, uint64_t>>* files) {
   std::vector<meta::NamespaceEntry> entries;

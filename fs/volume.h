@@ -223,6 +223,8 @@ class Volume : public meta::Source {
       const std::function<void(const std::string& current_path,
                                const std::vector<meta::Change>& pieces)>& fn)
       override;
+  void Prefetch(const std::string& path, uint64_t offset,
+                uint64_t length) override;
   meta::Status ListFiles(
       std::vector<std::pair<std::string, uint64_t>>* files) override;
   meta::Status DataExtents(

@@ -58,6 +58,15 @@ class Source {
       const std::function<void(const std::string& current_path,
                                const std::vector<Change>& pieces)>& fn) = 0;
 
+  // A hint: [offset, offset + length) of `path` will be read soon (the
+  // resync reads ahead so that disk reads overlap the network).
+  virtual void Prefetch(const std::string& path, uint64_t offset,
+                        uint64_t length) {
+    (void)path;
+    (void)offset;
+    (void)length;
+  }
+
   // Regular files of the store with their sizes (for a full sync).
   virtual Status ListFiles(
       std::vector<std::pair<std::string, uint64_t>>* files) = 0;

@@ -243,12 +243,36 @@ bool ResyncWorker::FracturePass(bool* more) {
   }
   *more = true;
   uint64_t before = log_->bytes();
+  // The chunks in order, so that reads ahead can be hinted.
+  struct Chunk {
+    const std::string* path;
+    uint64_t offset;
+    uint64_t length;
+  };
+  std::vector<Chunk> chunks;
   for (const auto& [path, set] : snapshot) {
     for (const auto& extent : set) {
       for (uint64_t off = extent.offset; off < extent.end();
            off += kChunkBytes) {
+        chunks.push_back({&path, off, std::min(kChunkBytes, extent.end() - off)});
+      }
+    }
+  }
+  constexpr size_t kReadAhead = 8;
+  for (size_t i = 0; i < std::min(kReadAhead, chunks.size()); ++i) {
+    source_->Prefetch(*chunks[i].path, chunks[i].offset, chunks[i].length);
+  }
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    {
+      if (i + kReadAhead < chunks.size()) {
+        const Chunk& ahead = chunks[i + kReadAhead];
+        source_->Prefetch(*ahead.path, ahead.offset, ahead.length);
+      }
+      const std::string& path = *chunks[i].path;
+      {
+        uint64_t off = chunks[i].offset;
         if (cancelled_) return false;
-        uint64_t len = std::min(kChunkBytes, extent.end() - off);
+        uint64_t len = chunks[i].length;
         Throttle(len);
         std::shared_ptr<Completion> chunk;
         meta::Status error;

@@ -5,6 +5,8 @@
 #        bindfs          bindfs -o big_writes,max_write=131072 --multithreaded
 #        mirrorfs        mirrorfs mount, no peer
 #        mirrorfs-peer   mirrorfs mount, one peer on loopback, sync mode
+#        mirrorfs-down   mirrorfs mount whose one peer is down (its changes
+#                        go to the fracture log): compare with "mirrorfs"
 # Tests: seqwrite_1M          1 MiB sequential writes of BENCH_SIZE, final fsync
 #        randwrite_4k_fsync32 4 KiB random writes, fsync every 32, BENCH_RUNTIME s
 #        randwrite_4k_fsync1  4 KiB random writes, fsync every write, BENCH_RUNTIME s
@@ -28,7 +30,7 @@ results=$repo/tests/bench/results
 python=/usr/bin/python3
 [[ -x $python ]] || python=python3
 
-read -r -a rows <<<"${BENCH_ROWS:-store bindfs mirrorfs mirrorfs-peer}"
+read -r -a rows <<<"${BENCH_ROWS:-store bindfs mirrorfs mirrorfs-peer mirrorfs-down}"
 has_row() { [[ " ${rows[*]} " == *" $1 "* ]]; }
 
 bash scripts/install-deps.sh bindfs >/dev/null
@@ -46,11 +48,11 @@ cleanup() {
   local rc=$? s m pid
   set +e
   trap - EXIT
-  for s in "$work/mfs-store" "$work/mfsp-store" "$work/mfsp-copy"; do
+  for s in "$work/mfs-store" "$work/mfsp-store" "$work/mfsp-copy" "$work/mfsd-store"; do
     [[ -d $s/.mirrorfs ]] && "$bin" status "$s" >/dev/null 2>&1 &&
       timeout 30 "$bin" stop "$s" >/dev/null 2>&1
   done
-  for m in "$work/bindfs-mnt" "$work/mfs-mnt" "$work/mfsp-mnt"; do
+  for m in "$work/bindfs-mnt" "$work/mfs-mnt" "$work/mfsp-mnt" "$work/mfsd-mnt"; do
     if mountpoint -q "$m" 2>/dev/null; then
       fusermount3 -u "$m" 2>/dev/null || fusermount -u "$m" 2>/dev/null || umount -l "$m"
     fi
@@ -58,7 +60,7 @@ cleanup() {
   for pid in "${pids[@]}"; do
     kill "$pid" 2>/dev/null
   done
-  for m in "$work/bindfs-mnt" "$work/mfs-mnt" "$work/mfsp-mnt"; do
+  for m in "$work/bindfs-mnt" "$work/mfs-mnt" "$work/mfsp-mnt" "$work/mfsd-mnt"; do
     mountpoint -q "$m" 2>/dev/null && umount -l "$m"
   done
   rm -rf "$work"
@@ -92,7 +94,7 @@ EOF
 }
 
 echo "bench: setting up ${rows[*]} in $work"
-mkdir -p "$work"/{store,bindfs-src,bindfs-mnt,mfs-store,mfs-mnt,mfsp-store,mfsp-mnt,mfsp-copy}
+mkdir -p "$work"/{store,bindfs-src,bindfs-mnt,mfs-store,mfs-mnt,mfsp-store,mfsp-mnt,mfsp-copy,mfsd-store,mfsd-mnt}
 if has_row bindfs; then
   bindfs -o big_writes,max_write=131072 --multithreaded "$work/bindfs-src" "$work/bindfs-mnt"
   remember_pids "bindfs .*$work/bindfs-src"
@@ -111,9 +113,16 @@ if has_row mirrorfs-peer; then
   remember_pids "mirrorfs mount $work/mfsp-store"
   wait_connected "$work/mfsp-store" copy
 fi
+if has_row mirrorfs-down; then
+  # A peer nobody serves: every change is logged for it.
+  "$bin" mount "$work/mfsd-store" "$work/mfsd-mnt" --name bench \
+    --peer "gone=tcp://127.0.0.1:$(free_port)" --peer-timeout 0.5
+  remember_pids "mirrorfs mount $work/mfsd-store"
+fi
 declare -A dir=(
   [store]=$work/store [bindfs]=$work/bindfs-mnt
   [mirrorfs]=$work/mfs-mnt [mirrorfs-peer]=$work/mfsp-mnt
+  [mirrorfs-down]=$work/mfsd-mnt
 )
 tests=(seqwrite_1M randwrite_4k_fsync32 randwrite_4k_fsync1)
 common=(--ioengine=psync --direct=0 --iodepth=1 --numjobs=1 --size="$size"
