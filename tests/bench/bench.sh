@@ -5,6 +5,7 @@
 #        bindfs          bindfs -o big_writes,max_write=131072 --multithreaded
 #        mirrorfs        mirrorfs mount, no peer
 #        mirrorfs-peer   mirrorfs mount, one peer on loopback, sync mode
+#        mirrorfs-curve  as mirrorfs-peer, with CURVE-encrypted peer links
 #        mirrorfs-down   mirrorfs mount whose one peer is down (its changes
 #                        go to the fracture log): compare with "mirrorfs"
 # Tests: seqwrite_1M          1 MiB sequential writes of BENCH_SIZE, final fsync
@@ -48,11 +49,11 @@ cleanup() {
   local rc=$? s m pid
   set +e
   trap - EXIT
-  for s in "$work/mfs-store" "$work/mfsp-store" "$work/mfsp-copy" "$work/mfsd-store"; do
+  for s in "$work/mfs-store" "$work/mfsp-store" "$work/mfsp-copy" "$work/mfsd-store" "$work/mfsc-store" "$work/mfsc-copy"; do
     [[ -d $s/.mirrorfs ]] && "$bin" status "$s" >/dev/null 2>&1 &&
       timeout 30 "$bin" stop "$s" >/dev/null 2>&1
   done
-  for m in "$work/bindfs-mnt" "$work/mfs-mnt" "$work/mfsp-mnt" "$work/mfsd-mnt"; do
+  for m in "$work/bindfs-mnt" "$work/mfs-mnt" "$work/mfsp-mnt" "$work/mfsd-mnt" "$work/mfsc-mnt"; do
     if mountpoint -q "$m" 2>/dev/null; then
       fusermount3 -u "$m" 2>/dev/null || fusermount -u "$m" 2>/dev/null || umount -l "$m"
     fi
@@ -60,7 +61,7 @@ cleanup() {
   for pid in "${pids[@]}"; do
     kill "$pid" 2>/dev/null
   done
-  for m in "$work/bindfs-mnt" "$work/mfs-mnt" "$work/mfsp-mnt" "$work/mfsd-mnt"; do
+  for m in "$work/bindfs-mnt" "$work/mfs-mnt" "$work/mfsp-mnt" "$work/mfsd-mnt" "$work/mfsc-mnt"; do
     mountpoint -q "$m" 2>/dev/null && umount -l "$m"
   done
   rm -rf "$work"
@@ -94,7 +95,7 @@ EOF
 }
 
 echo "bench: setting up ${rows[*]} in $work"
-mkdir -p "$work"/{store,bindfs-src,bindfs-mnt,mfs-store,mfs-mnt,mfsp-store,mfsp-mnt,mfsp-copy,mfsd-store,mfsd-mnt}
+mkdir -p "$work"/{store,bindfs-src,bindfs-mnt,mfs-store,mfs-mnt,mfsp-store,mfsp-mnt,mfsp-copy,mfsd-store,mfsd-mnt,mfsc-store,mfsc-mnt,mfsc-copy,keys}
 if has_row bindfs; then
   bindfs -o big_writes,max_write=131072 --multithreaded "$work/bindfs-src" "$work/bindfs-mnt"
   remember_pids "bindfs .*$work/bindfs-src"
@@ -119,10 +120,25 @@ if has_row mirrorfs-down; then
     --peer "gone=tcp://127.0.0.1:$(free_port)" --peer-timeout 0.5
   remember_pids "mirrorfs mount $work/mfsd-store"
 fi
+if has_row mirrorfs-curve; then
+  "$bin" keygen "$work/keys/p.key" >/dev/null
+  "$bin" keygen "$work/keys/c.key" >/dev/null
+  echo "copy $(cat "$work/keys/c.key.pub")" >"$work/keys/p.auth"
+  echo "bench $(cat "$work/keys/p.key.pub")" >"$work/keys/c.auth"
+  ep_ccopy=tcp://127.0.0.1:$(free_port)
+  "$bin" serve "$work/mfsc-copy" --listen "$ep_ccopy" --name copy \
+    --key "$work/keys/c.key" --authorized-keys "$work/keys/c.auth"
+  remember_pids "mirrorfs serve $work/mfsc-copy"
+  "$bin" mount "$work/mfsc-store" "$work/mfsc-mnt" --name bench \
+    --peer "copy=$ep_ccopy" --key "$work/keys/p.key" \
+    --authorized-keys "$work/keys/p.auth"
+  remember_pids "mirrorfs mount $work/mfsc-store"
+  wait_connected "$work/mfsc-store" copy
+fi
 declare -A dir=(
   [store]=$work/store [bindfs]=$work/bindfs-mnt
   [mirrorfs]=$work/mfs-mnt [mirrorfs-peer]=$work/mfsp-mnt
-  [mirrorfs-down]=$work/mfsd-mnt
+  [mirrorfs-down]=$work/mfsd-mnt [mirrorfs-curve]=$work/mfsc-mnt
 )
 tests=(seqwrite_1M randwrite_4k_fsync32 randwrite_4k_fsync1)
 common=(--ioengine=psync --direct=0 --iodepth=1 --numjobs=1 --size="$size"
