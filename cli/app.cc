@@ -23,8 +23,8 @@
 #include "cli/control.h"
 #include "cli/node.h"
 #include "cli/options.h"
-#include "sync/curve.h"
 #include "meta/log.h"
+#include "sync/curve.h"
 
 namespace mirrorfs::cli {
 namespace {
@@ -134,7 +134,8 @@ int RunNode(const NodeOptions& options) {
   if (!options.foreground) {
     if (::pipe2(ready, O_CLOEXEC) != 0) return Fail("pipe failed");
     pid_t pid = ::fork();
-    if (pid < 0) return Fail(std::string("fork failed: ") + std::strerror(errno));
+    if (pid < 0)
+      return Fail(std::string("fork failed: ") + std::strerror(errno));
     if (pid > 0) {
       ::close(ready[1]);
       std::string message;
@@ -216,8 +217,8 @@ int StartNodeProcess(const NodeOptions& o) {
   if (!o.name.empty()) args.insert(args.end(), {"--name", o.name});
   if (!o.listen.empty()) args.insert(args.end(), {"--listen", o.listen});
   if (!o.key_file.empty()) {
-    args.insert(args.end(), {"--key", o.key_file, "--authorized-keys",
-                             o.authorized_file});
+    args.insert(args.end(),
+                {"--key", o.key_file, "--authorized-keys", o.authorized_file});
   }
   if (o.insecure) args.push_back("--insecure");
   std::vector<char*> argv;
@@ -267,10 +268,14 @@ std::optional<uint64_t> ParseBytes(const std::string& text) {
   }
   std::string suffix = text.substr(used);
   uint64_t scale = 1;
-  if (suffix == "K" || suffix == "k") scale = 1ull << 10;
-  else if (suffix == "M" || suffix == "m") scale = 1ull << 20;
-  else if (suffix == "G" || suffix == "g") scale = 1ull << 30;
-  else if (!suffix.empty()) return std::nullopt;
+  if (suffix == "K" || suffix == "k")
+    scale = 1ull << 10;
+  else if (suffix == "M" || suffix == "m")
+    scale = 1ull << 20;
+  else if (suffix == "G" || suffix == "g")
+    scale = 1ull << 30;
+  else if (!suffix.empty())
+    return std::nullopt;
   return n * scale;
 }
 
@@ -328,15 +333,17 @@ int WaitInSync(const std::string& store, const std::string& peer,
       std::cout << "in sync\n" << std::flush;
       return kExitOk;
     }
-    double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+    double elapsed =
+        std::chrono::duration<double>(Clock::now() - start).count();
     if (timeout_seconds > 0 && elapsed >= timeout_seconds) {
       if (tty) std::cout << "\n";
-      std::cerr << "mirrorfs: not in sync after " << timeout_seconds
-                << " s (" << states << ")\n";
+      std::cerr << "mirrorfs: not in sync after " << timeout_seconds << " s ("
+                << states << ")\n";
       return 3;
     }
     char text[256];
-    double fraction = total > 0 ? std::min(1.0, double(done) / double(total)) : 0;
+    double fraction =
+        total > 0 ? std::min(1.0, double(done) / double(total)) : 0;
     std::string eta = "?";
     if (rate > 0 && total > done) {
       eta = std::to_string((total - done) / rate + 1) + " s";
@@ -422,9 +429,10 @@ int Main(int argc, char** argv) {
                     "Group allowed on the control socket besides root");
   };
   add_security(mount, &node);
-  mount->add_option("--peer-timeout", peer_timeout,
-                    "Seconds a write waits for a silent peer before it is "
-                    "dropped (default 2)")
+  mount
+      ->add_option("--peer-timeout", peer_timeout,
+                   "Seconds a write waits for a silent peer before it is "
+                   "dropped (default 2)")
       ->check(CLI::Range(0.1, 3600.0));
 
   NodeOptions serve_node;
@@ -434,8 +442,9 @@ int Main(int argc, char** argv) {
       app.add_subcommand("serve", "Serve STORE as secondary at --listen EP");
   serve->add_option("STORE", serve_node.store, "The store directory")
       ->required();
-  serve->add_option("--listen", serve_node.listen,
-                    "Endpoint to receive changes on, e.g. tcp://0.0.0.0:7790")
+  serve
+      ->add_option("--listen", serve_node.listen,
+                   "Endpoint to receive changes on, e.g. tcp://0.0.0.0:7790")
       ->required();
   serve->add_option("--name", serve_node.name, "This node's name");
   serve->add_flag("-f,--foreground", serve_node.foreground,
@@ -447,8 +456,9 @@ int Main(int argc, char** argv) {
       ->group("");
 #endif
   add_security(serve, &serve_node);
-  serve->add_option("--peer-timeout", serve_timeout,
-                    "Seconds of silence before the primary counts as gone")
+  serve
+      ->add_option("--peer-timeout", serve_timeout,
+                   "Seconds of silence before the primary counts as gone")
       ->check(CLI::Range(0.1, 3600.0));
 
   std::string store;
@@ -585,12 +595,14 @@ int Main(int argc, char** argv) {
         while (start <= o.size()) {
           size_t comma = o.find(',', start);
           if (comma == std::string::npos) comma = o.size();
-          if (comma > start) options.fuse_options.push_back(o.substr(start, comma - start));
+          if (comma > start)
+            options.fuse_options.push_back(o.substr(start, comma - start));
           start = comma + 1;
         }
       }
       for (auto [text, flag, target] :
-           {std::tuple{&intent_extent, "--intent-extent", &options.intent_extent},
+           {std::tuple{&intent_extent, "--intent-extent",
+                       &options.intent_extent},
             std::tuple{&intent_budget, "--intent-budget",
                        &options.intent_budget}}) {
         if (text->empty()) continue;
@@ -602,8 +614,9 @@ int Main(int argc, char** argv) {
         *target = *bytes;
       }
       if (options.intent_budget < options.intent_extent) {
-        return usage(cmd, "--intent-budget must be at least one "
-                          "--intent-extent");
+        return usage(cmd,
+                     "--intent-budget must be at least one "
+                     "--intent-extent");
       }
       options.intent_journal = !no_intent_journal;
       if (!resync_rate.empty()) {
@@ -704,8 +717,9 @@ int Main(int argc, char** argv) {
     if (!verify_rate.empty()) {
       auto rate = ParseBytes(verify_rate);
       if (!rate || *rate == 0) {
-        return usage(verify, "--rate " + verify_rate + ": expected bytes per "
-                             "second, e.g. 100M");
+        return usage(verify, "--rate " + verify_rate +
+                                 ": expected bytes per "
+                                 "second, e.g. 100M");
       }
       words.insert(words.end(), {"--rate", std::to_string(*rate)});
     }
@@ -717,8 +731,9 @@ int Main(int argc, char** argv) {
   }
   if (peer_add->parsed()) {
     if (!ValidPeerName(arg1) || !ValidEndpoint(arg2)) {
-      return usage(peer_add, "peer add: expected NAME (letters, digits, '.', "
-                             "'_', '-') and EP like tcp://10.0.0.2:7790");
+      return usage(peer_add,
+                   "peer add: expected NAME (letters, digits, '.', "
+                   "'_', '-') and EP like tcp://10.0.0.2:7790");
     }
     return Relay(store, {"peer-add", arg1, arg2});
   }
@@ -733,11 +748,12 @@ int Main(int argc, char** argv) {
   }
   if (resolve->parsed()) {
     if (!discard_local && !keep_local) {
-      return usage(resolve, "resolve needs --discard-local (on the loser) or "
-                            "--keep-local (on the survivor)");
+      return usage(resolve,
+                   "resolve needs --discard-local (on the loser) or "
+                   "--keep-local (on the survivor)");
     }
-    return Relay(store, {"resolve", discard_local ? "--discard-local"
-                                                  : "--keep-local"});
+    return Relay(
+        store, {"resolve", discard_local ? "--discard-local" : "--keep-local"});
   }
   if (promote->parsed() || demote->parsed()) {
     auto info = CallDaemon(store, {"role-info"});
@@ -767,9 +783,10 @@ int Main(int argc, char** argv) {
                     "--force (two primaries make a split brain)");
       }
       if (kv["consistent"] != "1" && !flag) {
-        return Fail("refusing to promote: this copy is inconsistent (a "
-                    "resync into it has not finished); use --force to "
-                    "promote it anyway");
+        return Fail(
+            "refusing to promote: this copy is inconsistent (a "
+            "resync into it has not finished); use --force to "
+            "promote it anyway");
       }
       std::string error;
       if (!ExistingDirectory("mountpoint", arg1, &next.mountpoint, &error)) {
@@ -782,8 +799,9 @@ int Main(int argc, char** argv) {
       next.primary = false;
       next.listen = demote_listen.empty() ? kv["listen"] : demote_listen;
       if (next.listen.empty()) {
-        return usage(demote, "demote needs an endpoint to serve on: this node "
-                             "has none; pass --listen EP");
+        return usage(demote,
+                     "demote needs an endpoint to serve on: this node "
+                     "has none; pass --listen EP");
       }
       if (!ValidEndpoint(next.listen)) {
         return usage(demote, "--listen " + next.listen + ": not an endpoint");

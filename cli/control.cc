@@ -1,7 +1,7 @@
 #include "cli/control.h"
 
-#include <poll.h>
 #include <grp.h>
+#include <poll.h>
 #include <pwd.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -128,7 +128,8 @@ void ControlServer::Stop() {
   ssize_t ignored = ::write(stop_fd_, &one, sizeof(one));
   (void)ignored;
   thread_.join();
-  std::vector<std::pair<std::thread, std::shared_ptr<std::atomic<bool>>>> workers;
+  std::vector<std::pair<std::thread, std::shared_ptr<std::atomic<bool>>>>
+      workers;
   {
     std::lock_guard<std::mutex> lock(workers_mu_);
     workers.swap(workers_);
@@ -153,7 +154,8 @@ void ControlServer::Run() {
     struct pollfd p[2] = {{listen_fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
     if (::poll(p, 2, -1) < 0) {
       if (errno == EINTR) continue;
-      meta::LogError(std::string("control socket: poll: ") + std::strerror(errno));
+      meta::LogError(std::string("control socket: poll: ") +
+                     std::strerror(errno));
       return;
     }
     if (p[1].revents) return;
@@ -172,9 +174,10 @@ void ControlServer::Run() {
     }
     auto done = std::make_shared<std::atomic<bool>>(false);
     workers_.emplace_back(std::thread([this, fd, done] {
-      Serve(fd);
-      *done = true;
-    }), done);
+                            Serve(fd);
+                            *done = true;
+                          }),
+                          done);
   }
 }
 
@@ -237,18 +240,18 @@ meta::Result<ControlReply> CallDaemon(const std::string& store,
       0) {
     int err = errno;
     ::close(fd);
-    std::string why = err == ENOENT ? "no control socket"
-                                    : std::string(std::strerror(err));
-    return meta::Status::Error(
-        ESRCH, "no mirrorfs daemon is running on " + store + " (" + path +
-                   ": " + why + ")");
+    std::string why =
+        err == ENOENT ? "no control socket" : std::string(std::strerror(err));
+    return meta::Status::Error(ESRCH, "no mirrorfs daemon is running on " +
+                                          store + " (" + path + ": " + why +
+                                          ")");
   }
   std::string request;
   for (const auto& w : words) {
     if (w.empty() || w.find('\n') != std::string::npos) {
       ::close(fd);
-      return meta::Status::Error(EINVAL, "invalid argument for the daemon: '" +
-                                             w + "'");
+      return meta::Status::Error(
+          EINVAL, "invalid argument for the daemon: '" + w + "'");
     }
     request += w + "\n";
   }
@@ -278,9 +281,9 @@ meta::Result<ControlReply> CallDaemon(const std::string& store,
   if (!ok || header_end == std::string::npos ||
       std::sscanf(buffer.c_str(), "exit=%d", &reply.exit_code) != 1 ||
       buffer.size() < header_end + 1 + out_size + err_size) {
-    return meta::Status::Error(
-        ETIMEDOUT, "the daemon of " + store +
-                       " did not answer (see " + store + "/.mirrorfs/log)");
+    return meta::Status::Error(ETIMEDOUT, "the daemon of " + store +
+                                              " did not answer (see " + store +
+                                              "/.mirrorfs/log)");
   }
   reply.out = buffer.substr(header_end + 1, out_size);
   reply.err = buffer.substr(header_end + 1 + out_size, err_size);

@@ -1,8 +1,8 @@
 #include "cli/node.h"
 
 #include <dirent.h>
-#include <grp.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -56,7 +56,8 @@ std::string Bytes(uint64_t n) {
   } else if (n >= 1024) {
     std::snprintf(buf, sizeof(buf), "%.1f KiB", n / 1024.0);
   } else {
-    std::snprintf(buf, sizeof(buf), "%llu B", static_cast<unsigned long long>(n));
+    std::snprintf(buf, sizeof(buf), "%llu B",
+                  static_cast<unsigned long long>(n));
   }
   return buf;
 }
@@ -93,7 +94,8 @@ meta::Status Node::Start() {
   if (::mkdir(state_dir.c_str(), 0700) != 0 && errno != EEXIST) {
     return meta::Status::FromErrno("cannot create " + state_dir);
   }
-  store_fd_ = ::open(options_.store.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  store_fd_ =
+      ::open(options_.store.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (store_fd_ < 0) {
     return meta::Status::FromErrno("cannot open store " + options_.store);
   }
@@ -120,20 +122,20 @@ meta::Status Node::Start() {
     if (::getgrnam_r(options_.control_group.c_str(), &grp, buf.data(),
                      buf.size(), &found) != 0 ||
         found == nullptr) {
-      return meta::Status::Error(EINVAL, "--control-group " +
-                                             options_.control_group +
-                                             ": no such group");
+      return meta::Status::Error(
+          EINVAL,
+          "--control-group " + options_.control_group + ": no such group");
     }
     control_gid = grp.gr_gid;
   }
-  MFS_RETURN_IF_ERROR(control_.Start(
-      ControlSocketPath(options_.store), control_gid,
-      [this](const std::vector<std::string>& words) {
-        return HandleControl(words);
-      }));
+  MFS_RETURN_IF_ERROR(
+      control_.Start(ControlSocketPath(options_.store), control_gid,
+                     [this](const std::vector<std::string>& words) {
+                       return HandleControl(words);
+                     }));
   meta::LogInfo("node " + identity_->name + " " +
-                identity_->node_uuid.ToString() + " serving " +
-                options_.store + " as " + identity_->role);
+                identity_->node_uuid.ToString() + " serving " + options_.store +
+                " as " + identity_->role);
   return meta::Status::Ok();
 }
 
@@ -160,8 +162,8 @@ meta::Status Node::SetUpSecurity() {
   if (!authorized.ok()) return authorized.status();
   auto config = std::make_shared<sync::CurveConfig>();
   config->own = std::move(own.value());
-  config->authorized =
-      std::make_shared<const sync::AuthorizedKeys>(std::move(authorized.value()));
+  config->authorized = std::make_shared<const sync::AuthorizedKeys>(
+      std::move(authorized.value()));
   config->authorized_file = options_.authorized_file;
   zap_ = std::make_unique<sync::ZapHandler>(zmq_.get(), config->authorized,
                                             options_.authorized_file);
@@ -180,12 +182,13 @@ void Node::ReloadKeys() {
   if (options_.authorized_file.empty() || !zap_) return;
   auto authorized = sync::LoadAuthorizedKeys(options_.authorized_file);
   if (!authorized.ok()) {
-    meta::LogError("reloading authorized keys: " + authorized.status().message() +
-                   "; keeping the previous set");
+    meta::LogError(
+        "reloading authorized keys: " + authorized.status().message() +
+        "; keeping the previous set");
     return;
   }
-  auto shared =
-      std::make_shared<const sync::AuthorizedKeys>(std::move(authorized.value()));
+  auto shared = std::make_shared<const sync::AuthorizedKeys>(
+      std::move(authorized.value()));
   {
     std::lock_guard<std::mutex> lock(curve_mu_);
     auto config = std::make_shared<sync::CurveConfig>(*curve_);
@@ -243,8 +246,9 @@ meta::Status Node::StartPrimary() {
     journal_ = std::make_unique<sync::IntentJournal>(
         intent_store_.get(), options_.intent_extent, options_.intent_budget);
   } else {
-    meta::LogWarning("write-intent journal OFF (test switch): a crash of "
-                     "this primary may leave peers silently different");
+    meta::LogWarning(
+        "write-intent journal OFF (test switch): a crash of "
+        "this primary may leave peers silently different");
   }
   fan_out_->StartEpochs(journal_.get(), store_fd_, std::chrono::seconds(1));
   fs::VolumeOptions volume_options;
@@ -283,8 +287,9 @@ meta::Status Node::StartPrimary() {
 namespace {
 
 // Inode number -> (store-relative path, size) of every regular file.
-void MapFiles(int dir, const std::string& rel,
-              std::unordered_map<uint64_t, std::pair<std::string, uint64_t>>* out) {
+void MapFiles(
+    int dir, const std::string& rel,
+    std::unordered_map<uint64_t, std::pair<std::string, uint64_t>>* out) {
   int fd = ::openat(dir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return;
   DIR* d = ::fdopendir(fd);
@@ -345,12 +350,12 @@ meta::Status Node::RecoverFromCrash() {
   MFS_RETURN_IF_ERROR(meta_->SyncWal());
   MFS_RETURN_IF_ERROR(meta_->ClearIntents());
   recovered_ = true;
-  meta::LogWarning(
-      std::string(clean.ok() && *clean ? "write intents left by the last run"
-                                       : "unclean stop detected") +
-      ": " + std::to_string(recovered_regions_) +
-      " regions that may have had writes in flight (" +
-      Bytes(recovered_bytes_) + ") are re-sent to every peer");
+  meta::LogWarning(std::string(clean.ok() && *clean
+                                   ? "write intents left by the last run"
+                                   : "unclean stop detected") +
+                   ": " + std::to_string(recovered_regions_) +
+                   " regions that may have had writes in flight (" +
+                   Bytes(recovered_bytes_) + ") are re-sent to every peer");
   return meta::Status::Ok();
 }
 
@@ -378,8 +383,7 @@ meta::Status Node::AddSession(const meta::PeerRecord& record) {
     meta::LogInfo("peer " + record.name + ": fracture log holds " +
                   std::to_string(log->bytes()) + " bytes in " +
                   std::to_string(log->extents()) + " extents and " +
-                  std::to_string(log->namespace_ops()) +
-                  " namespace changes" +
+                  std::to_string(log->namespace_ops()) + " namespace changes" +
                   (log->full_sync() ? "; a full sync is due" : ""));
   }
   std::string name = record.name;
@@ -428,8 +432,9 @@ meta::Status Node::StartListener(bool primary_mode) {
       primary_mode, curve);
   MFS_RETURN_IF_ERROR(replica_->Bind());
   if (options_.volatile_writes) {
-    meta::LogWarning("TEST MODE: applied writes are held in memory until a "
-                     "flush and lost if this process is killed");
+    meta::LogWarning(
+        "TEST MODE: applied writes are held in memory until a "
+        "flush and lost if this process is killed");
     replica_->SetVolatileWrites(true);
   }
   if (!primary_mode) {
@@ -452,7 +457,8 @@ meta::Status Node::StartListener(bool primary_mode) {
     if (intents.ok() && !intents->first.empty()) {
       std::unordered_map<uint64_t, std::pair<std::string, uint64_t>> files;
       MapFiles(store_fd_, "", &files);
-      uint64_t extent = intents->second ? intents->second : options_.intent_extent;
+      uint64_t extent =
+          intents->second ? intents->second : options_.intent_extent;
       for (const auto& r : intents->first) {
         auto it = files.find(r.ino);
         if (it != files.end()) {
@@ -467,10 +473,10 @@ meta::Status Node::StartListener(bool primary_mode) {
     divergent_paths_.clear();
     for (const auto& [path, set] : divergent) divergent_paths_.push_back(path);
     if (!list.empty() || namespace_diverged) {
-      meta::LogInfo("this node wrote as primary before: " +
-                    std::to_string(list.size()) +
-                    " extents may differ from the next primary's copy and "
-                    "will be re-sent from it");
+      meta::LogInfo(
+          "this node wrote as primary before: " + std::to_string(list.size()) +
+          " extents may differ from the next primary's copy and "
+          "will be re-sent from it");
     }
     if (list.size() > sync::kMaxDivergentExtents) {
       // Too many to list: the next primary compares every block instead.
@@ -518,7 +524,8 @@ void Node::PrimaryAccepted(const std::string& name, const meta::Uuid& uuid,
   record.endpoint = endpoint;
   record.uuid = uuid;
   auto s = meta_->PutPeer(record);
-  if (!s.ok()) meta::LogWarning("remembering primary " + name + ": " + s.message());
+  if (!s.ok())
+    meta::LogWarning("remembering primary " + name + ": " + s.message());
 }
 
 meta::Result<std::string> Node::SaveRecovery() {
@@ -547,7 +554,8 @@ meta::Result<std::string> Node::SaveRecovery() {
     }
     int in = ::open(from.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (in < 0) continue;  // gone since: nothing to keep
-    int out = ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int out =
+        ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (out < 0) {
       ::close(in);
       return meta::Status::FromErrno("save " + path + " to " + folder);
@@ -675,22 +683,21 @@ ControlReply Node::HandleControl(const std::vector<std::string>& words) {
         replica_ && !options_.primary && r.has_primary &&
         r.last_seen_seconds_ago >= 0 &&
         r.last_seen_seconds_ago < options_.peer_timeout.count() / 1000.0;
-    std::string out = "role=" + identity_->role + "\n" + "name=" +
-                      identity_->name + "\n" + "listen=" +
-                      identity_->listen_endpoint + "\n" + "pid=" +
-                      std::to_string(::getpid()) + "\n" + "consistent=" +
-                      ((replica_ && !options_.primary && !r.consistent) ? "0"
-                                                                        : "1") +
-                      "\n" + "primary_connected=" +
-                      (primary_connected ? r.primary_name : "") + "\n" +
-                      "mountpoint=" + options_.mountpoint + "\n" + "key=" +
-                      options_.key_file + "\n" + "authorized=" +
-                      options_.authorized_file + "\n" + "insecure=" +
-                      (options_.insecure ? "1" : "0") + "\n";
+    std::string out =
+        "role=" + identity_->role + "\n" + "name=" + identity_->name + "\n" +
+        "listen=" + identity_->listen_endpoint + "\n" +
+        "pid=" + std::to_string(::getpid()) + "\n" + "consistent=" +
+        ((replica_ && !options_.primary && !r.consistent) ? "0" : "1") + "\n" +
+        "primary_connected=" + (primary_connected ? r.primary_name : "") +
+        "\n" + "mountpoint=" + options_.mountpoint + "\n" +
+        "key=" + options_.key_file + "\n" +
+        "authorized=" + options_.authorized_file + "\n" +
+        "insecure=" + (options_.insecure ? "1" : "0") + "\n";
     return {0, out, ""};
   }
   if (verb == "verify") return Verify(words);
-  if (verb == "peer-list") return PeerList(words.size() > 1 && words[1] == "--json");
+  if (verb == "peer-list")
+    return PeerList(words.size() > 1 && words[1] == "--json");
   if (verb == "peer-add" || verb == "peer-remove") {
     return PeerChange(verb, words);
   }
@@ -705,9 +712,10 @@ ControlReply Node::HandleControl(const std::vector<std::string>& words) {
       auto saved = SaveRecovery();
       if (!saved.ok()) return {1, "", saved.status().message() + "\n"};
       replica_->DiscardLocal();
-      meta::LogWarning("resolve --discard-local: this node's changes since the "
-                       "split are saved in " + *saved +
-                       "; the next primary's data replaces them");
+      meta::LogWarning(
+          "resolve --discard-local: this node's changes since the "
+          "split are saved in " +
+          *saved + "; the next primary's data replaces them");
       return {0,
               "this node's changes since the split are saved in " + *saved +
                   "\nthe primary's data replaces them at its next "
@@ -727,7 +735,8 @@ ControlReply Node::HandleControl(const std::vector<std::string>& words) {
              ": it will save its changes to its recovery folder and take "
              "this node's data (full sync)\n";
     }
-    if (out.empty()) return {1, "", "no peer is in split brain with this node\n"};
+    if (out.empty())
+      return {1, "", "no peer is in split brain with this node\n"};
     return {0, out, ""};
   }
   if (verb == "demote") {
@@ -739,8 +748,8 @@ ControlReply Node::HandleControl(const std::vector<std::string>& words) {
         return {1, "",
                 "mountpoint " + options_.mountpoint +
                     " is busy: processes have files or directories open "
-                    "there (see `fuser -vm " + options_.mountpoint +
-                    "`); close them and demote again\n"};
+                    "there (see `fuser -vm " +
+                    options_.mountpoint + "`); close them and demote again\n"};
       }
       return {1, "",
               "cannot unmount " + options_.mountpoint + ": " +
@@ -767,7 +776,8 @@ ControlReply Node::HandleControl(const std::vector<std::string>& words) {
       fan_out_->Find(peer)->Fracture();
       meta::LogInfo("peer " + peer +
                     ": fractured on purpose; its changes are logged until "
-                    "`mirrorfs sync --peer " + peer + "`");
+                    "`mirrorfs sync --peer " +
+                    peer + "`");
       return {0, "peer " + peer + " fractured; its changes are logged\n", ""};
     }
     if (verb == "sync") {
@@ -794,15 +804,19 @@ ControlReply Node::HandleControl(const std::vector<std::string>& words) {
 
 ControlReply Node::Verify(const std::vector<std::string>& words) {
   if (!fan_out_) {
-    return {1, "", "this node is a secondary; run `mirrorfs verify` on the primary\n"};
+    return {1, "",
+            "this node is a secondary; run `mirrorfs verify` on the primary\n"};
   }
   std::string only;
   bool repair = false, json = false;
   uint64_t rate = 0;
   for (size_t i = 1; i < words.size(); ++i) {
-    if (words[i] == "--peer" && i + 1 < words.size()) only = words[++i];
-    else if (words[i] == "--repair") repair = true;
-    else if (words[i] == "--json") json = true;
+    if (words[i] == "--peer" && i + 1 < words.size())
+      only = words[++i];
+    else if (words[i] == "--repair")
+      repair = true;
+    else if (words[i] == "--json")
+      json = true;
     else if (words[i] == "--rate" && i + 1 < words.size()) {
       rate = std::strtoull(words[++i].c_str(), nullptr, 10);
     }
@@ -854,16 +868,17 @@ ControlReply Node::Verify(const std::vector<std::string>& words) {
       auto s = session->log()->MakeDurable();
       if (!s.ok()) errors += "peer " + p.name + ": " + s.message() + "\n";
       session->Resync();
-      meta::LogInfo("verify --repair: " + std::to_string(
-                        result->differences.size()) +
-                    " ranges added to the fracture log of peer " + p.name +
-                    "; resyncing");
+      meta::LogInfo(
+          "verify --repair: " + std::to_string(result->differences.size()) +
+          " ranges added to the fracture log of peer " + p.name +
+          "; resyncing");
     }
     results.push_back(std::move(result.value()));
   }
   if (!any_peer) {
-    return {1, "", only.empty() ? "no peers to verify\n"
-                                : "no peer named " + only + "\n"};
+    return {
+        1, "",
+        only.empty() ? "no peers to verify\n" : "no peer named " + only + "\n"};
   }
   bool differ = false;
   for (const auto& r : results) differ = differ || !r.differences.empty();
@@ -961,10 +976,11 @@ ControlReply Node::PeerList(bool json) {
   std::string out;
   for (const auto& p : *peers) {
     auto it = live.find(p.name);
-    out += Pad(p.name, 16) + Pad(p.endpoint, 28) +
-           (it != live.end() ? std::string(sync::PeerStateName(it->second.state))
-                             : std::string("-")) +
-           "\n";
+    out +=
+        Pad(p.name, 16) + Pad(p.endpoint, 28) +
+        (it != live.end() ? std::string(sync::PeerStateName(it->second.state))
+                          : std::string("-")) +
+        "\n";
   }
   if (out.empty()) out = "no peers\n";
   return {0, out, ""};
@@ -988,7 +1004,8 @@ ControlReply Node::PeerChange(const std::string& verb,
     record.endpoint = words[2];
     auto s = meta_->PutPeer(record);
     // A copy of unknown age: every block is compared once.
-    if (s.ok()) s = meta_->SetPeerFlag(name, meta::PeerFlag::kFullSyncNeeded, true);
+    if (s.ok())
+      s = meta_->SetPeerFlag(name, meta::PeerFlag::kFullSyncNeeded, true);
     if (s.ok() && fan_out_) s = AddSession(record);
     if (!s.ok()) return {1, "", s.message() + "\n"};
     meta::LogInfo("peer " + name + " (" + record.endpoint + ") added");
@@ -1025,9 +1042,9 @@ std::string Node::StatusJson() {
   j.Key("uuid").Value(identity_->node_uuid.ToString());
   j.Key("role").Value(identity_->role);
   j.Key("store").Value(options_.store);
-  j.Key("store_uuid").Value(identity_->store_uuid.IsZero()
-                                ? std::string()
-                                : identity_->store_uuid.ToString());
+  j.Key("store_uuid")
+      .Value(identity_->store_uuid.IsZero() ? std::string()
+                                            : identity_->store_uuid.ToString());
   if (options_.primary) {
     j.Key("mountpoint").Value(options_.mountpoint);
   } else {
@@ -1038,11 +1055,12 @@ std::string Node::StatusJson() {
   sync::ReplicaSnapshot replica = ReplicaNow();
   j.Key("consistent").Value(replica_ ? replica.consistent : true);
   sync::Generations gens =
-      generations_ ? generations_->Get()
-                   : (replica_ ? replica.generations
-                               : sync::Generations::Parse(identity_->generation));
-  j.Key("generation").Value(gens.current.IsZero() ? std::string()
-                                                  : gens.current.ToString());
+      generations_
+          ? generations_->Get()
+          : (replica_ ? replica.generations
+                      : sync::Generations::Parse(identity_->generation));
+  j.Key("generation")
+      .Value(gens.current.IsZero() ? std::string() : gens.current.ToString());
   j.Key("generation_history").BeginArray();
   for (const auto& g : gens.history) j.Value(g.ToString());
   j.EndArray();
@@ -1072,12 +1090,12 @@ std::string Node::StatusJson() {
   j.Key("insecure").Value(zap_ == nullptr && options_.insecure);
   j.Key("intent").BeginObject();
   j.Key("enabled").Value(journal_ != nullptr);
-  j.Key("extent_bytes").Value(journal_ ? journal_->extent_bytes()
-                                       : options_.intent_extent);
-  j.Key("active_extents").Value(
-      static_cast<uint64_t>(journal_ ? journal_->active_extents() : 0));
-  j.Key("budget_bytes").Value(journal_ ? journal_->budget_bytes()
-                                       : options_.intent_budget);
+  j.Key("extent_bytes")
+      .Value(journal_ ? journal_->extent_bytes() : options_.intent_extent);
+  j.Key("active_extents")
+      .Value(static_cast<uint64_t>(journal_ ? journal_->active_extents() : 0));
+  j.Key("budget_bytes")
+      .Value(journal_ ? journal_->budget_bytes() : options_.intent_budget);
   j.EndObject();
   if (recovered_) {
     j.Key("recovered_from_crash").BeginObject();
@@ -1101,7 +1119,7 @@ std::string Node::StatusJson() {
       j.Key("name").Value(p.name);
       j.Key("endpoint").Value(p.endpoint);
       j.Key("uuid").Value(p.node_uuid.IsZero() ? std::string()
-                                                : p.node_uuid.ToString());
+                                               : p.node_uuid.ToString());
       j.Key("state").Value(sync::PeerStateName(p.state));
       if (!p.reason.empty()) j.Key("reason").Value(p.reason);
       j.Key("in_sync").Value(p.in_sync);
@@ -1141,14 +1159,14 @@ std::string Node::StatusJson() {
     j.Key("endpoint").Value(replica.primary_endpoint);
     j.Key("uuid").Value(replica.primary_uuid.ToString());
     j.Key("role").Value("primary");
-    bool live = replica.last_seen_seconds_ago >= 0 &&
-                replica.last_seen_seconds_ago <
-                    options_.peer_timeout.count() / 1000.0;
-    j.Key("state").Value(
-        replica.split_brain_with == replica.primary_name ? "split-brain"
-        : !live                                          ? "disconnected"
-        : replica.resyncing                              ? "syncing"
-                                                         : "connected");
+    bool live =
+        replica.last_seen_seconds_ago >= 0 &&
+        replica.last_seen_seconds_ago < options_.peer_timeout.count() / 1000.0;
+    j.Key("state").Value(replica.split_brain_with == replica.primary_name
+                             ? "split-brain"
+                         : !live             ? "disconnected"
+                         : replica.resyncing ? "syncing"
+                                             : "connected");
     j.Key("in_sync").Value(live && replica.consistent);
     j.Key("fracture_bytes").Value(uint64_t{0});
     j.Key("fracture_extents").Value(uint64_t{0});
@@ -1182,10 +1200,9 @@ std::string Node::StatusText() {
     out += Pad("listen", 12) + identity_->listen_endpoint + "\n";
   }
   out += Pad("links", 12) +
-         (zap_ ? std::string("CURVE (authenticated, encrypted)")
-               : options_.insecure
-                     ? std::string("plain, INSECURE (--insecure)")
-                     : std::string("plain (loopback only)")) +
+         (zap_                ? std::string("CURVE (authenticated, encrypted)")
+          : options_.insecure ? std::string("plain, INSECURE (--insecure)")
+                              : std::string("plain (loopback only)")) +
          "\n";
   if (journal_) {
     out += Pad("intents", 12) + std::to_string(journal_->active_extents()) +
@@ -1194,15 +1211,16 @@ std::string Node::StatusText() {
            " (" + Bytes(journal_->extent_bytes()) + " regions)\n";
   }
   if (recovered_) {
-    out += Pad("recovered", 12) + "from an unclean stop: " +
-           std::to_string(recovered_regions_) + " regions (" +
-           Bytes(recovered_bytes_) + ") queued for every peer\n";
+    out += Pad("recovered", 12) +
+           "from an unclean stop: " + std::to_string(recovered_regions_) +
+           " regions (" + Bytes(recovered_bytes_) + ") queued for every peer\n";
   }
   bool consistent = replica_ ? replica.consistent : true;
-  out += Pad("consistent", 12) +
-         (consistent ? std::string("yes")
-                     : std::string("no (a resync is under way or unfinished)")) +
-         "\n";
+  out +=
+      Pad("consistent", 12) +
+      (consistent ? std::string("yes")
+                  : std::string("no (a resync is under way or unfinished)")) +
+      "\n";
   std::vector<std::vector<std::string>> rows;
   if (fan_out_) {
     for (const auto& p : fan_out_->Snapshot()) {

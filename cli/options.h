@@ -27,18 +27,18 @@ struct NodeOptions {
   bool foreground = false;
   std::vector<std::string> fuse_options;  // the -o values, split at ','
   std::chrono::milliseconds peer_timeout{2000};
-  uint64_t resync_rate = 0;  // bytes per second, 0 = unlimited
-  uint64_t intent_extent = 4u << 20;   // write-intent region size
+  uint64_t resync_rate = 0;             // bytes per second, 0 = unlimited
+  uint64_t intent_extent = 4u << 20;    // write-intent region size
   uint64_t intent_budget = 1ull << 30;  // most bytes a crash re-sends
-  bool intent_journal = true;  // off only through a test-only switch
+  bool intent_journal = true;           // off only through a test-only switch
   // Test-only (secondary): hold applied writes in memory until a flush, to
   // lose them honestly when killed (the peer-crash test).
   bool volatile_writes = false;
   // Peer link security (ZeroMQ CURVE): both files, or neither.
   std::string key_file;
   std::string authorized_file;
-  bool insecure = false;       // allow a keyless listen beyond loopback
-  std::string control_group;   // group (besides root) allowed on the socket
+  bool insecure = false;      // allow a keyless listen beyond loopback
+  std::string control_group;  // group (besides root) allowed on the socket
 };
 
 }  // namespace mirrorfs::cli

@@ -1,11 +1,10 @@
 #include "fs/volume.h"
 
 #include <dirent.h>
-#include <linux/openat2.h>
-#include <sys/syscall.h>
-
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <linux/openat2.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -900,7 +899,6 @@ meta::Result<struct statvfs> Volume::StatFs() {
   return file_io::StatVfs(root_->fd, "store " + root_path_);
 }
 
-
 // ---- meta::Source: what a resync reads -------------------------------------
 
 namespace {
@@ -909,7 +907,9 @@ namespace {
 meta::Status ListTree(int dir, const std::string& rel,
                       std::vector<meta::NamespaceEntry>* out) {
   int fd = ::openat(dir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return meta::Status::FromErrno("list " + (rel.empty() ? std::string("store") : rel));
+  if (fd < 0)
+    return meta::Status::FromErrno("list " +
+                                   (rel.empty() ? std::string("store") : rel));
   DIR* d = ::fdopendir(fd);
   if (d == nullptr) {
     ::close(fd);
@@ -1099,7 +1099,8 @@ meta::Status Volume::ReadRangeLocked(
       result = reopened.status();
     } else {
       struct stat st;
-      uint64_t size = ::fstat(fd, &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+      uint64_t size =
+          ::fstat(fd, &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
       uint64_t end = std::min(offset + length, size);
       struct Piece {
         uint64_t offset;

@@ -213,8 +213,8 @@ class Volume : public meta::Source {
 
   // meta::Source (see meta/source.h for the contracts).
   meta::Status WithNamespaceFrozen(
-      const std::function<meta::Status(const std::vector<meta::NamespaceEntry>&)>&
-          fn) override;
+      const std::function<
+          meta::Status(const std::vector<meta::NamespaceEntry>&)>& fn) override;
   meta::Status ReadRange(
       const std::string& path, uint64_t offset, uint64_t length,
       const std::function<void(const meta::Change&)>& emit) override;
@@ -276,8 +276,7 @@ class Volume : public meta::Source {
   // REQUIRES: ns_mu_ exclusive, `inode.range_lock` held for the whole file.
   // `*intent` receives the journal bracket the caller must close with
   // Finished() after waiting.
-  meta::Status TruncateLocked(Inode& inode, int fd, uint64_t size,
-                              Waits* waits,
+  meta::Status TruncateLocked(Inode& inode, int fd, uint64_t size, Waits* waits,
                               std::optional<meta::Change>* intent);
   // Truncates `inode` to `size`, mirrored, taking the locks itself.
   meta::Status Truncate(Inode& inode, int fd, uint64_t size);

@@ -44,6 +44,9 @@ inline constexpr uint32_t kDsyncWrite = 1u << 2;  // kWrite: O_DSYNC, flush it
 // already have it, so a failure to apply it is logged, not fatal: the
 // namespace reconcile that follows every replay settles the result.
 inline constexpr uint32_t kReplay = 1u << 3;
+// kWrite/kPunchHole sent by a resync: the peer starts writing it back to disk
+// at once, so that the flush ending the resync has little left to do.
+inline constexpr uint32_t kResyncData = 1u << 4;
 
 struct Timespec {
   int64_t sec = 0;

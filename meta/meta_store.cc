@@ -1,7 +1,5 @@
 #include "meta/meta_store.h"
 
-#include <cstdlib>
-
 #include <rocksdb/cache.h>
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
@@ -10,6 +8,7 @@
 #include <sys/stat.h>
 
 #include <charconv>
+#include <cstdlib>
 #include <exception>
 #include <functional>
 #include <new>
@@ -803,8 +802,9 @@ Status MetaStore::RecordIntents(const std::vector<IntentRegion>& regions,
   return Guarded([&]() -> Status {
     rocksdb::WriteBatch batch;
     for (const auto& r : regions) {
-      MFS_RETURN_IF_ERROR(FromRocks(batch.Put(keys::IntentKey(r.ino, r.region), ""),
-                                    "record write intent"));
+      MFS_RETURN_IF_ERROR(
+          FromRocks(batch.Put(keys::IntentKey(r.ino, r.region), ""),
+                    "record write intent"));
     }
     MFS_RETURN_IF_ERROR(FromRocks(
         batch.Put(keys::kNodeIntentExtent, std::to_string(extent_bytes)),
@@ -817,8 +817,9 @@ Status MetaStore::RetireIntents(const std::vector<IntentRegion>& regions) {
   return Guarded([&]() -> Status {
     rocksdb::WriteBatch batch;
     for (const auto& r : regions) {
-      MFS_RETURN_IF_ERROR(FromRocks(batch.Delete(keys::IntentKey(r.ino, r.region)),
-                                    "retire write intent"));
+      MFS_RETURN_IF_ERROR(
+          FromRocks(batch.Delete(keys::IntentKey(r.ino, r.region)),
+                    "retire write intent"));
     }
     return Write(&batch, /*sync=*/false, "retire write intents");
   });
@@ -851,9 +852,9 @@ MetaStore::LoadIntents() {
                                               ": malformed intent key '" +
                                               Printable(View(key)) + "'");
           }
-          out.first.push_back(IntentRegion{
-              keys::ReadBe64(rest.data()),
-              keys::ReadBe64(rest.data() + keys::kBe64Size)});
+          out.first.push_back(
+              IntentRegion{keys::ReadBe64(rest.data()),
+                           keys::ReadBe64(rest.data() + keys::kBe64Size)});
           return Status::Ok();
         },
         [&](const rocksdb::Status& st) {
@@ -866,10 +867,10 @@ MetaStore::LoadIntents() {
 Status MetaStore::ClearIntents() {
   return Guarded([&]() -> Status {
     rocksdb::WriteBatch batch;
-    MFS_RETURN_IF_ERROR(FromRocks(
-        batch.DeleteRange(std::string(keys::kIntentPrefix),
-                          keys::PrefixEnd(keys::kIntentPrefix)),
-        "clear the write-intent journal"));
+    MFS_RETURN_IF_ERROR(
+        FromRocks(batch.DeleteRange(std::string(keys::kIntentPrefix),
+                                    keys::PrefixEnd(keys::kIntentPrefix)),
+                  "clear the write-intent journal"));
     return Write(&batch, /*sync=*/true, "clear the write-intent journal");
   });
 }
@@ -891,9 +892,9 @@ Result<bool> MetaStore::IsConsistent() {
     MFS_RETURN_IF_ERROR(Get(keys::kNodeConsistent, &value, &found));
     if (!found || value == "1") return true;
     if (value == "0") return false;
-    return Status::Error(EUCLEAN, "state database " + dir_ +
-                                      ": consistency mark reads '" + value +
-                                      "'");
+    return Status::Error(
+        EUCLEAN,
+        "state database " + dir_ + ": consistency mark reads '" + value + "'");
   });
 }
 

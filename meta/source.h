@@ -72,8 +72,9 @@ class Source {
       std::vector<std::pair<std::string, uint64_t>>* files) = 0;
 
   // The data extents (SEEK_DATA/SEEK_HOLE) of the file at `path`.
-  virtual Status DataExtents(const std::string& path,
-                             std::vector<std::pair<uint64_t, uint64_t>>* out) = 0;
+  virtual Status DataExtents(
+      const std::string& path,
+      std::vector<std::pair<uint64_t, uint64_t>>* out) = 0;
 };
 
 }  // namespace mirrorfs::meta

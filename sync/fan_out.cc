@@ -47,8 +47,9 @@ void FanOut::FlushEpoch(bool final) {
   std::lock_guard<std::mutex> lock(epoch_mu_);
   uint64_t epoch = journal_ ? journal_->BeginEpoch() : 0;
   if (store_fd_ >= 0 && ::syncfs(store_fd_) != 0) {
-    meta::LogError("epoch flush: syncfs of the store failed; write intents "
-                   "stay active");
+    meta::LogError(
+        "epoch flush: syncfs of the store failed; write intents "
+        "stay active");
     return;
   }
   meta::Change flush;

@@ -14,16 +14,15 @@
 // after the volume's locks and before each session's own mutex.
 #pragma once
 
-#include <memory>
-#include <shared_mutex>
-#include <string>
-#include <vector>
-
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <memory>
 #include <mutex>
+#include <shared_mutex>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "meta/change.h"
 #include "sync/intent_journal.h"

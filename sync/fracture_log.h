@@ -102,8 +102,8 @@ class FractureLog {
   std::map<std::string, meta::ExtentSet> extents_;
   std::vector<std::pair<uint64_t, meta::Change>> ops_;
   uint64_t next_op_seq_ = 1;
-  uint64_t bytes_ = 0;    // sum of TotalBytes() of extents_
-  uint64_t count_ = 0;    // sum of Count() of extents_
+  uint64_t bytes_ = 0;  // sum of TotalBytes() of extents_
+  uint64_t count_ = 0;  // sum of Count() of extents_
   bool full_sync_ = false;
   bool namespace_dirty_ = false;
   // Paths whose on-disk records are out of date with memory (Done).

@@ -90,7 +90,9 @@ PeerSession::~PeerSession() {
   if (wake_fd_ >= 0) ::close(wake_fd_);
 }
 
-void PeerSession::Start() { thread_ = std::thread([this] { Run(); }); }
+void PeerSession::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
 
 void PeerSession::Stop() {
   stopping_ = true;
@@ -122,7 +124,8 @@ bool PeerSession::Push(
     header.session = session_;
     header.seq = next_seq_++;
     encode(header, frame);
-    queue_.push_back(Outgoing{header.seq, frame, completion, std::move(on_diff)});
+    queue_.push_back(
+        Outgoing{header.seq, frame, completion, std::move(on_diff)});
     // Guarantee 3: what the peer applies stays at risk (its page cache)
     // until a later store flush of the peer completes.
     if (record != nullptr && Loggable(*record)) {
@@ -160,10 +163,10 @@ bool PeerSession::Enqueue(const meta::Change& change,
     }
   }
   auto s = change.kind == meta::ChangeKind::kFsync ? log_->MakeDurable()
-                                                  : log_->Record(change);
+                                                   : log_->Record(change);
   if (!s.ok()) {
-    meta::LogError("peer " + name_ + ": recording a missed change failed: " +
-                   s.message());
+    meta::LogError("peer " + name_ +
+                   ": recording a missed change failed: " + s.message());
   }
   return false;
 }
@@ -447,8 +450,10 @@ bool PeerSession::Connect() {
         {
           // One log line per distinct refusal, not one per retry.
           std::lock_guard<std::mutex> lock(mu_);
-          if (line == last_refusal_) line.clear();
-          else last_refusal_ = line;
+          if (line == last_refusal_)
+            line.clear();
+          else
+            last_refusal_ = line;
         }
         if (!line.empty()) meta::LogError(line + "; retrying with backoff");
         socket_.reset();
@@ -472,8 +477,10 @@ bool PeerSession::Connect() {
         if (!s.ok()) meta::LogError("peer " + name_ + ": " + s.message());
       }
       if (!r->divergent.empty() || (r->flags & kHelloNamespaceDiverged)) {
-        meta::LogInfo("peer " + name_ + ": it was primary after our common "
-                      "history; " + std::to_string(r->divergent.size()) +
+        meta::LogInfo("peer " + name_ +
+                      ": it was primary after our common "
+                      "history; " +
+                      std::to_string(r->divergent.size()) +
                       " extents it wrote are re-sent from this node's data");
       }
       {
@@ -502,14 +509,14 @@ bool PeerSession::Connect() {
         if (!s.ok()) meta::LogError("peer " + name_ + ": " + s.message());
       }
       if (on_hello_) on_hello_(hello_);
-      meta::LogInfo("peer " + name_ + " (" + endpoint_ + "): connected, node " +
-                    r->node_name + " " + r->node_uuid.ToString() +
-                    (log_->empty() && copy_consistent_
-                         ? std::string()
-                         : "; fracture log " + Size(log_->bytes()) +
-                               (log_->full_sync() || !copy_consistent_
-                                    ? ", full sync"
-                                    : "")));
+      meta::LogInfo(
+          "peer " + name_ + " (" + endpoint_ + "): connected, node " +
+          r->node_name + " " + r->node_uuid.ToString() +
+          (log_->empty() && copy_consistent_
+               ? std::string()
+               : "; fracture log " + Size(log_->bytes()) +
+                     (log_->full_sync() || !copy_consistent_ ? ", full sync"
+                                                             : "")));
       // The worker freezes the namespace and switches to live mirroring.
       auto worker = std::make_unique<ResyncWorker>(
           this, log_.get(), source_, options_.resync_rate, copy_consistent_);

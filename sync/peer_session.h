@@ -222,8 +222,8 @@ class PeerSession {
   bool fractured_ = false;     // on purpose, until Rejoin()
   bool discard_peer_ = false;  // resolve --keep-local, until accepted
   bool resync_requested_ = false;
-  bool up_ = false;            // hello accepted, socket usable
-  bool accept_live_ = false;   // application changes are mirrored
+  bool up_ = false;           // hello accepted, socket usable
+  bool accept_live_ = false;  // application changes are mirrored
   bool first_attempt_done_ = false;
   bool copy_consistent_ = true;  // the peer's copy, as its hello said
   std::string resync_failure_;

@@ -8,10 +8,11 @@
 
 namespace mirrorfs::sync {
 
-ReplicaServer::ReplicaServer(
-    zmq::context_t* context, std::string listen_endpoint,
-    ReplicaIdentity identity, int store_root_fd, ReplicaHost* host,
-    bool primary_mode, std::shared_ptr<const CurveConfig> curve)
+ReplicaServer::ReplicaServer(zmq::context_t* context,
+                             std::string listen_endpoint,
+                             ReplicaIdentity identity, int store_root_fd,
+                             ReplicaHost* host, bool primary_mode,
+                             std::shared_ptr<const CurveConfig> curve)
     : context_(context),
       endpoint_(std::move(listen_endpoint)),
       host_(host),
@@ -228,8 +229,7 @@ void ReplicaServer::HandleHello(const std::string& routing_id,
     reply.flags |= kHelloStale;
     reply.reason = "stale primary: its generation " +
                    hello.generation.ToString() +
-                   " is an ancestor of this copy's " +
-                   gens.current.ToString() +
+                   " is an ancestor of this copy's " + gens.current.ToString() +
                    "; demote it (mirrorfs demote STORE) and resync it from "
                    "the newer node";
   } else if (relation == GenerationRelation::kDiverged && !discard) {
@@ -245,8 +245,10 @@ void ReplicaServer::HandleHello(const std::string& routing_id,
     // a full copy of theirs.
     auto saved = host_->SaveRecovery();
     if (!saved.ok()) {
-      reply.reason = "cannot save this node's changes before discarding "
-                     "them: " + saved.status().message();
+      reply.reason =
+          "cannot save this node's changes before discarding "
+          "them: " +
+          saved.status().message();
     } else {
       fresh = true;
       meta::LogWarning("split brain resolved in favour of " + hello.node_name +
@@ -326,7 +328,8 @@ void ReplicaServer::HandleHello(const std::string& routing_id,
                   hello.node_uuid.ToString() + " connected (session " +
                   std::to_string(h.session) + ")");
   } else {
-    std::string line = "refused primary " + hello.node_name + ": " + reply.reason;
+    std::string line =
+        "refused primary " + hello.node_name + ": " + reply.reason;
     bool repeat;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -509,10 +512,10 @@ void ReplicaServer::Handle(const std::string& routing_id,
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (resyncing_) {
-        resync_done_ += sums->length -
-                        std::min<uint64_t>(sums->length,
-                                           uint64_t{reply.differing.size()} *
-                                               sums->block_size);
+        resync_done_ +=
+            sums->length -
+            std::min<uint64_t>(sums->length, uint64_t{reply.differing.size()} *
+                                                 sums->block_size);
       }
     }
     EncodeBlockDiff(rh, reply, &scratch_);

@@ -153,7 +153,7 @@ class ReplicaServer {
 
   mutable std::mutex mu_;  // guards everything below
   ReplicaIdentity identity_;
-  uint64_t session_ = 0;  // current primary session, 0 = none
+  uint64_t session_ = 0;       // current primary session, 0 = none
   uint64_t expected_seq_ = 0;  // seq of the primary's next frame
   uint64_t reply_seq_ = 0;     // seq of our next frame in the session
   std::string primary_routing_id_;

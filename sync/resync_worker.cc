@@ -179,7 +179,8 @@ bool ResyncWorker::Freeze(bool* need_data) {
   if (!frozen.ok()) {
     meta::LogError("peer " + session_->name() +
                    ": cannot list the store for resync: " + frozen.message());
-    session_->ResyncFinished(false, "cannot list the store: " + frozen.message());
+    session_->ResyncFinished(false,
+                             "cannot list the store: " + frozen.message());
     return false;
   }
   if (!*need_data) return true;
@@ -203,8 +204,8 @@ bool ResyncWorker::SendMark(bool begin, uint64_t total) {
 bool ResyncWorker::Drain(size_t keep) {
   // Count what is already done (progress moves with every acknowledged
   // chunk), then wait for the oldest until at most `keep` remain.
-  while (!pending_.empty() && (pending_.size() > keep ||
-                               pending_.front().completion->IsDone())) {
+  while (!pending_.empty() &&
+         (pending_.size() > keep || pending_.front().completion->IsDone())) {
     Pending& front = pending_.front();
     front.completion->Wait();
     if (cancelled_) return false;
@@ -223,7 +224,9 @@ static bool QueueChunk(PeerSession* session, meta::Source* source,
                        meta::Status* error) {
   auto chunk = std::make_shared<Completion>(1);
   bool queued = true;
-  *error = source->ReadRange(path, offset, length, [&](const Change& piece) {
+  *error = source->ReadRange(path, offset, length, [&](const Change& data) {
+    Change piece = data;
+    piece.flags |= meta::kResyncData;
     chunk->AddPending();
     if (!session->EnqueueResync(piece, chunk)) {
       queued = false;
@@ -254,7 +257,8 @@ bool ResyncWorker::FracturePass(bool* more) {
     for (const auto& extent : set) {
       for (uint64_t off = extent.offset; off < extent.end();
            off += kChunkBytes) {
-        chunks.push_back({&path, off, std::min(kChunkBytes, extent.end() - off)});
+        chunks.push_back(
+            {&path, off, std::min(kChunkBytes, extent.end() - off)});
       }
     }
   }
@@ -278,8 +282,8 @@ bool ResyncWorker::FracturePass(bool* more) {
         meta::Status error;
         if (!QueueChunk(session_, source_, path, off, len, &chunk, &error)) {
           if (!error.ok()) {
-            session_->ResyncFinished(false, "reading " + path + ": " +
-                                                error.message());
+            session_->ResyncFinished(
+                false, "reading " + path + ": " + error.message());
           }
           return false;
         }
@@ -366,7 +370,8 @@ bool ResyncWorker::FullSync() {
         for (uint32_t index : differing) {
           uint64_t block_off = off + uint64_t{index} * kBlockBytes;
           if (block_off >= off + len) continue;
-          uint64_t block_len = std::min<uint64_t>(kBlockBytes, off + len - block_off);
+          uint64_t block_len =
+              std::min<uint64_t>(kBlockBytes, off + len - block_off);
           Throttle(block_len);
           std::shared_ptr<Completion> chunk;
           meta::Status error;

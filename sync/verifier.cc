@@ -50,7 +50,8 @@ meta::Result<VerifyResult> Verifier::Run(
               const std::vector<meta::Change>& pieces) {
             // The file may have shrunk: compare what exists on both sides.
             uint64_t end = off;
-            for (const auto& p : pieces) end = std::max(end, p.offset + p.length);
+            for (const auto& p : pieces)
+              end = std::max(end, p.offset + p.length);
             uint64_t have = end - off;
             if (have == 0) return;
             buffer.assign(have, '\0');

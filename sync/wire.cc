@@ -460,8 +460,9 @@ Status DecodeError(std::string_view payload, ErrorFrame* m) {
 uint32_t AllowedFlags(ChangeKind kind) {
   switch (kind) {
     case ChangeKind::kWrite:
-      return meta::kDsyncWrite | meta::kReplay;
+      return meta::kDsyncWrite | meta::kReplay | meta::kResyncData;
     case ChangeKind::kPunchHole:  // punching always keeps the size
+      return meta::kKeepSize | meta::kReplay | meta::kResyncData;
     case ChangeKind::kZeroRange:
     case ChangeKind::kAllocate:
       return meta::kKeepSize | meta::kReplay;
@@ -623,11 +624,10 @@ Status DecodeBlockSums(std::string_view payload, BlockSums* m) {
   if (m->block_size == 0 || count > kMaxBlockSums ||
       m->offset > kMaxFileOffset || m->length > kMaxFileOffset - m->offset ||
       (m->length + m->block_size - 1) / m->block_size != count) {
-    return Proto("block sums of " + Quote(m->path) + ": " +
-                 std::to_string(count) + " blocks of " +
-                 std::to_string(m->block_size) + " bytes do not cover " +
-                 std::to_string(m->length) + " bytes at " +
-                 std::to_string(m->offset));
+    return Proto(
+        "block sums of " + Quote(m->path) + ": " + std::to_string(count) +
+        " blocks of " + std::to_string(m->block_size) + " bytes do not cover " +
+        std::to_string(m->length) + " bytes at " + std::to_string(m->offset));
   }
   m->sums.resize(count);
   for (auto& sum : m->sums) {
@@ -826,9 +826,10 @@ void EncodeResyncMark(const FrameHeader& header, const ResyncMark& m,
 
 void EncodeBlockSums(const FrameHeader& header, const BlockSums& m,
                      std::string* out) {
-  BeginFrame(header, FrameType::kBlockSums,
-             StringBytes(m.path) + 8 + 4 + 8 + 4 + kBlockSumBytes * m.sums.size(),
-             out);
+  BeginFrame(
+      header, FrameType::kBlockSums,
+      StringBytes(m.path) + 8 + 4 + 8 + 4 + kBlockSumBytes * m.sums.size(),
+      out);
   PutString(out, m.path);
   PutU64(out, m.offset);
   PutU32(out, m.block_size);

@@ -109,7 +109,8 @@ class FaultStore : public IntentStore {
         s = meta::Status::Error(ENOSPC, "injected failure of RecordIntents");
       }
     }
-    if (s.ok() && inner_ != nullptr) s = inner_->RecordIntents(regions, extent_bytes);
+    if (s.ok() && inner_ != nullptr)
+      s = inner_->RecordIntents(regions, extent_bytes);
     std::lock_guard<std::mutex> l(mu_);
     if (s.ok()) {
       for (const auto& r : regions) on_disk_.insert(r);
@@ -145,7 +146,8 @@ class FaultStore : public IntentStore {
     meta::Status s;
     {
       std::lock_guard<std::mutex> l(mu_);
-      if (fail_sync) s = meta::Status::Error(EIO, "injected failure of SyncWal");
+      if (fail_sync)
+        s = meta::Status::Error(EIO, "injected failure of SyncWal");
     }
     if (s.ok() && inner_ != nullptr) s = inner_->SyncWal();
     std::lock_guard<std::mutex> l(mu_);
@@ -267,7 +269,8 @@ TEST(IntentJournalTest, EnterReturnsOnlyAfterTheRegionIsDurable) {
       << "Enter returned while RecordIntents was still blocked";
   opened = true;
   store.record_gate.Open();
-  ASSERT_TRUE(Ready(f, kDeadline)) << "Enter did not return after the latch opened";
+  ASSERT_TRUE(Ready(f, kDeadline))
+      << "Enter did not return after the latch opened";
   auto s = f.get();
   ASSERT_TRUE(s.ok()) << s.message();
   EXPECT_FALSE(returned_before_open);
@@ -316,8 +319,10 @@ TEST(IntentJournalTest, WritersWaitingForACommitShareTheNextBatch) {
     waiters.push_back(EnterAsync(&journal, 1, i * kMiB, 4096));
   }
   // Every waiter has registered its region (pending) before the latch opens.
-  ASSERT_TRUE(PollUntil([&] { return journal.active_extents() == kWaiters + 1; }))
-      << "active_extents " << journal.active_extents();
+  ASSERT_TRUE(PollUntil([&] {
+    return journal.active_extents() == kWaiters + 1;
+  })) << "active_extents "
+      << journal.active_extents();
   store.record_gate.Open();
   ASSERT_TRUE(Ready(first, kDeadline));
   EXPECT_TRUE(first.get().ok());
@@ -327,7 +332,8 @@ TEST(IntentJournalTest, WritersWaitingForACommitShareTheNextBatch) {
   }
   auto batches = store.batches();
   EXPECT_LT(batches.size(), static_cast<size_t>(kWaiters + 1));
-  ASSERT_EQ(batches.size(), 2u) << "the waiting writers were not group-committed";
+  ASSERT_EQ(batches.size(), 2u)
+      << "the waiting writers were not group-committed";
   EXPECT_EQ(batches[0].size(), 1u);
   EXPECT_EQ(batches[1].size(), static_cast<size_t>(kWaiters));
   for (int i = 0; i <= kWaiters; ++i) {
@@ -380,13 +386,15 @@ TEST(IntentJournalTest, WritesIntoAnActiveRegionCallNoStoreMethod) {
   }
   // Concurrent writers into the same active region.
   std::vector<std::future<meta::Status>> fs;
-  for (int i = 0; i < 8; ++i) fs.push_back(EnterAsync(&journal, 5, i * 4096, 4096));
+  for (int i = 0; i < 8; ++i)
+    fs.push_back(EnterAsync(&journal, 5, i * 4096, 4096));
   for (int i = 0; i < 8; ++i) {
     ASSERT_TRUE(Ready(fs[i], kDeadline));
     EXPECT_TRUE(fs[i].get().ok());
     journal.Leave(5, i * 4096, 4096);
   }
-  EXPECT_EQ(store.calls(), before) << "a write into an active region touched the store";
+  EXPECT_EQ(store.calls(), before)
+      << "a write into an active region touched the store";
   // A write spanning the active region and a new one records only the new.
   ASSERT_TRUE(journal.Enter(5, 4 * kMiB - 4096, 8192).ok());
   auto batches = store.batches();
@@ -403,9 +411,11 @@ TEST(IntentJournalTest, FailedRecordFailsTheWriteAndLeavesNothingActive) {
   IntentJournal journal(&store, 4 * kMiB, 64 * kMiB);
   store.set_fail_records(1);
   auto s = journal.Enter(9, 0, 4096);
-  ASSERT_FALSE(s.ok()) << "Enter succeeded although its intent was not recorded";
+  ASSERT_FALSE(s.ok())
+      << "Enter succeeded although its intent was not recorded";
   EXPECT_EQ(s.err(), ENOSPC) << s.message();
-  EXPECT_NE(s.message().find("injected failure"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("injected failure"), std::string::npos)
+      << s.message();
   EXPECT_EQ(journal.active_extents(), 0u);
   EXPECT_TRUE(store.on_disk().empty());
   // Nothing to retire, nothing retired.
@@ -429,14 +439,17 @@ TEST(IntentJournalTest, EveryWriterOfAFailedBatchFailsAndReleasesItsRegion) {
   auto first = EnterAsync(&journal, 1, 0, 4096);
   ASSERT_TRUE(store.record_gate.WaitArrived(1));
   std::vector<std::future<meta::Status>> all;
-  all.push_back(EnterAsync(&journal, 1, 0 + 8192, 4096));  // same region as first
-  for (int i = 1; i <= 4; ++i) all.push_back(EnterAsync(&journal, 1, i * kMiB, 4096));
+  all.push_back(
+      EnterAsync(&journal, 1, 0 + 8192, 4096));  // same region as first
+  for (int i = 1; i <= 4; ++i)
+    all.push_back(EnterAsync(&journal, 1, i * kMiB, 4096));
   ASSERT_TRUE(PollUntil([&] { return journal.active_extents() == 5; }));
   store.record_gate.Open();
   ASSERT_TRUE(Ready(first, kDeadline)) << "a writer of a failed batch hangs";
   EXPECT_FALSE(first.get().ok());
   for (size_t i = 0; i < all.size(); ++i) {
-    ASSERT_TRUE(Ready(all[i], kDeadline)) << "writer " << i << " of a failed batch hangs";
+    ASSERT_TRUE(Ready(all[i], kDeadline))
+        << "writer " << i << " of a failed batch hangs";
     EXPECT_FALSE(all[i].get().ok()) << "writer " << i;
   }
   EXPECT_EQ(journal.active_extents(), 0u) << "a failed region stayed active";
@@ -490,9 +503,10 @@ TEST(IntentJournalTest, WritersOfAFailingRegionNeverHang) {
       << "writers of a region whose record failed hung in Enter (no commit "
          "running, none pending) until an unrelated commit woke them; "
       << done_at_deadline << " of " << kThreads
-      << " threads had finished after 20 s, "
-      << rescues << " unrelated commits were needed to release the rest";
-  EXPECT_EQ(ok_count, 0) << "a write succeeded although no intent was ever recorded";
+      << " threads had finished after 20 s, " << rescues
+      << " unrelated commits were needed to release the rest";
+  EXPECT_EQ(ok_count, 0)
+      << "a write succeeded although no intent was ever recorded";
 }
 
 // ---------------------------------------------------------------- (e) ----
@@ -533,7 +547,8 @@ TEST(IntentJournalTest, RetireTakesOnlyIdleRegionsLeftByTheEpoch) {
   std::set<uint64_t> got;
   for (const auto& r : store.retired()) got.insert(r.region);
   EXPECT_EQ(got, (std::set<uint64_t>{0, 1, 2}));
-  EXPECT_TRUE(store.OnDisk({2, 3})) << "a region left after the epoch began was retired";
+  EXPECT_TRUE(store.OnDisk({2, 3}))
+      << "a region left after the epoch began was retired";
   EXPECT_EQ(journal.active_extents(), 1u);
   ASSERT_TRUE(journal.Retire(journal.BeginEpoch()).ok());
   EXPECT_TRUE(store.on_disk().empty());
@@ -576,7 +591,8 @@ TEST(IntentJournalTest, RetireRacingANewWriterKeepsTheRegionOnDisk) {
   journal.Leave(4, 0, 4096);
   const uint64_t epoch = journal.BeginEpoch();
   store.sync_gate.Close();
-  auto retire = std::async(std::launch::async, [&] { return journal.Retire(epoch); });
+  auto retire =
+      std::async(std::launch::async, [&] { return journal.Retire(epoch); });
   ASSERT_TRUE(store.sync_gate.WaitArrived(1));
   // The epoch flusher is between "dropped from memory" and "deleted on disk".
   auto writer = EnterAsync(&journal, 4, 8192, 4096);
@@ -631,7 +647,8 @@ TEST(IntentJournalTest, StressWriterRegionsAreAlwaysOnDisk) {
           return;
         }
         std::this_thread::sleep_for(std::chrono::microseconds(rng() % 300));
-        for (uint64_t r = off / (64 * 1024); r <= (off + len - 1) / (64 * 1024); ++r) {
+        for (uint64_t r = off / (64 * 1024); r <= (off + len - 1) / (64 * 1024);
+             ++r) {
           if (!store.OnDisk({1, r})) {
             if (violations++ == 0) {
               std::lock_guard<std::mutex> l(first_mu);
@@ -679,12 +696,14 @@ TEST(IntentJournalTest, BudgetFullBlocksANewRegionUntilRetire) {
   ASSERT_TRUE(Ready(flush_signalled, kDeadline))
       << "WaitFlushWanted did not wake for a writer waiting for room";
   EXPECT_LT(flush_signalled.get(), 5s);
-  EXPECT_FALSE(Ready(third, kMustBlock)) << "a third region entered a 2-region budget";
+  EXPECT_FALSE(Ready(third, kMustBlock))
+      << "a third region entered a 2-region budget";
   EXPECT_EQ(journal.active_extents(), 2u);
   EXPECT_EQ(store.count("record"), 2u);
 
   ASSERT_TRUE(journal.Retire(journal.BeginEpoch()).ok());
-  ASSERT_TRUE(Ready(third, kDeadline)) << "the writer stayed blocked after a retire freed room";
+  ASSERT_TRUE(Ready(third, kDeadline))
+      << "the writer stayed blocked after a retire freed room";
   EXPECT_TRUE(third.get().ok());
   EXPECT_EQ(journal.active_extents(), 1u);
   EXPECT_TRUE(store.OnDisk({6, 2}));
@@ -704,7 +723,8 @@ TEST(IntentJournalTest, BudgetWaiterWaitsForBusyRegions) {
   }};
   ASSERT_TRUE(PollUntil([&] { return journal.FlushWanted(); }));
   ASSERT_TRUE(journal.Retire(journal.BeginEpoch()).ok());
-  EXPECT_FALSE(Ready(third, kMustBlock)) << "budget exceeded while both regions had writers";
+  EXPECT_FALSE(Ready(third, kMustBlock))
+      << "budget exceeded while both regions had writers";
   EXPECT_LE(journal.active_extents(), 2u);
   journal.Leave(6, 0, 4096);
   ASSERT_TRUE(journal.Retire(journal.BeginEpoch()).ok());
@@ -720,7 +740,8 @@ TEST(IntentJournalTest, WriteLargerThanTheBudgetRunsWhenTheSetIsEmpty) {
   IntentJournal journal(&store, 1 * kMiB, 2 * kMiB);
   // Empty set: a 5-region write passes at once.
   auto big = EnterAsync(&journal, 8, 0, 5 * kMiB);
-  ASSERT_TRUE(Ready(big, kDeadline)) << "a write larger than the budget blocked on an empty set";
+  ASSERT_TRUE(Ready(big, kDeadline))
+      << "a write larger than the budget blocked on an empty set";
   ASSERT_TRUE(big.get().ok());
   EXPECT_EQ(journal.active_extents(), 5u);
   journal.Leave(8, 0, 5 * kMiB);
@@ -780,7 +801,8 @@ TEST_F(IntentJournalPersistTest, RecordedRegionsComeBackAfterReopen) {
     FaultStore store(&real);
     IntentJournal journal(&store, 1 * kMiB, 64 * kMiB);
     ASSERT_TRUE(journal.Enter(7, 0, 4096).ok());
-    ASSERT_TRUE(journal.Enter(7, 3 * kMiB + 100, 2 * kMiB).ok());  // regions 3, 4, 5
+    ASSERT_TRUE(
+        journal.Enter(7, 3 * kMiB + 100, 2 * kMiB).ok());  // regions 3, 4, 5
     ASSERT_TRUE(journal.Enter(9, 1 * kMiB, 1).ok());
     journal.Leave(7, 0, 4096);
     // No retire: the process "dies" with the regions active.
@@ -792,7 +814,8 @@ TEST_F(IntentJournalPersistTest, RecordedRegionsComeBackAfterReopen) {
   EXPECT_EQ(extent, 1 * kMiB);
   std::set<Region> want{{7, 0}, {7, 3}, {7, 4}, {7, 5}, {9, 1}};
   EXPECT_EQ(got.size(), want.size());
-  for (const auto& r : want) EXPECT_TRUE(got.count(r)) << Str(r) << " not on disk";
+  for (const auto& r : want)
+    EXPECT_TRUE(got.count(r)) << Str(r) << " not on disk";
 }
 
 TEST_F(IntentJournalPersistTest, RetiredRegionsAreGoneAfterReopen) {
@@ -829,7 +852,8 @@ TEST_F(IntentJournalPersistTest, RetireRacingANewWriterOnRocksDb) {
     journal.Leave(4, 0, 4096);
     const uint64_t epoch = journal.BeginEpoch();
     store.sync_gate.Close();
-    auto retire = std::async(std::launch::async, [&] { return journal.Retire(epoch); });
+    auto retire =
+        std::async(std::launch::async, [&] { return journal.Retire(epoch); });
     ASSERT_TRUE(store.sync_gate.WaitArrived(1));
     auto writer = EnterAsync(&journal, 4, 8192, 4096);
     (void)Ready(writer, kMustBlock);
