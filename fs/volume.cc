@@ -774,43 +774,28 @@ meta::Result<std::string> Volume::Readlink(Ino ino) {
 }
 
 meta::Status Volume::Unlink(Ino parent_ino, const char* name) {
-  Inode& parent = InodeOf(parent_ino);
-  if (IsReserved(parent, name)) {
-    return meta::Status::Error(ENOENT, "unlink .mirrorfs: hidden");
-  }
-  Waits waits;
-  {
-    std::unique_lock<std::shared_mutex> ns(ns_mu_);
-    auto st = file_io::StatAt(parent.fd, name, 0, name);
-    if (!st.ok()) return st.status();
-    MFS_RETURN_IF_ERROR(file_io::UnlinkAt(parent.fd, name, 0, name));
-    std::string path;
-    bool mirrored = ChildPath(parent, name, &path);
-    if (Inode* child = FindChildLocked(parent, name, *st)) {
-      child->unlinked = true;
-    }
-    if (mirrored) {
-      meta::Change change;
-      change.kind = meta::ChangeKind::kUnlink;
-      change.path = path;
-      Submit(change, &waits);
-    }
-  }
-  WaitAll(waits);
-  return meta::Status::Ok();
+  return RemoveChild(parent_ino, name, /*directory=*/false);
 }
 
 meta::Status Volume::Rmdir(Ino parent_ino, const char* name) {
+  return RemoveChild(parent_ino, name, /*directory=*/true);
+}
+
+meta::Status Volume::RemoveChild(Ino parent_ino, const char* name,
+                                 bool directory) {
   Inode& parent = InodeOf(parent_ino);
+  const char* verb = directory ? "rmdir" : "unlink";
   if (IsReserved(parent, name)) {
-    return meta::Status::Error(ENOENT, "rmdir .mirrorfs: hidden");
+    return meta::Status::Error(ENOENT,
+                               std::string(verb) + " .mirrorfs: hidden");
   }
   Waits waits;
   {
     std::unique_lock<std::shared_mutex> ns(ns_mu_);
     auto st = file_io::StatAt(parent.fd, name, 0, name);
     if (!st.ok()) return st.status();
-    MFS_RETURN_IF_ERROR(file_io::UnlinkAt(parent.fd, name, AT_REMOVEDIR, name));
+    MFS_RETURN_IF_ERROR(
+        file_io::UnlinkAt(parent.fd, name, directory ? AT_REMOVEDIR : 0, name));
     std::string path;
     bool mirrored = ChildPath(parent, name, &path);
     if (Inode* child = FindChildLocked(parent, name, *st)) {
@@ -818,7 +803,8 @@ meta::Status Volume::Rmdir(Ino parent_ino, const char* name) {
     }
     if (mirrored) {
       meta::Change change;
-      change.kind = meta::ChangeKind::kRmdir;
+      change.kind =
+          directory ? meta::ChangeKind::kRmdir : meta::ChangeKind::kUnlink;
       change.path = path;
       Submit(change, &waits);
     }

@@ -285,6 +285,8 @@ class Volume : public meta::Source {
   meta::Status ChownToCaller(Inode& parent, const char* name,
                              const std::string* path, const Caller& caller,
                              Waits* waits);
+  // Unlink (or, for `directory`, rmdir) of `name` in `parent_ino`, mirrored.
+  meta::Status RemoveChild(Ino parent_ino, const char* name, bool directory);
   // Hands `change` to the mirror (if any) and keeps what to wait for.
   void Submit(const meta::Change& change, Waits* waits);
   // The mirror's bracket of a data change (meta::Mirror::Prepare/Finished).

@@ -3,7 +3,6 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
-#include <sodium.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -13,6 +12,7 @@
 #include <cstring>
 
 #include "meta/log.h"
+#include "sync/block_sums.h"
 
 namespace mirrorfs::sync {
 namespace {
@@ -531,10 +531,7 @@ meta::Result<std::vector<uint32_t>> Applier::DiffBlocks(
       if (n <= 0) break;
       got += static_cast<size_t>(n);
     }
-    std::array<uint8_t, 16> sum;
-    crypto_generichash(sum.data(), sum.size(),
-                       reinterpret_cast<const unsigned char*>(buffer.data()),
-                       want, nullptr, 0);
+    std::array<uint8_t, kBlockSumBytes> sum = BlockSum(buffer.data(), want);
     // A short file differs even where the missing bytes would be zeros.
     if (failed || got < want || sum != sums[i]) differing.push_back(i);
   }

@@ -1,11 +1,10 @@
 #include "sync/resync_worker.h"
 
-#include <sodium.h>
-
 #include <algorithm>
 #include <cstring>
 
 #include "meta/log.h"
+#include "sync/block_sums.h"
 #include "sync/fracture_log.h"
 #include "sync/peer_session.h"
 #include "sync/wire.h"
@@ -334,27 +333,15 @@ bool ResyncWorker::FullSync() {
       for (uint64_t off = ext_off; off < end; off += batch_bytes) {
         if (cancelled_) return false;
         uint64_t len = std::min(batch_bytes, end - off);
-        buffer.assign(len, '\0');
-        auto read = source_->ReadRange(path, off, len, [&](const Change& c) {
-          if (c.kind == ChangeKind::kWrite && c.offset >= off &&
-              c.offset + c.length <= off + len) {
-            std::memcpy(&buffer[c.offset - off], c.data, c.length);
-          }
-        });
-        if (!read.ok()) break;  // changed under us; the log or live cover it
         BlockSums sums;
-        sums.path = path;
-        sums.offset = off;
-        sums.block_size = kBlockBytes;
-        sums.length = len;
-        for (uint64_t b = 0; b < len; b += kBlockBytes) {
-          std::array<uint8_t, kBlockSumBytes> sum;
-          crypto_generichash(sum.data(), sum.size(),
-                             reinterpret_cast<const unsigned char*>(&buffer[b]),
-                             std::min<uint64_t>(kBlockBytes, len - b), nullptr,
-                             0);
-          sums.sums.push_back(sum);
-        }
+        auto read = source_->ReadRangeLocked(
+            path, off, len,
+            [&](const std::string& current, const std::vector<Change>& pieces) {
+              sums = SumBlocks(current, off, len, kBlockBytes, pieces, &buffer);
+            });
+        // Changed under us (renamed, removed): the log or live mirroring
+        // covers it.
+        if (!read.ok() || sums.sums.empty()) break;
         std::vector<uint32_t> differing;
         auto answered = std::make_shared<Completion>(1);
         if (!session_->RequestBlockDiff(

@@ -1,12 +1,11 @@
 #include "sync/verifier.h"
 
-#include <sodium.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <thread>
 
+#include "sync/block_sums.h"
 #include "sync/peer_session.h"
 #include "sync/wire.h"
 
@@ -54,25 +53,8 @@ meta::Result<VerifyResult> Verifier::Run(
               end = std::max(end, p.offset + p.length);
             uint64_t have = end - off;
             if (have == 0) return;
-            buffer.assign(have, '\0');
-            for (const auto& p : pieces) {
-              if (p.kind == meta::ChangeKind::kWrite) {
-                std::memcpy(&buffer[p.offset - off], p.data, p.length);
-              }
-            }
-            BlockSums sums;
-            sums.path = current;
-            sums.offset = off;
-            sums.block_size = kBlockBytes;
-            sums.length = have;
-            for (uint64_t b = 0; b < have; b += kBlockBytes) {
-              std::array<uint8_t, kBlockSumBytes> sum;
-              crypto_generichash(
-                  sum.data(), sum.size(),
-                  reinterpret_cast<const unsigned char*>(&buffer[b]),
-                  std::min<uint64_t>(kBlockBytes, have - b), nullptr, 0);
-              sums.sums.push_back(sum);
-            }
+            BlockSums sums =
+                SumBlocks(current, off, have, kBlockBytes, pieces, &buffer);
             std::vector<uint32_t> differing;
             bool answered = false;
             auto done = std::make_shared<meta::Completion>(1);
