@@ -728,3 +728,14 @@ def wait_flushed(primary_store, timeout=READY_SECONDS):
         return (doc.get("intent", {}).get("active_extents") == 0
                 and all(p.get("in_sync") for p in doc.get("peers", [])))
     wait_until(check, timeout, f"{primary_store}: peers in sync and no active write intents")
+
+
+def adopt(cluster, name, verb, store, mountpoint, endpoint):
+    """Registers a daemon started outside the Cluster (by `promote`,
+    `demote` or an example script), so that the teardown stops it and the
+    failure report shows its log."""
+    node = Node(cluster, name, verb, store, mountpoint, endpoint, foreground=False)
+    cluster.nodes.append(node)
+    node.pids.update(mirrorfs_pids(store, verbs=()))
+    assert node.pids, f"no mirrorfs daemon runs for {store}"
+    return node

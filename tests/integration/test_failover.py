@@ -16,8 +16,9 @@ import threading
 import time
 
 from conftest import (
-    CLI_SECONDS, READY_SECONDS, REPO, Node, assert_same_manifest, kill9,
-    manifest_diff, mirrorfs_bin, mirrorfs_pids, peer_status, run, sha256_file,
+    adopt,
+    CLI_SECONDS, READY_SECONDS, REPO, assert_same_manifest, kill9,
+    manifest_diff, mirrorfs_bin, peer_status, run, sha256_file,
     status_json, store_manifest, wait_flushed, wait_in_sync, wait_peer_state,
     wait_until)
 
@@ -105,15 +106,6 @@ class LinkProxy:
         self.listener.close()
         self._drop_connections()
 
-
-def adopt(cluster, name, verb, store, mountpoint, endpoint):
-    """Registers a daemon started by a script (`promote`, `serve`), so that
-    the teardown stops it and the failure report shows its log."""
-    node = Node(cluster, name, verb, store, mountpoint, endpoint, foreground=False)
-    cluster.nodes.append(node)
-    node.pids.update(mirrorfs_pids(store, verbs=()))
-    assert node.pids, f"no mirrorfs daemon runs for {store}"
-    return node
 
 
 def run_script(script, *args, timeout=CLI_SECONDS * 2, **env):

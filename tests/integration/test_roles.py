@@ -9,22 +9,14 @@ import os
 import subprocess
 
 from conftest import (
-    READY_SECONDS, Node, assert_same_manifest, assert_sync_wait, is_mounted,
-    kill9, mirrorfs, mirrorfs_pids, peer_status, restart_serve, status_json,
+    adopt,
+    READY_SECONDS, assert_same_manifest, assert_sync_wait, is_mounted,
+    kill9, mirrorfs, peer_status, restart_serve, status_json,
     wait_flushed, wait_in_sync, wait_peer_state, wait_until)
 
 KiB = 1024
 MiB = 1024 * KiB
 
-
-def adopt(cluster, name, verb, store, mountpoint, endpoint):
-    """Registers a daemon started by promote/demote, so that the teardown
-    stops it and the failure report shows its log."""
-    node = Node(cluster, name, verb, store, mountpoint, endpoint, foreground=False)
-    cluster.nodes.append(node)
-    node.pids.update(mirrorfs_pids(store, verbs=()))
-    assert node.pids, f"no mirrorfs daemon runs for {store}"
-    return node
 
 
 def out(r):
