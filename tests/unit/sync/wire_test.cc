@@ -289,6 +289,21 @@ TEST(Crc32cTest, HardwareMatchesSoftwareAtEveryLengthAndAlignment) {
   std::cout << "crc32c hardware: " << Crc32cIsHardwareAccelerated() << "\n";
 }
 
+TEST(Crc32cTest, HardwareMatchesSoftwareAcrossTheStripedLengths) {
+  // The hardware path folds three stripes of 8 KiB, then of 256 bytes.
+  std::mt19937_64 rng(2);
+  std::string buf((1 << 20) + 64, '\0');
+  for (auto& c : buf) c = static_cast<char>(rng());
+  for (size_t n : {767u, 768u, 769u, 24575u, 24576u, 24577u, 25343u, 49152u,
+                   49152u + 768u + 9u, 1u << 20, (1u << 20) + 63u}) {
+    for (size_t align : {0u, 1u, 5u}) {
+      ASSERT_EQ(Crc32cExtend(0x12345678u, buf.data() + align, n),
+                Crc32cExtendSoftware(0x12345678u, buf.data() + align, n))
+          << align << " " << n;
+    }
+  }
+}
+
 TEST(Crc32cTest, ExtendComposes) {
   std::string a = "hello, ", b = "mirrorfs";
   EXPECT_EQ(Crc32cExtend(Crc32c(a), b.data(), b.size()), Crc32c(a + b));
