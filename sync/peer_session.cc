@@ -136,8 +136,76 @@ bool PeerSession::Push(
       flushing_[header.seq].swap(unflushed_);
     }
   }
-  Wake();
+  if (std::this_thread::get_id() == session_thread_) {
+    Wake();  // a ping: the session loop sends it
+  } else {
+    SendQueued();
+  }
   return true;
+}
+
+void PeerSession::SendQueued() {
+  std::lock_guard<std::mutex> lock(socket_mu_);
+  if (!direct_) {
+    Wake();  // connecting or tearing down: the session thread decides
+    return;
+  }
+  // A failed send leaves the frames queued; the session thread then finds
+  // the link lost and logs them.
+  if (!SendQueuedLocked()) Wake();
+  WakeIfReadable();
+}
+
+bool PeerSession::SendQueuedLocked() {
+  std::deque<Outgoing> batch;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    batch.swap(queue_);
+  }
+  if (batch.empty()) return true;
+  auto now = Clock::now();
+  uint64_t changes = 0;
+  uint64_t bytes = 0;
+  bool ok = true;
+  while (!batch.empty()) {
+    Outgoing& out = batch.front();
+    std::string* frame = out.frame;
+    if (frame == nullptr) {  // an earlier send of it failed
+      ok = false;
+      break;
+    }
+    size_t size = frame->size();
+    out.frame = nullptr;
+    if (!SendFrame(frame)) {  // frees the frame either way
+      ok = false;
+      break;
+    }
+    if (out.completion) {
+      in_flight_[out.seq] =
+          InFlight{std::move(out.completion), now, std::move(out.on_diff)};
+      ++changes;
+      bytes += size;
+    }
+    batch.pop_front();
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  changes_sent_ += changes;
+  bytes_sent_ += bytes;
+  in_flight_count_ = in_flight_.size();
+  // Nothing may follow a frame that was not sent: the rest goes back in
+  // front, in order, for TearDown to log and release.
+  for (auto it = batch.rbegin(); it != batch.rend(); ++it) {
+    queue_.push_front(std::move(*it));
+  }
+  return ok;
+}
+
+void PeerSession::WakeIfReadable() {
+  try {
+    if (socket_->get(zmq::sockopt::events) & ZMQ_POLLIN) Wake();
+  } catch (const zmq::error_t&) {
+    Wake();
+  }
 }
 
 bool PeerSession::Enqueue(const meta::Change& change,
@@ -316,6 +384,7 @@ void PeerSession::SleepFor(milliseconds d) {
 }
 
 void PeerSession::Run() {
+  session_thread_ = std::this_thread::get_id();
   milliseconds backoff{200};
   while (!stopping_) {
     bool fractured;
@@ -547,20 +616,29 @@ bool PeerSession::SendFrame(std::string* frame) {
 
 void PeerSession::Serve() {
   auto last_ping = Clock::now();
-  std::deque<Outgoing> batch;
   std::string lost;
   PeerState next = PeerState::kDisconnected;
+  int zmq_fd = -1;
+  try {
+    zmq_fd = socket_->get(zmq::sockopt::fd);
+  } catch (const zmq::error_t& e) {
+    lost = std::string("no socket descriptor: ") + e.what();
+  }
+  {
+    std::lock_guard<std::mutex> lock(socket_mu_);
+    direct_ = lost.empty();
+  }
+  bool readable = false;  // input is waiting: do not sleep
   while (!stopping_ && lost.empty()) {
-    zmq::pollitem_t items[] = {{socket_->handle(), 0, ZMQ_POLLIN, 0},
-                               {nullptr, wake_fd_, ZMQ_POLLIN, 0}};
-    try {
-      zmq::poll(items, 2, milliseconds(100));
-    } catch (const zmq::error_t& e) {
-      lost = std::string("poll failed: ") + e.what();
-      break;
-    }
-    uint64_t drained;
-    while (::read(wake_fd_, &drained, sizeof(drained)) > 0) {
+    // ZMQ_FD is edge-triggered: it is polled only after ZMQ_EVENTS said no
+    // input is waiting (below), and a thread whose send may have consumed
+    // an edge wakes this one (WakeIfReadable).
+    struct pollfd fds[2] = {{zmq_fd, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+    ::poll(fds, 2, readable ? 0 : 100);
+    if (fds[1].revents & POLLIN) {
+      uint64_t drained;
+      while (::read(wake_fd_, &drained, sizeof(drained)) > 0) {
+      }
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -574,33 +652,11 @@ void PeerSession::Serve() {
         lost = "resync requested";
         next = PeerState::kConnecting;
       }
-      batch.swap(queue_);
     }
-    auto now = Clock::now();
-    for (auto& out : batch) {
-      size_t size = out.frame->size();
-      bool sent = false;
-      if (lost.empty()) {
-        sent = SendFrame(out.frame);  // frees the frame either way
-        if (!sent) lost = "connection lost (could not send)";
-      } else {
-        delete out.frame;  // nothing may follow a frame that was not sent
-      }
-      if (!out.completion) continue;  // a ping
-      if (!sent) {
-        // Back in the queue: TearDown logs it and releases the completion.
-        out.frame = nullptr;
-        std::lock_guard<std::mutex> lock(mu_);
-        queue_.push_front(std::move(out));
-        continue;
-      }
-      in_flight_[out.seq] =
-          InFlight{std::move(out.completion), now, std::move(out.on_diff)};
-      std::lock_guard<std::mutex> lock(mu_);
-      ++changes_sent_;
-      bytes_sent_ += size;
+    std::unique_lock<std::mutex> socket_lock(socket_mu_);
+    if (lost.empty() && !SendQueuedLocked()) {
+      lost = "connection lost (could not send)";
     }
-    batch.clear();
 
     // Everything the peer sent.
     while (lost.empty()) {
@@ -620,14 +676,9 @@ void PeerSession::Serve() {
                          decoded.status().message());
         continue;
       }
-      uint64_t session;
       {
         std::lock_guard<std::mutex> lock(mu_);
-        session = session_;
-      }
-      if (decoded->header.session != session) continue;  // stale
-      {
-        std::lock_guard<std::mutex> lock(mu_);
+        if (decoded->header.session != session_) continue;  // stale
         last_seen_ = Clock::now();
       }
       if (auto* ack = std::get_if<Ack>(&decoded->body)) {
@@ -663,6 +714,14 @@ void PeerSession::Serve() {
         lost = "it refused a frame: " + err->message;
       }
     }
+    readable = false;
+    if (lost.empty()) {
+      try {
+        readable = (socket_->get(zmq::sockopt::events) & ZMQ_POLLIN) != 0;
+      } catch (const zmq::error_t& e) {
+        lost = std::string("socket failed: ") + e.what();
+      }
+    }
     {
       std::lock_guard<std::mutex> lock(mu_);
       in_flight_count_ = in_flight_.size();
@@ -670,7 +729,7 @@ void PeerSession::Serve() {
     if (!lost.empty()) break;
 
     // Heartbeat and failure detection.
-    now = Clock::now();
+    auto now = Clock::now();
     Clock::time_point seen;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -690,12 +749,18 @@ void PeerSession::Serve() {
       lost = "no answer for " + Seconds(silent);
       break;
     }
+    socket_lock.unlock();
     if (silent >= options_.heartbeat && now - last_ping >= options_.heartbeat) {
       Push([&](const FrameHeader& h,
                std::string* out) { EncodePing(h, Ping{h.seq}, out); },
            nullptr, nullptr, nullptr);
       last_ping = now;
     }
+  }
+  {
+    // From here on only this thread touches the socket (TearDown, Connect).
+    std::lock_guard<std::mutex> lock(socket_mu_);
+    direct_ = false;
   }
   if (lost == "resync requested") {
     meta::LogInfo("peer " + name_ + ": resync requested; reconnecting");

@@ -18,10 +18,15 @@
 // completions of a lost peer's unanswered changes are released, those
 // changes are in its fracture log, durably (guarantee 2).
 //
-// Thread-safety: public methods are thread-safe. The socket belongs to the
-// session thread; other threads reach it through the queue (mu_) and an
-// eventfd that wakes the thread. Lock order: the volume's locks -> mu_ ->
-// the FractureLog's lock. mu_ is never held across a send or an fsync.
+// Thread-safety: public methods are thread-safe. Frames are queued in seq
+// order under mu_; whoever then holds socket_mu_ sends the queue in that
+// order. While the link is up (`direct_`), the thread that queued a frame
+// sends it itself — an application write reaches ZeroMQ without waking the
+// session thread — and the session thread receives, sends what others
+// could not, and watches the peer; it sleeps in poll() on the socket's
+// ZMQ_FD and an eventfd, without holding socket_mu_. Lock order: the
+// volume's locks -> socket_mu_ -> mu_ -> the FractureLog's lock. Neither
+// lock is held across an fsync; a send never blocks (dontwait).
 #pragma once
 
 #include <atomic>
@@ -185,7 +190,8 @@ class PeerSession {
     std::function<void(const BlockDiff&)> on_diff;
   };
 
-  // Queues a frame made by `encode` under mu_ if the session is up.
+  // Queues a frame made by `encode` under mu_ if the session is up, then
+  // sends the queue unless called on the session thread.
   bool Push(const std::function<void(const FrameHeader&, std::string*)>& encode,
             const std::shared_ptr<meta::Completion>& completion,
             const meta::Change* record,
@@ -198,6 +204,15 @@ class PeerSession {
   void TearDown(PeerState next, const std::string& reason);
   void SetState(PeerState state, const std::string& reason);
   bool SendFrame(std::string* frame);  // takes ownership
+  // Sends what is queued, in order, from any thread but the session's:
+  // what cannot be sent now is left queued for the session thread.
+  void SendQueued();
+  // REQUIRES: socket_mu_ held and the link up. Sends the queue in order;
+  // returns false (the unsent frames queued again, first) if a send failed.
+  bool SendQueuedLocked();
+  // REQUIRES: socket_mu_ held. Wakes the session thread if the socket has
+  // input: a send may have consumed the ZMQ_FD edge it sleeps on.
+  void WakeIfReadable();
   void Wake();
   void SleepFor(std::chrono::milliseconds d);
 
@@ -246,9 +261,16 @@ class PeerSession {
   std::map<uint64_t, std::vector<meta::Change>> flushing_;
   ResyncProgress last_resync_;
 
-  // Session-thread only.
+  // The socket and what was sent on it. Written by the session thread
+  // alone while `direct_` is false; while it is true, used by any thread
+  // holding socket_mu_.
+  std::mutex socket_mu_;
+  bool direct_ = false;  // guarded by socket_mu_
   std::unique_ptr<zmq::socket_t> socket_;
   std::map<uint64_t, InFlight> in_flight_;
+  std::thread::id session_thread_;
+
+  // Session-thread only.
   std::string scratch_;
 };
 

@@ -264,15 +264,23 @@ void OpWriteBuf(fuse_req_t req, fuse_ino_t, fuse_bufvec* in, off_t off,
                 fuse_file_info* fi) {
   Guarded(req, [&] {
     size_t size = fuse_buf_size(in);
-    std::vector<char>& buf = ScratchBuffer(size);
-    fuse_bufvec out = FUSE_BUFVEC_INIT(size);
-    out.buf[0].mem = buf.data();
-    ssize_t copied =
-        fuse_buf_copy(&out, in, static_cast<fuse_buf_copy_flags>(0));
-    if (copied < 0) return (void)fuse_reply_err(req, static_cast<int>(-copied));
+    const char* data;
+    if (in->count == 1 && !(in->buf[0].flags & FUSE_BUF_IS_FD)) {
+      data = static_cast<const char*>(in->buf[0].mem);  // no copy
+    } else {
+      std::vector<char>& buf = ScratchBuffer(size);
+      fuse_bufvec out = FUSE_BUFVEC_INIT(size);
+      out.buf[0].mem = buf.data();
+      ssize_t copied =
+          fuse_buf_copy(&out, in, static_cast<fuse_buf_copy_flags>(0));
+      if (copied < 0) {
+        return (void)fuse_reply_err(req, static_cast<int>(-copied));
+      }
+      size = static_cast<size_t>(copied);
+      data = buf.data();
+    }
     auto r =
-        VolumeOf(req).Write(fi->fh, buf.data(), static_cast<size_t>(copied),
-                            static_cast<uint64_t>(off));
+        VolumeOf(req).Write(fi->fh, data, size, static_cast<uint64_t>(off));
     if (!r.ok()) return ReplyErr(req, r.status());
     fuse_reply_write(req, *r);
   });
