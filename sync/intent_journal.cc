@@ -15,7 +15,11 @@ meta::Status IntentJournal::Enter(uint64_t ino, uint64_t offset,
   const uint64_t first = offset / extent_;
   const uint64_t last = (offset + std::max<uint64_t>(length, 1) - 1) / extent_;
   std::unique_lock<std::mutex> lock(mu_);
+  bool flush_due = bytes_since_epoch_ < kFlushAfterBytes;
   bytes_since_epoch_ += length;
+  if (flush_due && bytes_since_epoch_ >= kFlushAfterBytes) {
+    cv_.notify_all();  // wakes WaitFlushWanted: flush before the period ends
+  }
   // Room for the regions this write adds (a write larger than the whole
   // budget is let through once the set is empty, or it could never run).
   auto missing = [&] {

@@ -90,6 +90,9 @@ class IntentJournal {
   // than cost a database write every epoch.
   meta::Status Retire(uint64_t epoch, bool everything = false);
   static constexpr uint64_t kIdleEpochs = 5;
+  // Bytes entered since the last epoch after which a flush is wanted early
+  // (the peers' page caches hold at most about this much unflushed data).
+  static constexpr uint64_t kFlushAfterBytes = 256u << 20;
   // True when writers wait for room, or enough bytes were written since the
   // last epoch, that a flush should run now rather than at its period.
   bool FlushWanted() const;
@@ -111,9 +114,6 @@ class IntentJournal {
   IntentStore* const store_;
   const uint64_t extent_;
   const uint64_t budget_regions_;
-  // Bytes entered since the last epoch after which a flush is wanted early.
-  static constexpr uint64_t kFlushAfterBytes = 256u << 20;
-
   mutable std::mutex mu_;  // guards all below; leaf except the committer
   std::condition_variable cv_;
   std::map<Region, State> regions_;

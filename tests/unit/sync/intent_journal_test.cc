@@ -710,6 +710,30 @@ TEST(IntentJournalTest, BudgetFullBlocksANewRegionUntilRetire) {
   EXPECT_FALSE(journal.FlushWanted());
 }
 
+// Enough bytes written since the last epoch wake the flusher before its
+// period ends (guarantee 3: a bounded amount of data at risk on the peers).
+TEST(IntentJournalTest, BytesWrittenWakeTheFlusherEarly) {
+  FaultStore store;
+  IntentJournal journal(&store, 1 * kMiB, 1024 * kMiB);
+  auto woke = std::async(std::launch::async, [&] {
+    auto t0 = std::chrono::steady_clock::now();
+    journal.WaitFlushWanted(std::chrono::milliseconds(30000));
+    return std::chrono::steady_clock::now() - t0;
+  });
+  EXPECT_FALSE(Ready(woke, kMustBlock)) << "woke with nothing written";
+  const uint64_t step = 64 * kMiB;
+  for (uint64_t at = 0; at < IntentJournal::kFlushAfterBytes; at += step) {
+    ASSERT_TRUE(journal.Enter(7, at, step).ok());
+    journal.Leave(7, at, step);
+  }
+  ASSERT_TRUE(Ready(woke, kDeadline))
+      << "WaitFlushWanted slept on after kFlushAfterBytes were written";
+  EXPECT_LT(woke.get(), 5s);
+  EXPECT_TRUE(journal.FlushWanted());
+  journal.BeginEpoch();
+  EXPECT_FALSE(journal.FlushWanted());
+}
+
 // Regions with writers inside are not freed by a retire: the waiter keeps
 // waiting until they leave and a later epoch retires them.
 TEST(IntentJournalTest, BudgetWaiterWaitsForBusyRegions) {
