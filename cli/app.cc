@@ -1,6 +1,7 @@
 #include "cli/app.h"
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -302,10 +303,18 @@ int WaitInSync(const std::string& store, const std::string& peer,
   auto last_line = start - std::chrono::seconds(10);
   std::string last_text;
   while (true) {
-    std::vector<std::string> words = {"progress"};
-    if (!peer.empty()) words = {"progress", "--peer", peer};
+    // The daemon answers once in sync, or after --wait-ms.
+    std::vector<std::string> words = {"progress", "--wait-ms",
+                                      tty ? "250" : "100"};
+    if (!peer.empty()) {
+      words.push_back("--peer");
+      words.push_back(peer);
+    }
+    auto asked = Clock::now();
     auto reply = CallDaemon(store, words);
     if (!reply.ok()) return Fail(reply.status().message());
+    bool answered_at_once =
+        Clock::now() - asked < std::chrono::milliseconds(50);
     if (reply->exit_code != 0) {
       std::cerr << reply->err;
       return reply->exit_code;
@@ -364,13 +373,23 @@ int WaitInSync(const std::string& store, const std::string& peer,
       last_line = Clock::now();
     }
     last_text = text;
-    std::this_thread::sleep_for(std::chrono::milliseconds(tty ? 250 : 100));
+    if (answered_at_once) {
+      // Not in sync, yet answered at once: a daemon without --wait-ms.
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
   }
 }
 
 }  // namespace
 
 int Main(int argc, char** argv) {
+  // Frames of up to 1 MiB are allocated and freed all the time (writes,
+  // resync chunks, what ZeroMQ receives). By default glibc serves them with
+  // mmap or trims them back to the kernel, so every frame costs hundreds
+  // of page faults; a fixed threshold keeps them in the heap, which may
+  // keep up to 32 MiB of freed memory per arena for reuse.
+  ::mallopt(M_MMAP_THRESHOLD, 4 << 20);
+  ::mallopt(M_TRIM_THRESHOLD, 32 << 20);
   CLI::App app{
       "mirrorfs: keeps a directory of image files identical on two or more "
       "machines, synchronously, behind a FUSE mount."};

@@ -786,7 +786,22 @@ ControlReply Node::HandleControl(const std::vector<std::string>& words) {
       }
       return {0, "", ""};
     }
-    // progress: one line per peer, for `sync --wait`.
+    // progress: one line per peer, for `sync --wait`. With --wait-ms, the
+    // answer waits up to that long for the peers to be in sync, so that the
+    // caller learns it at once rather than at its next poll.
+    uint64_t wait_ms = std::strtoull(arg("--wait-ms").c_str(), nullptr, 10);
+    auto deadline =
+        std::chrono::steady_clock::now() +
+        std::chrono::milliseconds(std::min<uint64_t>(wait_ms, 5000));
+    while (std::chrono::steady_clock::now() < deadline) {
+      bool all = true;
+      for (const auto& p : snapshots) {
+        if (peer.empty() || p.name == peer) all = all && p.in_sync;
+      }
+      if (all) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      snapshots = fan_out_->Snapshot();
+    }
     std::string out;
     for (const auto& p : snapshots) {
       if (!peer.empty() && p.name != peer) continue;
