@@ -243,8 +243,11 @@ meta::Status Node::StartPrimary() {
       options_.async ? sync::MirrorMode::kAsync : sync::MirrorMode::kSync);
   if (options_.intent_journal) {
     intent_store_ = std::make_unique<sync::MetaIntentStore>(meta_.get());
+    // Three regions ahead: a sequential writer pays one synced batch per
+    // 4 regions (16 MiB by default) instead of one per region.
     journal_ = std::make_unique<sync::IntentJournal>(
-        intent_store_.get(), options_.intent_extent, options_.intent_budget);
+        intent_store_.get(), options_.intent_extent, options_.intent_budget,
+        /*ahead_regions=*/3);
   } else {
     meta::LogWarning(
         "write-intent journal OFF (test switch): a crash of "

@@ -5,10 +5,11 @@
 namespace mirrorfs::sync {
 
 IntentJournal::IntentJournal(IntentStore* store, uint64_t extent_bytes,
-                             uint64_t budget_bytes)
+                             uint64_t budget_bytes, uint64_t ahead_regions)
     : store_(store),
       extent_(std::max<uint64_t>(extent_bytes, 4096)),
-      budget_regions_(std::max<uint64_t>(budget_bytes / extent_, 1)) {}
+      budget_regions_(std::max<uint64_t>(budget_bytes / extent_, 1)),
+      ahead_(ahead_regions) {}
 
 meta::Status IntentJournal::Enter(uint64_t ino, uint64_t offset,
                                   uint64_t length) {
@@ -38,11 +39,29 @@ meta::Status IntentJournal::Enter(uint64_t ino, uint64_t offset,
     cv_.wait(lock);
     --waiting_for_room_;
   }
+  bool queued_new = false;
   for (uint64_t r = first; r <= last; ++r) {
     auto [it, added] = regions_.try_emplace(Region{ino, r});
     ++it->second.writers;
     if (!it->second.durable && !it->second.queued) {
       // New, or its last commit failed: (re)queue it.
+      it->second.queued = true;
+      pending_.push_back(it->first);
+      queued_new = true;
+    }
+  }
+  // A sequential writer (the region before is active) records the regions
+  // it is about to reach in the same batch, so that it pays one synced
+  // write per 1 + ahead_ regions, not one per region. Speculation never
+  // takes more than half of the budget.
+  if (queued_new && ahead_ > 0 && first > 0 &&
+      regions_.count(Region{ino, first - 1}) > 0) {
+    uint64_t half = budget_regions_ / 2;
+    uint64_t room = half > regions_.size() ? half - regions_.size() : 0;
+    for (uint64_t k = 1; k <= std::min(ahead_, room); ++k) {
+      auto [it, added] = regions_.try_emplace(Region{ino, last + k});
+      if (!added) continue;
+      it->second.last_epoch = epoch_;  // idle from now: retires lazily
       it->second.queued = true;
       pending_.push_back(it->first);
     }
@@ -80,6 +99,9 @@ meta::Status IntentJournal::Enter(uint64_t ino, uint64_t offset,
         if (it == regions_.end()) continue;
         it->second.queued = false;
         it->second.durable = s.ok();
+        if (!s.ok() && it->second.writers == 0) {
+          regions_.erase(it);  // recorded ahead, nobody in it: forget it
+        }
       }
       if (!s.ok()) commit_error_ = s;
       cv_.notify_all();

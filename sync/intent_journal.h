@@ -68,9 +68,11 @@ class IntentJournal {
  public:
   using Region = meta::MetaStore::IntentRegion;
 
-  // `*store` must outlive the journal.
+  // `*store` must outlive the journal. A sequential writer entering a new
+  // region also records the `ahead_regions` after it (within half of the
+  // budget), in the same synced batch.
   IntentJournal(IntentStore* store, uint64_t extent_bytes,
-                uint64_t budget_bytes);
+                uint64_t budget_bytes, uint64_t ahead_regions = 0);
 
   // A write of [offset, offset + length) of file `ino` begins. Returns once
   // every region it touches is durably active (or the error of recording
@@ -114,6 +116,7 @@ class IntentJournal {
   IntentStore* const store_;
   const uint64_t extent_;
   const uint64_t budget_regions_;
+  const uint64_t ahead_;
   mutable std::mutex mu_;  // guards all below; leaf except the committer
   std::condition_variable cv_;
   std::map<Region, State> regions_;

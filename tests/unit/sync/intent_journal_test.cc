@@ -710,6 +710,46 @@ TEST(IntentJournalTest, BudgetFullBlocksANewRegionUntilRetire) {
   EXPECT_FALSE(journal.FlushWanted());
 }
 
+// A sequential writer records the regions ahead of it in the same batch:
+// one synced write per 1 + ahead regions; a random writer gets none.
+TEST(IntentJournalTest, SequentialWriterRecordsRegionsAhead) {
+  FaultStore store;
+  IntentJournal journal(&store, 1 * kMiB, 1024 * kMiB, /*ahead_regions=*/3);
+  for (uint64_t at = 0; at < 16 * kMiB; at += 256 * 1024) {
+    ASSERT_TRUE(journal.Enter(8, at, 256 * 1024).ok());
+    journal.Leave(8, at, 256 * 1024);
+  }
+  // Region 0 alone (nothing before it), then 1..4, 5..8, 9..12, 13..16.
+  EXPECT_EQ(store.count("record"), 5u);
+  EXPECT_EQ(journal.active_extents(), 17u);
+  for (uint64_t r = 0; r <= 16; ++r) EXPECT_TRUE(store.OnDisk({8, r})) << r;
+
+  // Random writes far apart: no speculation.
+  size_t before = store.count("record");
+  for (uint64_t r : {100u, 300u, 200u}) {
+    ASSERT_TRUE(journal.Enter(9, r * kMiB, 4096).ok());
+    journal.Leave(9, r * kMiB, 4096);
+  }
+  EXPECT_EQ(store.count("record"), before + 3);
+  EXPECT_EQ(journal.active_extents(), 20u);
+}
+
+// Regions recorded ahead never take more than half of the budget, and are
+// retired like any idle region.
+TEST(IntentJournalTest, RegionsAheadStayWithinHalfTheBudget) {
+  FaultStore store;
+  IntentJournal journal(&store, 1 * kMiB, 8 * kMiB, /*ahead_regions=*/3);
+  ASSERT_TRUE(journal.Enter(8, 0, 4096).ok());
+  ASSERT_TRUE(journal.Enter(8, 1 * kMiB, 4096).ok());
+  // Half the budget is 4 regions: 2 active, so at most 2 ahead.
+  EXPECT_EQ(journal.active_extents(), 4u);
+  journal.Leave(8, 0, 4096);
+  journal.Leave(8, 1 * kMiB, 4096);
+  ASSERT_TRUE(journal.Retire(journal.BeginEpoch(), /*everything=*/true).ok());
+  EXPECT_EQ(journal.active_extents(), 0u);
+  for (uint64_t r = 0; r < 4; ++r) EXPECT_FALSE(store.OnDisk({8, r})) << r;
+}
+
 // Enough bytes written since the last epoch wake the flusher before its
 // period ends (guarantee 3: a bounded amount of data at risk on the peers).
 TEST(IntentJournalTest, BytesWrittenWakeTheFlusherEarly) {
