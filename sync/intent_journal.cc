@@ -5,11 +5,13 @@
 namespace mirrorfs::sync {
 
 IntentJournal::IntentJournal(IntentStore* store, uint64_t extent_bytes,
-                             uint64_t budget_bytes, uint64_t ahead_regions)
+                             uint64_t budget_bytes, uint64_t ahead_regions,
+                             uint64_t idle_epochs)
     : store_(store),
       extent_(std::max<uint64_t>(extent_bytes, 4096)),
       budget_regions_(std::max<uint64_t>(budget_bytes / extent_, 1)),
-      ahead_(ahead_regions) {}
+      ahead_(ahead_regions),
+      idle_epochs_(idle_epochs) {}
 
 meta::Status IntentJournal::Enter(uint64_t ino, uint64_t offset,
                                   uint64_t length) {
@@ -140,10 +142,9 @@ meta::Status IntentJournal::Retire(uint64_t epoch, bool everything) {
   // writer that re-enters a region retired here records it again only
   // after our delete, never before (which would lose its record).
   cv_.wait(lock, [this] { return !committing_; });
-  const uint64_t idle_since =
-      (everything || waiting_for_room_ > 0 || epoch < kIdleEpochs)
-          ? epoch
-          : epoch - kIdleEpochs;
+  const uint64_t idle_since = (everything || waiting_for_room_ > 0) ? epoch
+                              : epoch > idle_epochs_ ? epoch - idle_epochs_
+                                                     : 0;
   for (auto it = regions_.begin(); it != regions_.end();) {
     if (it->second.writers == 0 && it->second.durable &&
         it->second.last_epoch <= idle_since) {

@@ -70,9 +70,11 @@ class IntentJournal {
 
   // `*store` must outlive the journal. A sequential writer entering a new
   // region also records the `ahead_regions` after it (within half of the
-  // budget), in the same synced batch.
+  // budget), in the same synced batch. A region retires once idle for
+  // `idle_epochs` epochs (0: at the first flush after its last write).
   IntentJournal(IntentStore* store, uint64_t extent_bytes,
-                uint64_t budget_bytes, uint64_t ahead_regions = 0);
+                uint64_t budget_bytes, uint64_t ahead_regions = 0,
+                uint64_t idle_epochs = 0);
 
   // A write of [offset, offset + length) of file `ino` begins. Returns once
   // every region it touches is durably active (or the error of recording
@@ -87,11 +89,11 @@ class IntentJournal {
   uint64_t BeginEpoch();
   // A flush issued after BeginEpoch() returned `epoch` completed: regions
   // without writers whose last write left at or before `epoch` may retire.
-  // Lazily: only those idle for kIdleEpochs epochs, unless writers wait for
-  // room or `everything` (a clean stop) — a hot region stays active rather
-  // than cost a database write every epoch.
+  // Lazily: only those idle for `idle_epochs` epochs, unless writers wait
+  // for room or `everything` (a clean stop) — a region written again and
+  // again stays active rather than cost a synced database write each time
+  // it comes back.
   meta::Status Retire(uint64_t epoch, bool everything = false);
-  static constexpr uint64_t kIdleEpochs = 5;
   // Bytes entered since the last epoch after which a flush is wanted early
   // (the peers' page caches hold at most about this much unflushed data).
   static constexpr uint64_t kFlushAfterBytes = 256u << 20;
@@ -117,6 +119,7 @@ class IntentJournal {
   const uint64_t extent_;
   const uint64_t budget_regions_;
   const uint64_t ahead_;
+  const uint64_t idle_epochs_;
   mutable std::mutex mu_;  // guards all below; leaf except the committer
   std::condition_variable cv_;
   std::map<Region, State> regions_;

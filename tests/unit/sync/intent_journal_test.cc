@@ -710,6 +710,33 @@ TEST(IntentJournalTest, BudgetFullBlocksANewRegionUntilRetire) {
   EXPECT_FALSE(journal.FlushWanted());
 }
 
+// With an idle window, a region retires only once no write left it for
+// that many epochs; one written again meanwhile stays (no new record).
+TEST(IntentJournalTest, RegionsRetireAfterTheIdleWindow) {
+  FaultStore store;
+  IntentJournal journal(&store, 1 * kMiB, 1024 * kMiB, /*ahead_regions=*/0,
+                        /*idle_epochs=*/3);
+  ASSERT_TRUE(journal.Enter(4, 0, 4096).ok());
+  ASSERT_TRUE(journal.Enter(4, 1 * kMiB, 4096).ok());
+  journal.Leave(4, 0, 4096);
+  journal.Leave(4, 1 * kMiB, 4096);  // both left during epoch 1
+  for (int i = 0; i < 3; ++i) {      // epochs 1, 2, 3
+    ASSERT_TRUE(journal.Retire(journal.BeginEpoch()).ok());
+    // Region 1 is written again during the window.
+    ASSERT_TRUE(journal.Enter(4, 1 * kMiB, 4096).ok());
+    journal.Leave(4, 1 * kMiB, 4096);
+  }
+  EXPECT_EQ(journal.active_extents(), 2u) << "retired inside the window";
+  EXPECT_EQ(store.count("record"), 2u) << "an active region was re-recorded";
+  ASSERT_TRUE(journal.Retire(journal.BeginEpoch()).ok());  // epoch 4
+  EXPECT_EQ(journal.active_extents(), 1u);
+  EXPECT_FALSE(store.OnDisk({4, 0})) << "idle for 3 epochs, not retired";
+  EXPECT_TRUE(store.OnDisk({4, 1}));
+  // A clean stop retires everything at once.
+  ASSERT_TRUE(journal.Retire(journal.BeginEpoch(), /*everything=*/true).ok());
+  EXPECT_EQ(journal.active_extents(), 0u);
+}
+
 // A sequential writer records the regions ahead of it in the same batch:
 // one synced write per 1 + ahead regions; a random writer gets none.
 TEST(IntentJournalTest, SequentialWriterRecordsRegionsAhead) {
