@@ -54,7 +54,7 @@ void FanOut::FlushEpoch(bool final) {
   }
   meta::Change flush;
   flush.kind = meta::ChangeKind::kFsync;  // path "": the whole store
-  if (auto done = SubmitAll(flush)) done->Wait();
+  if (auto done = SubmitAll(flush, /*waited=*/true)) done->Wait();
   if (journal_ != nullptr) {
     auto s = journal_->Retire(epoch, final);
     if (!s.ok()) meta::LogError("write-intent journal: " + s.message());
@@ -106,27 +106,71 @@ void FanOut::StopAll() {
     all.swap(sessions_);
   }
   for (auto& s : all) s->Stop();
+  {
+    std::lock_guard<std::mutex> lock(log_sync_mu_);
+    log_sync_stop_ = true;
+  }
+  log_sync_cv_.notify_all();
+  if (log_sync_thread_.joinable()) log_sync_thread_.join();
+}
+
+void FanOut::SetLogSync(std::function<meta::Status()> sync) {
+  log_sync_ = std::move(sync);
+  log_sync_thread_ = std::thread([this] { RunLogSyncs(); });
+}
+
+void FanOut::RunLogSyncs() {
+  std::unique_lock<std::mutex> lock(log_sync_mu_);
+  while (true) {
+    log_sync_cv_.wait(
+        lock, [this] { return log_sync_stop_ || !log_sync_waiting_.empty(); });
+    if (log_sync_waiting_.empty()) return;  // stopping, nothing left
+    std::vector<std::shared_ptr<meta::Completion>> batch;
+    batch.swap(log_sync_waiting_);
+    lock.unlock();
+    // One sync for every fsync that asked meanwhile.
+    auto s = log_sync_();
+    if (!s.ok()) {
+      meta::LogError("making the fracture logs durable failed: " + s.message());
+    }
+    for (auto& c : batch) c->Done();
+    lock.lock();
+  }
 }
 
 std::shared_ptr<meta::Completion> FanOut::Submit(const meta::Change& change) {
-  auto completion = SubmitAll(change);
+  auto completion = SubmitAll(change, /*waited=*/mode_ == MirrorMode::kSync);
   return mode_ == MirrorMode::kAsync ? nullptr : completion;
 }
 
-std::shared_ptr<meta::Completion> FanOut::SubmitAll(
-    const meta::Change& change) {
+std::shared_ptr<meta::Completion> FanOut::SubmitAll(const meta::Change& change,
+                                                    bool waited) {
   std::shared_lock<std::shared_mutex> lock(sessions_mu_);
   if (sessions_.empty()) return nullptr;
   // One extra count keeps the Completion open until every session was asked.
   auto completion = std::make_shared<meta::Completion>(
       static_cast<int>(sessions_.size()) + 1);
   int taken = 0;
+  bool log_sync = false;  // an fsync found a peer not mirrored live
+  bool* defer = log_sync_ && waited && change.kind == meta::ChangeKind::kFsync
+                    ? &log_sync
+                    : nullptr;
   for (auto& session : sessions_) {
-    if (session->Enqueue(change, completion)) {
+    if (session->Enqueue(change, completion, defer)) {
       ++taken;
     } else {
       completion->Done();
     }
+  }
+  if (log_sync) {
+    // The logs are synced beside the local fsync; the caller waits for it.
+    completion->AddPending();
+    ++taken;
+    {
+      std::lock_guard<std::mutex> lock(log_sync_mu_);
+      log_sync_waiting_.push_back(completion);
+    }
+    log_sync_cv_.notify_one();
   }
   completion->Done();
   return taken == 0 ? nullptr : completion;

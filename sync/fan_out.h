@@ -17,6 +17,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
@@ -50,6 +51,12 @@ class FanOut : public meta::Mirror {
   // `final`: a clean stop; every idle region retires.
   void FlushEpoch(bool final = false);
 
+  // How to make every peer's fracture log durable (one state database: one
+  // WAL sync covers all). Once set, an fsync that finds a peer not mirrored
+  // live runs that sync on a helper thread, overlapping the local fsync,
+  // instead of before it; the fsync's Completion waits for both.
+  void SetLogSync(std::function<meta::Status()> sync);
+
   // Adds a started session; FanOut owns it from now on.
   void AddSession(std::unique_ptr<PeerSession> session);
   // Stops and removes the session named `name`; false if there is none.
@@ -69,15 +76,25 @@ class FanOut : public meta::Mirror {
 
  private:
   // Queues `change` on every session; the Completion counts them (never
-  // nullptr when a session took it, whatever the mode).
-  std::shared_ptr<meta::Completion> SubmitAll(const meta::Change& change);
+  // nullptr when a session took it, whatever the mode). `waited`: the
+  // caller waits for the Completion, so a log sync may run beside it.
+  std::shared_ptr<meta::Completion> SubmitAll(const meta::Change& change,
+                                              bool waited);
   void RunEpochs();
+  void RunLogSyncs();
 
   const MirrorMode mode_;
   IntentJournal* journal_ = nullptr;
   int store_fd_ = -1;
   std::chrono::milliseconds period_{1000};
   std::thread epoch_thread_;
+
+  std::function<meta::Status()> log_sync_;  // set once, before any Submit
+  std::thread log_sync_thread_;
+  std::mutex log_sync_mu_;  // guards the two below
+  std::condition_variable log_sync_cv_;
+  std::vector<std::shared_ptr<meta::Completion>> log_sync_waiting_;
+  bool log_sync_stop_ = false;
   std::atomic<bool> stopping_{false};
   std::mutex epoch_mu_;  // serializes epochs (flusher thread, FlushEpoch)
   mutable std::shared_mutex sessions_mu_;  // guards sessions_

@@ -209,7 +209,8 @@ void PeerSession::WakeIfReadable() {
 }
 
 bool PeerSession::Enqueue(const meta::Change& change,
-                          const std::shared_ptr<meta::Completion>& completion) {
+                          const std::shared_ptr<meta::Completion>& completion,
+                          bool* defer_log_sync) {
   bool live;
   bool syncing;
   {
@@ -229,6 +230,10 @@ bool PeerSession::Enqueue(const meta::Change& change,
              completion, &change, nullptr)) {
       return true;
     }
+  }
+  if (change.kind == meta::ChangeKind::kFsync && defer_log_sync != nullptr) {
+    *defer_log_sync = true;
+    return false;
   }
   auto s = change.kind == meta::ChangeKind::kFsync ? log_->MakeDurable()
                                                    : log_->Record(change);

@@ -132,8 +132,12 @@ class PeerSession {
   // mirrored live and returns true: `completion` is then Done() exactly once
   // (applied, or the peer was lost and the change logged). Otherwise logs the
   // change as missed and returns false.
+  // An fsync while the peer is not mirrored live makes its log durable
+  // here, or, with `defer_log_sync`, sets *defer_log_sync and leaves that
+  // to the caller.
   bool Enqueue(const meta::Change& change,
-               const std::shared_ptr<meta::Completion>& completion);
+               const std::shared_ptr<meta::Completion>& completion,
+               bool* defer_log_sync = nullptr);
   // Makes the fracture log durable (the application fsynced).
   meta::Status MakeLogDurable();
 
