@@ -6,12 +6,13 @@ namespace mirrorfs::sync {
 
 IntentJournal::IntentJournal(IntentStore* store, uint64_t extent_bytes,
                              uint64_t budget_bytes, uint64_t ahead_regions,
-                             uint64_t idle_epochs)
+                             uint64_t idle_epochs, uint64_t recall_epochs)
     : store_(store),
       extent_(std::max<uint64_t>(extent_bytes, 4096)),
       budget_regions_(std::max<uint64_t>(budget_bytes / extent_, 1)),
       ahead_(ahead_regions),
-      idle_epochs_(idle_epochs) {}
+      idle_epochs_(idle_epochs),
+      recall_epochs_(recall_epochs) {}
 
 meta::Status IntentJournal::Enter(uint64_t ino, uint64_t offset,
                                   uint64_t length) {
@@ -52,20 +53,34 @@ meta::Status IntentJournal::Enter(uint64_t ino, uint64_t offset,
       queued_new = true;
     }
   }
-  // A sequential writer (the region before is active) records the regions
-  // it is about to reach in the same batch, so that it pays one synced
-  // write per 1 + ahead_ regions, not one per region. Speculation never
-  // takes more than half of the budget.
-  if (queued_new && ahead_ > 0 && first > 0 &&
-      regions_.count(Region{ino, first - 1}) > 0) {
+  // Speculation, in the same batch, within half of the budget: a
+  // sequential writer (the region before is active) records the regions it
+  // is about to reach, so that it pays one synced write per 1 + ahead_
+  // regions; a writer coming back to a file records the file's regions
+  // that retired lately with its own, so that a working set that paused
+  // pays one synced write, not one per region.
+  if (queued_new) {
     uint64_t half = budget_regions_ / 2;
     uint64_t room = half > regions_.size() ? half - regions_.size() : 0;
-    for (uint64_t k = 1; k <= std::min(ahead_, room); ++k) {
-      auto [it, added] = regions_.try_emplace(Region{ino, last + k});
-      if (!added) continue;
+    auto speculate = [&](Region r) {
+      if (room == 0) return false;
+      auto [it, added] = regions_.try_emplace(r);
+      if (!added) return true;
       it->second.last_epoch = epoch_;  // idle from now: retires lazily
       it->second.queued = true;
-      pending_.push_back(it->first);
+      pending_.push_back(r);
+      --room;
+      return true;
+    };
+    if (ahead_ > 0 && first > 0 && regions_.count(Region{ino, first - 1})) {
+      for (uint64_t k = 1; k <= ahead_ && speculate(Region{ino, last + k});
+           ++k) {
+      }
+    }
+    for (auto it = retired_.lower_bound(Region{ino, 0});
+         it != retired_.end() && it->first.ino == ino;) {
+      if (!speculate(it->first)) break;
+      it = retired_.erase(it);
     }
   }
   // Group commit: one writer at a time writes every pending region in one
@@ -142,9 +157,11 @@ meta::Status IntentJournal::Retire(uint64_t epoch, bool everything) {
   // writer that re-enters a region retired here records it again only
   // after our delete, never before (which would lose its record).
   cv_.wait(lock, [this] { return !committing_; });
-  const uint64_t idle_since = (everything || waiting_for_room_ > 0) ? epoch
-                              : epoch > idle_epochs_ ? epoch - idle_epochs_
-                                                     : 0;
+  // In its first idle_epochs_ epochs a node retires at once: nothing has
+  // been idle long yet, and a fresh mount's first writes settle quickly.
+  const bool at_once =
+      everything || waiting_for_room_ > 0 || epoch <= idle_epochs_;
+  const uint64_t idle_since = at_once ? epoch : epoch - idle_epochs_;
   for (auto it = regions_.begin(); it != regions_.end();) {
     if (it->second.writers == 0 && it->second.durable &&
         it->second.last_epoch <= idle_since) {
@@ -154,6 +171,20 @@ meta::Status IntentJournal::Retire(uint64_t epoch, bool everything) {
       ++it;
     }
   }
+  // Remembered for a while (recall_epochs_), at most a budget's worth, so
+  // that a writer coming back brings its working set back in one batch;
+  // not when they made room for waiting writers (no thrashing).
+  if (recall_epochs_ > 0 && !everything && waiting_for_room_ == 0) {
+    for (const auto& r : retired) retired_[r] = epoch;
+  }
+  for (auto it = retired_.begin(); it != retired_.end();) {
+    if (everything || it->second + recall_epochs_ < epoch) {
+      it = retired_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  while (retired_.size() > budget_regions_) retired_.erase(retired_.begin());
   if (retired.empty()) return meta::Status::Ok();
   committing_ = true;
   lock.unlock();

@@ -68,13 +68,15 @@ class IntentJournal {
  public:
   using Region = meta::MetaStore::IntentRegion;
 
-  // `*store` must outlive the journal. A sequential writer entering a new
-  // region also records the `ahead_regions` after it (within half of the
-  // budget), in the same synced batch. A region retires once idle for
+  // `*store` must outlive the journal. A region retires once idle for
   // `idle_epochs` epochs (0: at the first flush after its last write).
+  // A writer that must record a new region also records, in the same
+  // synced batch and within half of the budget: if sequential (the region
+  // before is active), the `ahead_regions` after it; and the regions of
+  // the same file that retired within the last `recall_epochs` epochs.
   IntentJournal(IntentStore* store, uint64_t extent_bytes,
                 uint64_t budget_bytes, uint64_t ahead_regions = 0,
-                uint64_t idle_epochs = 0);
+                uint64_t idle_epochs = 0, uint64_t recall_epochs = 0);
 
   // A write of [offset, offset + length) of file `ino` begins. Returns once
   // every region it touches is durably active (or the error of recording
@@ -120,10 +122,12 @@ class IntentJournal {
   const uint64_t budget_regions_;
   const uint64_t ahead_;
   const uint64_t idle_epochs_;
+  const uint64_t recall_epochs_;
   mutable std::mutex mu_;  // guards all below; leaf except the committer
   std::condition_variable cv_;
   std::map<Region, State> regions_;
-  std::vector<Region> pending_;  // new, not yet durable
+  std::vector<Region> pending_;         // new, not yet durable
+  std::map<Region, uint64_t> retired_;  // retired lately: the epoch it did
   bool committing_ = false;
   uint64_t epoch_ = 1;
   uint64_t bytes_since_epoch_ = 0;

@@ -716,25 +716,72 @@ TEST(IntentJournalTest, RegionsRetireAfterTheIdleWindow) {
   FaultStore store;
   IntentJournal journal(&store, 1 * kMiB, 1024 * kMiB, /*ahead_regions=*/0,
                         /*idle_epochs=*/3);
+  // A young journal (its first 3 epochs) retires at once.
+  ASSERT_TRUE(journal.Enter(4, 9 * kMiB, 4096).ok());
+  journal.Leave(4, 9 * kMiB, 4096);
+  ASSERT_TRUE(journal.Retire(journal.BeginEpoch()).ok());  // epoch 1
+  EXPECT_EQ(journal.active_extents(), 0u);
+  ASSERT_TRUE(journal.Retire(journal.BeginEpoch()).ok());  // 2
+  ASSERT_TRUE(journal.Retire(journal.BeginEpoch()).ok());  // 3
+
   ASSERT_TRUE(journal.Enter(4, 0, 4096).ok());
   ASSERT_TRUE(journal.Enter(4, 1 * kMiB, 4096).ok());
   journal.Leave(4, 0, 4096);
-  journal.Leave(4, 1 * kMiB, 4096);  // both left during epoch 1
-  for (int i = 0; i < 3; ++i) {      // epochs 1, 2, 3
+  journal.Leave(4, 1 * kMiB, 4096);  // both left during epoch 4
+  for (int i = 0; i < 3; ++i) {      // epochs 4, 5, 6
     ASSERT_TRUE(journal.Retire(journal.BeginEpoch()).ok());
     // Region 1 is written again during the window.
     ASSERT_TRUE(journal.Enter(4, 1 * kMiB, 4096).ok());
     journal.Leave(4, 1 * kMiB, 4096);
   }
   EXPECT_EQ(journal.active_extents(), 2u) << "retired inside the window";
-  EXPECT_EQ(store.count("record"), 2u) << "an active region was re-recorded";
-  ASSERT_TRUE(journal.Retire(journal.BeginEpoch()).ok());  // epoch 4
+  EXPECT_EQ(store.count("record"), 3u) << "an active region was re-recorded";
+  ASSERT_TRUE(journal.Retire(journal.BeginEpoch()).ok());  // epoch 7
   EXPECT_EQ(journal.active_extents(), 1u);
   EXPECT_FALSE(store.OnDisk({4, 0})) << "idle for 3 epochs, not retired";
   EXPECT_TRUE(store.OnDisk({4, 1}));
   // A clean stop retires everything at once.
   ASSERT_TRUE(journal.Retire(journal.BeginEpoch(), /*everything=*/true).ok());
   EXPECT_EQ(journal.active_extents(), 0u);
+}
+
+// A writer coming back to a file after its regions retired records them
+// all again in one batch (recall), within half of the budget; regions
+// retired longer ago than the recall window are not recalled.
+TEST(IntentJournalTest, ComingBackRecallsTheRetiredWorkingSetInOneBatch) {
+  FaultStore store;
+  IntentJournal journal(&store, 1 * kMiB, 64 * kMiB, /*ahead_regions=*/0,
+                        /*idle_epochs=*/0, /*recall_epochs=*/10);
+  for (uint64_t r : {7u, 2u, 11u, 5u}) {
+    ASSERT_TRUE(journal.Enter(3, r * kMiB, 4096).ok());
+    journal.Leave(3, r * kMiB, 4096);
+  }
+  ASSERT_TRUE(journal.Enter(4, 0, 4096).ok());  // another file
+  journal.Leave(4, 0, 4096);
+  ASSERT_TRUE(journal.Retire(journal.BeginEpoch()).ok());
+  ASSERT_EQ(journal.active_extents(), 0u);
+  const size_t records = store.count("record");
+
+  ASSERT_TRUE(journal.Enter(3, 5 * kMiB, 4096).ok());
+  journal.Leave(3, 5 * kMiB, 4096);
+  EXPECT_EQ(store.count("record"), records + 1) << "one batch for the set";
+  EXPECT_EQ(journal.active_extents(), 4u) << "file 3's regions, not file 4's";
+  for (uint64_t r : {2u, 5u, 7u, 11u}) EXPECT_TRUE(store.OnDisk({3, r})) << r;
+  EXPECT_FALSE(store.OnDisk({4, 0}));
+  // Those writes into recalled regions cost nothing more.
+  for (uint64_t r : {2u, 7u, 11u}) {
+    ASSERT_TRUE(journal.Enter(3, r * kMiB, 4096).ok());
+    journal.Leave(3, r * kMiB, 4096);
+  }
+  EXPECT_EQ(store.count("record"), records + 1);
+
+  // Past the recall window, file 4's region is forgotten.
+  for (int i = 0; i < 12; ++i) {
+    ASSERT_TRUE(journal.Retire(journal.BeginEpoch()).ok());
+  }
+  ASSERT_TRUE(journal.Enter(4, 5 * kMiB, 4096).ok());
+  EXPECT_EQ(journal.active_extents(), 1u);
+  journal.Leave(4, 5 * kMiB, 4096);
 }
 
 // A sequential writer records the regions ahead of it in the same batch:
