@@ -386,6 +386,7 @@ meta::Status Node::AddSession(const meta::PeerRecord& record) {
     };
   }
   auto log = std::make_unique<sync::FractureLog>(meta_.get(), record.name);
+  log->set_data_covered_by_journal(journal_ != nullptr);
   auto loaded = log->Load();
   if (!loaded.ok()) meta::LogError(loaded.message());
   if (!log->empty()) {

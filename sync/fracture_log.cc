@@ -79,6 +79,7 @@ Status FractureLog::Record(const meta::Change& c) {
     return store_->AddFractureExtent(peer_, c.path, c.offset, c.length,
                                      /*sync=*/false);
   }
+  uncovered_dirty_ = true;  // a namespace change: not in the journal
   FollowNamesLocked(c);
   return AppendOpLocked(c);
 }
@@ -111,6 +112,7 @@ void FractureLog::FollowNamesLocked(const meta::Change& c) {
 
 void FractureLog::Follow(const meta::Change& c) {
   std::lock_guard<std::mutex> lock(mu_);
+  uncovered_dirty_ = true;
   FollowNamesLocked(c);
 }
 
@@ -184,7 +186,30 @@ void FractureLog::MovePathLocked(const std::string& from,
   }
 }
 
-Status FractureLog::MakeDurable() { return store_->SyncWal(); }
+Status FractureLog::MakeDurable() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    uncovered_dirty_ = false;
+  }
+  Status s = store_->SyncWal();
+  if (!s.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    uncovered_dirty_ = true;
+  }
+  return s;
+}
+
+void FractureLog::set_data_covered_by_journal(bool on) {
+  std::lock_guard<std::mutex> lock(mu_);
+  data_covered_ = on;
+}
+
+bool FractureLog::ClaimSyncForFsync() {
+  std::lock_guard<std::mutex> lock(mu_);
+  bool needed = !data_covered_ || uncovered_dirty_;
+  uncovered_dirty_ = false;
+  return needed;
+}
 
 bool FractureLog::full_sync() const {
   std::lock_guard<std::mutex> lock(mu_);
@@ -195,6 +220,7 @@ Status FractureLog::SetFullSync(bool on) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     full_sync_ = on;
+    uncovered_dirty_ = true;
   }
   return store_->SetPeerFlag(peer_, meta::PeerFlag::kFullSyncNeeded, on);
 }
@@ -277,6 +303,7 @@ Status FractureLog::MarkNamespaceDirty() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     namespace_dirty_ = true;
+    uncovered_dirty_ = true;
   }
   return store_->SetPeerFlag(peer_, meta::PeerFlag::kNamespaceDirty, true);
 }

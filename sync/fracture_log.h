@@ -58,6 +58,16 @@ class FractureLog {
   void Follow(const meta::Change& change);
   // Makes every earlier Record durable (fsync of the state database).
   meta::Status MakeDurable();
+  // The write-intent journal covers the data extents: until a region
+  // retires, a crash adds it to every log again, and the journal syncs the
+  // logs before any region retires. Then only the rest (namespace changes,
+  // names followed, flags) needs a sync when the application fsyncs.
+  void set_data_covered_by_journal(bool on);
+  // True if an application's fsync must make this log durable now: there
+  // are records the journal does not cover and no sync claimed since.
+  // Claims them: the caller syncs (MakeDurable, or the state database's WAL
+  // for several logs at once).
+  bool ClaimSyncForFsync();
 
   // A full sync compares every block with the peer: for a new peer, one of
   // unknown age, or after the log overflowed or was unreadable.
@@ -105,6 +115,8 @@ class FractureLog {
   uint64_t bytes_ = 0;  // sum of TotalBytes() of extents_
   uint64_t count_ = 0;  // sum of Count() of extents_
   bool full_sync_ = false;
+  bool data_covered_ = false;    // by the write-intent journal
+  bool uncovered_dirty_ = true;  // records the journal does not cover
   bool namespace_dirty_ = false;
   // Paths whose on-disk records are out of date with memory (Done).
   std::map<std::string, bool> stale_paths_;

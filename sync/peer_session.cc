@@ -231,9 +231,14 @@ bool PeerSession::Enqueue(const meta::Change& change,
       return true;
     }
   }
-  if (change.kind == meta::ChangeKind::kFsync && defer_log_sync != nullptr) {
-    *defer_log_sync = true;
-    return false;
+  if (change.kind == meta::ChangeKind::kFsync) {
+    // Data extents are covered by the write-intent journal until they are
+    // durable here; only what it does not cover needs a sync now.
+    if (!log_->ClaimSyncForFsync()) return false;
+    if (defer_log_sync != nullptr) {
+      *defer_log_sync = true;
+      return false;
+    }
   }
   auto s = change.kind == meta::ChangeKind::kFsync ? log_->MakeDurable()
                                                    : log_->Record(change);

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "meta/meta_store.h"
+#include "sync/fracture_log.h"
 
 namespace mirrorfs::sync {
 namespace {
@@ -1009,6 +1010,59 @@ TEST_F(IntentJournalPersistTest, RetireRacingANewWriterOnRocksDb) {
   EXPECT_TRUE(got.count({4, 0}))
       << "after a crash with a write in flight in {ino 4, region 0}, the "
          "journal on disk does not name that region: it would not be re-sent";
+}
+
+// An application's fsync while a peer is down: with the journal covering
+// data extents, only namespace changes (and other records it does not
+// cover) ask for a sync of the fracture log; without the journal, always.
+TEST_F(IntentJournalPersistTest,
+       FsyncSyncsTheFractureLogOnlyForWhatTheJournalLacks) {
+  auto db = Open();
+  ASSERT_NE(db, nullptr);
+  meta::PeerRecord peer;
+  peer.name = "b";
+  peer.endpoint = "tcp://127.0.0.1:1";
+  ASSERT_TRUE(db->PutPeer(peer).ok());
+  FractureLog log(db.get(), "b");
+  ASSERT_TRUE(log.Load().ok());
+  // A fresh log syncs at the first fsync, whatever it holds.
+  {
+    FractureLog covered(db.get(), "b");
+    covered.set_data_covered_by_journal(true);
+    ASSERT_TRUE(covered.Load().ok());
+    EXPECT_TRUE(covered.ClaimSyncForFsync());
+    EXPECT_FALSE(covered.ClaimSyncForFsync());
+  }
+
+  meta::Change write;
+  write.kind = meta::ChangeKind::kWrite;
+  write.path = "disk.img";
+  write.offset = 4096;
+  write.length = 4096;
+  meta::Change create;
+  create.kind = meta::ChangeKind::kCreate;
+  create.path = "new.img";
+  create.mode = 0644;
+
+  // Without the journal every fsync syncs.
+  ASSERT_TRUE(log.Record(write).ok());
+  EXPECT_TRUE(log.ClaimSyncForFsync());
+  EXPECT_TRUE(log.ClaimSyncForFsync());
+
+  log.set_data_covered_by_journal(true);
+  EXPECT_FALSE(log.ClaimSyncForFsync()) << "claimed (and synced) already";
+  ASSERT_TRUE(log.Record(write).ok());
+  write.offset = 1 << 20;
+  ASSERT_TRUE(log.Record(write).ok());
+  EXPECT_FALSE(log.ClaimSyncForFsync()) << "data extents are the journal's";
+  ASSERT_TRUE(log.Record(create).ok());
+  EXPECT_TRUE(log.ClaimSyncForFsync()) << "a missed create must be durable";
+  EXPECT_FALSE(log.ClaimSyncForFsync())
+      << "claimed once, synced by the claimer";
+  ASSERT_TRUE(log.SetFullSync(true).ok());
+  EXPECT_TRUE(log.ClaimSyncForFsync());
+  ASSERT_TRUE(log.MakeDurable().ok());
+  EXPECT_FALSE(log.ClaimSyncForFsync());
 }
 
 }  // namespace
