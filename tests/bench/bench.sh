@@ -69,13 +69,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$(pwd)
+bench_name="bench"
+# shellcheck source=tests/bench/lib.sh
+source "$repo/tests/bench/lib.sh"
 
 size=${BENCH_SIZE:-512M}
 runtime=${BENCH_RUNTIME:-3}
 reps=${BENCH_REPS:-3}
 results=$repo/tests/bench/results
-python=/usr/bin/python3
-[[ -x $python ]] || python=python3
 gvol=benchvol
 pll_tunables=${BENCH_PLL_TUNABLES-glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=67108864}
 
@@ -194,13 +195,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-  "$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-remember_pids() {
-  local p
-  for p in $(pgrep -f -- "$1" || true); do pids+=("$p"); done
-}
 # Prints "ROLE PID" for each process matching the regex $2.
 pids_of() {
   local p
@@ -232,21 +226,6 @@ cpu_ticks() {
 }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
-# Polls `status --json` of $1 until peer $2 is connected (30 s at most).
-wait_connected() {
-  "$python" - "$bin" "$1" "$2" <<'EOF'
-import json, subprocess, sys, time
-binary, store, peer = sys.argv[1:]
-deadline = time.monotonic() + 30
-while time.monotonic() < deadline:
-    r = subprocess.run([binary, "status", store, "--json"], capture_output=True, text=True)
-    if r.returncode == 0 and any(p.get("name") == peer and p.get("state") == "connected"
-                                 for p in json.loads(r.stdout).get("peers", [])):
-        sys.exit(0)
-    time.sleep(0.1)
-sys.exit(f"bench: peer {peer} of {store} not connected after 30 s")
-EOF
-}
 
 # A mirrorfs row: mount ${mstore[$1]} with a serve peer per copy; more mount
 # options in $2...

@@ -16,13 +16,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$(pwd)
+bench_name="journal_bench"
+# shellcheck source=tests/bench/lib.sh
+source "$repo/tests/bench/lib.sh"
 
 size=${BENCH_SIZE:-256M}
 runtime=${BENCH_RUNTIME:-3}
 reps=${BENCH_REPS:-3}
 bin=${MIRRORFS_BIN:-$repo/build/cli/mirrorfs}
-python=/usr/bin/python3
-[[ -x $python ]] || python=python3
 [[ -x $bin ]] || { echo "journal_bench: no mirrorfs binary at $bin" >&2; exit 1; }
 command -v fio >/dev/null || { echo "journal_bench: fio is not installed" >&2; exit 1; }
 
@@ -61,24 +62,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  "$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
-wait_connected() {
-  "$python" - "$bin" "$1" "$2" <<'EOF'
-import json, subprocess, sys, time
-binary, store, peer = sys.argv[1:]
-deadline = time.monotonic() + 30
-while time.monotonic() < deadline:
-    r = subprocess.run([binary, "status", store, "--json"], capture_output=True, text=True)
-    if r.returncode == 0 and any(p.get("name") == peer and p.get("state") == "connected"
-                                 for p in json.loads(r.stdout).get("peers", [])):
-        sys.exit(0)
-    time.sleep(0.1)
-sys.exit(f"journal_bench: peer {peer} of {store} not connected after 30 s")
-EOF
-}
 
 echo "journal_bench: setting up ${rows[*]} in $work ($bin)"
 for row in "${rows[@]}"; do

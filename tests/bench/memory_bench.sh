@@ -24,13 +24,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$(pwd)
+bench_name="memory bench"
+# shellcheck source=tests/bench/lib.sh
+source "$repo/tests/bench/lib.sh"
 
 images=${BENCH_IMAGES:-100}
 idle=${BENCH_IDLE:-5}
 io_size=${BENCH_IO_SIZE:-1g}
 results=$repo/tests/bench/results
-python=/usr/bin/python3
-[[ -x $python ]] || python=python3
 
 bash scripts/install-deps.sh >/dev/null
 bin=${MIRRORFS_BIN:-$repo/build/cli/mirrorfs}
@@ -67,13 +68,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-  "$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-remember_pids() {
-  local p
-  for p in $(pgrep -f -- "$1" || true); do pids+=("$p"); done
-}
 # The pid of the daemon serving store $1 (from its status).
 daemon_pid() {
   "$bin" status "$1" --json | "$python" -c 'import json, sys; print(json.load(sys.stdin)["pid"])'
