@@ -157,46 +157,42 @@ void PeerSession::SendQueued() {
 }
 
 bool PeerSession::SendQueuedLocked() {
-  std::deque<Outgoing> batch;
   {
+    // Swapped, not copied: both vectors keep their capacity, so that the
+    // steady state allocates nothing here.
     std::lock_guard<std::mutex> lock(mu_);
-    batch.swap(queue_);
+    sending_.swap(queue_);
   }
-  if (batch.empty()) return true;
+  if (sending_.empty()) return true;
   auto now = Clock::now();
   uint64_t changes = 0;
   uint64_t bytes = 0;
-  bool ok = true;
-  while (!batch.empty()) {
-    Outgoing& out = batch.front();
+  size_t sent = 0;
+  for (; sent < sending_.size(); ++sent) {
+    Outgoing& out = sending_[sent];
     std::string* frame = out.frame;
-    if (frame == nullptr) {  // an earlier send of it failed
-      ok = false;
-      break;
-    }
+    if (frame == nullptr) break;  // an earlier send of it failed
     size_t size = frame->size();
     out.frame = nullptr;
-    if (!SendFrame(frame)) {  // frees the frame either way
-      ok = false;
-      break;
-    }
+    if (!SendFrame(frame)) break;  // frees the frame either way
     if (out.completion) {
       in_flight_[out.seq] =
           InFlight{std::move(out.completion), now, std::move(out.on_diff)};
       ++changes;
       bytes += size;
     }
-    batch.pop_front();
   }
+  const bool ok = sent == sending_.size();
   std::lock_guard<std::mutex> lock(mu_);
   changes_sent_ += changes;
   bytes_sent_ += bytes;
   in_flight_count_ = in_flight_.size();
   // Nothing may follow a frame that was not sent: the rest goes back in
   // front, in order, for TearDown to log and release.
-  for (auto it = batch.rbegin(); it != batch.rend(); ++it) {
-    queue_.push_front(std::move(*it));
-  }
+  queue_.insert(queue_.begin(),
+                std::make_move_iterator(sending_.begin() + sent),
+                std::make_move_iterator(sending_.end()));
+  sending_.clear();
   return ok;
 }
 
@@ -248,8 +244,6 @@ bool PeerSession::Enqueue(const meta::Change& change,
   }
   return false;
 }
-
-meta::Status PeerSession::MakeLogDurable() { return log_->MakeDurable(); }
 
 bool PeerSession::EnqueueResync(
     const meta::Change& change,
@@ -786,7 +780,7 @@ void PeerSession::Serve() {
 }
 
 void PeerSession::TearDown(PeerState next, const std::string& reason) {
-  std::deque<Outgoing> queued;
+  std::vector<Outgoing> queued;
   std::unique_ptr<ResyncWorker> worker;
   bool was_up;
   {

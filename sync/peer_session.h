@@ -33,13 +33,13 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "meta/change.h"
 #include "meta/source.h"
@@ -138,8 +138,6 @@ class PeerSession {
   bool Enqueue(const meta::Change& change,
                const std::shared_ptr<meta::Completion>& completion,
                bool* defer_log_sync = nullptr);
-  // Makes the fracture log durable (the application fsynced).
-  meta::Status MakeLogDurable();
 
   // Blocks until the first connection attempt ended or `timeout` passed.
   // Returns true if the peer is mirrored live.
@@ -250,7 +248,7 @@ class PeerSession {
   std::string reason_ = "not connected yet";
   uint64_t session_ = 0;   // epoch of the current connection
   uint64_t next_seq_ = 1;  // seq of the next frame queued in this session
-  std::deque<Outgoing> queue_;
+  std::vector<Outgoing> queue_;
   PeerHello hello_;
   Clock::time_point last_seen_{};
   bool seen_ = false;
@@ -269,7 +267,8 @@ class PeerSession {
   // alone while `direct_` is false; while it is true, used by any thread
   // holding socket_mu_.
   std::mutex socket_mu_;
-  bool direct_ = false;  // guarded by socket_mu_
+  bool direct_ = false;            // guarded by socket_mu_
+  std::vector<Outgoing> sending_;  // guarded by socket_mu_; empty between uses
   std::unique_ptr<zmq::socket_t> socket_;
   std::map<uint64_t, InFlight> in_flight_;
   std::thread::id session_thread_;
