@@ -118,6 +118,9 @@ class ReplicaServer {
   meta::Status Bind();
   // Test seam (see Applier::SetVolatileWrites). REQUIRES: before Start().
   void SetVolatileWrites(bool on) { applier_.SetVolatileWrites(on); }
+  // Test seam: while paused the server takes no frame (a hung peer, as
+  // seen by its primary: the connection stays up, nothing is answered).
+  void PauseForTest(bool on) { paused_ = on; }
   void Start();
   // What this node wrote as a former primary that a newer primary may lack
   // (sent in every accepted hello until a resync settles it).
@@ -149,6 +152,7 @@ class ReplicaServer {
   Applier applier_;
   std::thread thread_;
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> paused_{false};
   std::string scratch_;  // server thread only
 
   mutable std::mutex mu_;  // guards everything below
