@@ -169,7 +169,7 @@ void Volume::Finished(const meta::Change& change) {
 }
 
 void Volume::WaitAll(const Waits& waits) {
-  for (const auto& w : waits) w->Wait();
+  for (const auto& w : waits) mirror_->Wait(w);
 }
 
 meta::Result<Entry> Volume::LookupLocked(Inode& parent, const char* name) {

@@ -292,7 +292,9 @@ class Volume : public meta::Source {
   // The mirror's bracket of a data change (meta::Mirror::Prepare/Finished).
   meta::Status Prepare(const meta::Change& change);
   void Finished(const meta::Change& change);
-  static void WaitAll(const Waits& waits);
+  // Waits for each through the mirror (which may receive acknowledgements
+  // on this thread). REQUIRES: waits is empty or mirror_ is set.
+  void WaitAll(const Waits& waits);
 
   meta::Mirror* const mirror_;
   const std::string root_path_;

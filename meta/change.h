@@ -99,11 +99,27 @@ class Completion {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [this] { return pending_ <= 0; });
   }
+  // Wakes a WaitDoneOrKicked() now or the next one (the kick is kept until
+  // a wait takes it): "what you wait for may have changed, look again".
+  void Kick() {
+    std::lock_guard<std::mutex> lock(mu_);
+    kicked_ = true;
+    cv_.notify_all();
+  }
+  // Blocks until every peer is done or a Kick() came; takes the kick.
+  // Returns true when every peer is done.
+  bool WaitDoneOrKicked() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return pending_ <= 0 || kicked_; });
+    kicked_ = false;
+    return pending_ <= 0;
+  }
 
  private:
-  std::mutex mu_;  // guards pending_
+  std::mutex mu_;  // guards pending_ and kicked_
   std::condition_variable cv_;
   int pending_;
+  bool kicked_ = false;
 };
 
 class Mirror {
@@ -115,6 +131,12 @@ class Mirror {
   // Returns what to Wait() on for sync mode, or nullptr when no peer needs
   // to be waited for (no peer connected, or async mode).
   virtual std::shared_ptr<Completion> Submit(const Change& change) = 0;
+
+  // Blocks until `completion` (returned by Submit) is done. A Mirror may use
+  // the waiting thread to receive the peers' acknowledgements itself.
+  virtual void Wait(const std::shared_ptr<Completion>& completion) {
+    completion->Wait();
+  }
 
   // Data changes (write, punch, zero, allocate, truncate) are bracketed:
   // Prepare() before the local file changes — it returns once the change's

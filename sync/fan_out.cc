@@ -54,7 +54,9 @@ void FanOut::FlushEpoch(bool final) {
   }
   meta::Change flush;
   flush.kind = meta::ChangeKind::kFsync;  // path "": the whole store
-  if (auto done = SubmitAll(flush, /*waited=*/true)) done->Wait();
+  if (auto done = SubmitAll(flush, /*waited=*/true, /*attended=*/false)) {
+    done->Wait();
+  }
   if (journal_ != nullptr) {
     auto s = journal_->Retire(epoch, final);
     if (!s.ok()) meta::LogError("write-intent journal: " + s.message());
@@ -81,7 +83,7 @@ void FanOut::AddSession(std::unique_ptr<PeerSession> session) {
 }
 
 bool FanOut::RemoveSession(const std::string& name) {
-  std::unique_ptr<PeerSession> removed;
+  std::shared_ptr<PeerSession> removed;
   {
     std::unique_lock<std::shared_mutex> lock(sessions_mu_);
     for (auto it = sessions_.begin(); it != sessions_.end(); ++it) {
@@ -100,7 +102,7 @@ bool FanOut::RemoveSession(const std::string& name) {
 void FanOut::StopAll() {
   stopping_ = true;
   if (epoch_thread_.joinable()) epoch_thread_.join();
-  std::vector<std::unique_ptr<PeerSession>> all;
+  std::vector<std::shared_ptr<PeerSession>> all;
   {
     std::unique_lock<std::shared_mutex> lock(sessions_mu_);
     all.swap(sessions_);
@@ -139,12 +141,29 @@ void FanOut::RunLogSyncs() {
 }
 
 std::shared_ptr<meta::Completion> FanOut::Submit(const meta::Change& change) {
-  auto completion = SubmitAll(change, /*waited=*/mode_ == MirrorMode::kSync);
-  return mode_ == MirrorMode::kAsync ? nullptr : completion;
+  const bool sync = mode_ == MirrorMode::kSync;
+  auto completion = SubmitAll(change, /*waited=*/sync, /*attended=*/sync);
+  return sync ? completion : nullptr;
+}
+
+void FanOut::Wait(const std::shared_ptr<meta::Completion>& completion) {
+  if (completion->IsDone()) return;
+  // The sessions are copied (no lock is held while waiting); the vector
+  // keeps its capacity, so the steady state allocates nothing.
+  thread_local std::vector<std::shared_ptr<PeerSession>> sessions;
+  {
+    std::shared_lock<std::shared_mutex> lock(sessions_mu_);
+    sessions = sessions_;
+  }
+  for (auto& session : sessions) session->Await(completion.get());
+  sessions.clear();
+  // Whatever else the change waits for (a fracture-log sync).
+  completion->Wait();
 }
 
 std::shared_ptr<meta::Completion> FanOut::SubmitAll(const meta::Change& change,
-                                                    bool waited) {
+                                                    bool waited,
+                                                    bool attended) {
   std::shared_lock<std::shared_mutex> lock(sessions_mu_);
   if (sessions_.empty()) return nullptr;
   // One extra count keeps the Completion open until every session was asked.
@@ -156,7 +175,7 @@ std::shared_ptr<meta::Completion> FanOut::SubmitAll(const meta::Change& change,
                     ? &log_sync
                     : nullptr;
   for (auto& session : sessions_) {
-    if (session->Enqueue(change, completion, defer)) {
+    if (session->Enqueue(change, completion, defer, attended)) {
       ++taken;
     } else {
       completion->Done();

@@ -7,11 +7,13 @@
 // application's operation; its session drops it from mirroring and logs why.
 //
 // Modes: kSync waits for every connected peer (Submit returns the
-// Completion); kAsync returns at once (Submit returns nullptr) while the
-// sessions deliver in the background.
+// Completion, and Wait() receives the peers' answers on the waiting thread:
+// PeerSession::Await); kAsync returns at once (Submit returns nullptr) while
+// the sessions deliver in the background.
 //
 // Thread-safety: thread-safe. sessions_mu_ guards the peer list; it is taken
-// after the volume's locks and before each session's own mutex.
+// after the volume's locks and before each session's own mutex, and never
+// held while waiting.
 #pragma once
 
 #include <atomic>
@@ -65,6 +67,9 @@ class FanOut : public meta::Mirror {
   void StopAll();
 
   std::shared_ptr<meta::Completion> Submit(const meta::Change& change) override;
+  // Waits for a Completion that Submit returned, receiving the peers'
+  // acknowledgements on this thread (see PeerSession::Await).
+  void Wait(const std::shared_ptr<meta::Completion>& completion) override;
   meta::Status Prepare(const meta::Change& change) override;
   void Finished(const meta::Change& change) override;
 
@@ -77,9 +82,10 @@ class FanOut : public meta::Mirror {
  private:
   // Queues `change` on every session; the Completion counts them (never
   // nullptr when a session took it, whatever the mode). `waited`: the
-  // caller waits for the Completion, so a log sync may run beside it.
+  // caller waits for the Completion, so a log sync may run beside it;
+  // `attended`: it waits through Wait().
   std::shared_ptr<meta::Completion> SubmitAll(const meta::Change& change,
-                                              bool waited);
+                                              bool waited, bool attended);
   void RunEpochs();
   void RunLogSyncs();
 
@@ -98,7 +104,8 @@ class FanOut : public meta::Mirror {
   std::atomic<bool> stopping_{false};
   std::mutex epoch_mu_;  // serializes epochs (flusher thread, FlushEpoch)
   mutable std::shared_mutex sessions_mu_;  // guards sessions_
-  std::vector<std::unique_ptr<PeerSession>> sessions_;
+  // Shared with waiters in Wait(), which outlive a RemoveSession.
+  std::vector<std::shared_ptr<PeerSession>> sessions_;
 };
 
 }  // namespace mirrorfs::sync

@@ -4,6 +4,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <random>
 #include <zmq.hpp>
 
@@ -83,11 +84,13 @@ PeerSession::PeerSession(zmq::context_t* context, std::string name,
       generations_(generations),
       on_hello_(std::move(on_hello)) {
   wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  writer_wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 }
 
 PeerSession::~PeerSession() {
   Stop();
   if (wake_fd_ >= 0) ::close(wake_fd_);
+  if (writer_wake_fd_ >= 0) ::close(writer_wake_fd_);
 }
 
 void PeerSession::Start() {
@@ -100,16 +103,29 @@ void PeerSession::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-void PeerSession::Wake() {
+namespace {
+
+void Signal(int event_fd) {
   uint64_t one = 1;
-  ssize_t ignored = ::write(wake_fd_, &one, sizeof(one));
+  ssize_t ignored = ::write(event_fd, &one, sizeof(one));
   (void)ignored;
 }
+
+void Drain(int event_fd) {
+  uint64_t drained;
+  while (::read(event_fd, &drained, sizeof(drained)) > 0) {
+  }
+}
+
+}  // namespace
+
+void PeerSession::Wake() { Signal(wake_fd_); }
 
 bool PeerSession::Push(
     const std::function<void(const FrameHeader&, std::string*)>& encode,
     const std::shared_ptr<meta::Completion>& completion,
-    const meta::Change* record, std::function<void(const BlockDiff&)> on_diff) {
+    const meta::Change* record, std::function<void(const BlockDiff&)> on_diff,
+    bool attended) {
   // The seq must follow queue order exactly (receivers refuse gaps), so it
   // is taken and the frame encoded under mu_.
   auto* frame = new std::string();
@@ -125,7 +141,7 @@ bool PeerSession::Push(
     header.seq = next_seq_++;
     encode(header, frame);
     queue_.push_back(
-        Outgoing{header.seq, frame, completion, std::move(on_diff)});
+        Outgoing{header.seq, frame, completion, std::move(on_diff), attended});
     // Guarantee 3: what the peer applies stays at risk (its page cache)
     // until a later store flush of the peer completes.
     if (record != nullptr && Loggable(*record)) {
@@ -150,10 +166,17 @@ void PeerSession::SendQueued() {
     Wake();  // connecting or tearing down: the session thread decides
     return;
   }
-  // A failed send leaves the frames queued; the session thread then finds
-  // the link lost and logs them.
-  if (!SendQueuedLocked()) Wake();
-  WakeIfReadable();
+  if (!SendQueuedLocked()) {
+    // The frames stay queued; the session thread finds the link lost and
+    // logs them.
+    Wake();
+    return;
+  }
+  if (receiver_ != Receiver::kNone) {
+    WakeReceiverIfReadable();
+  } else if (SessionMustReceiveLocked()) {
+    Wake();  // frames nobody Await()s: the session thread receives
+  }
 }
 
 bool PeerSession::SendQueuedLocked() {
@@ -176,8 +199,9 @@ bool PeerSession::SendQueuedLocked() {
     out.frame = nullptr;
     if (!SendFrame(frame)) break;  // frees the frame either way
     if (out.completion) {
-      in_flight_[out.seq] =
-          InFlight{std::move(out.completion), now, std::move(out.on_diff)};
+      in_flight_[out.seq] = InFlight{std::move(out.completion), now,
+                                     std::move(out.on_diff), out.attended};
+      if (!out.attended) ++unattended_;
       ++changes;
       bytes += size;
     }
@@ -186,7 +210,6 @@ bool PeerSession::SendQueuedLocked() {
   std::lock_guard<std::mutex> lock(mu_);
   changes_sent_ += changes;
   bytes_sent_ += bytes;
-  in_flight_count_ = in_flight_.size();
   // Nothing may follow a frame that was not sent: the rest goes back in
   // front, in order, for TearDown to log and release.
   queue_.insert(queue_.begin(),
@@ -196,17 +219,168 @@ bool PeerSession::SendQueuedLocked() {
   return ok;
 }
 
-void PeerSession::WakeIfReadable() {
+void PeerSession::WakeReceiverIfReadable() {
+  bool readable = true;
   try {
-    if (socket_->get(zmq::sockopt::events) & ZMQ_POLLIN) Wake();
+    readable = (socket_->get(zmq::sockopt::events) & ZMQ_POLLIN) != 0;
   } catch (const zmq::error_t&) {
+  }
+  if (!readable) return;
+  if (receiver_ == Receiver::kWriter) {
+    Signal(writer_wake_fd_);
+  } else {
     Wake();
+  }
+}
+
+bool PeerSession::PendingLocked(const meta::Completion* completion) {
+  for (const auto& [seq, f] : in_flight_) {
+    if (f.completion.get() == completion) return true;
+  }
+  // sending_ is empty whenever socket_mu_ is free.
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& out : queue_) {
+    if (out.completion.get() == completion) return true;
+  }
+  return false;
+}
+
+void PeerSession::Await(meta::Completion* completion) {
+  std::unique_lock<std::mutex> lock(socket_mu_);
+  while (PendingLocked(completion)) {
+    if (receiver_ == Receiver::kNone && direct_ && rx_lost_.empty()) {
+      receiver_ = Receiver::kWriter;
+      ReceiveLocked(completion, &lock);
+      ReleaseReceiverLocked();
+      continue;
+    }
+    // Another thread receives: it completes our frames (and kicks us), or
+    // hands the role over (kicks us). TearDown kicks every waiter too.
+    rx_waiting_.push_back(completion);
+    lock.unlock();
+    completion->WaitDoneOrKicked();
+    lock.lock();
+    rx_waiting_.erase(
+        std::find(rx_waiting_.begin(), rx_waiting_.end(), completion));
+  }
+  // We may have been kicked to take the role over after our frames were
+  // answered: pass it on.
+  if (receiver_ == Receiver::kNone && direct_ && !rx_waiting_.empty()) {
+    rx_waiting_.front()->Kick();
+  }
+}
+
+void PeerSession::ReceiveLocked(const meta::Completion* completion,
+                                std::unique_lock<std::mutex>* lock) {
+  while (direct_ && rx_lost_.empty()) {
+    std::string lost = DrainLocked();
+    if (lost.empty() && !PendingLocked(completion)) return;
+    bool readable = false;
+    if (lost.empty()) {
+      try {
+        readable = (socket_->get(zmq::sockopt::events) & ZMQ_POLLIN) != 0;
+      } catch (const zmq::error_t& e) {
+        lost = std::string("socket failed: ") + e.what();
+      }
+    }
+    if (!lost.empty()) {
+      rx_lost_ = lost;  // the session thread drops the link
+      Wake();
+      return;
+    }
+    if (readable) continue;
+    struct pollfd fds[2] = {{zmq_fd_, POLLIN, 0}, {writer_wake_fd_, POLLIN, 0}};
+    lock->unlock();
+    // Bounded: the session thread watches for timeouts meanwhile and wakes
+    // this thread through writer_wake_fd_ when it drops the link.
+    ::poll(fds, 2, 100);
+    if (fds[1].revents & POLLIN) Drain(writer_wake_fd_);
+    lock->lock();
+  }
+}
+
+void PeerSession::ReleaseReceiverLocked() {
+  receiver_ = Receiver::kNone;
+  rx_cv_.notify_all();
+  if (!direct_) return;  // TearDown kicks every waiter
+  if (!rx_waiting_.empty()) {
+    rx_waiting_.front()->Kick();
+  } else if (SessionMustReceiveLocked() || !rx_lost_.empty()) {
+    Wake();
+  }
+}
+
+std::string PeerSession::DrainLocked() {
+  for (;;) {
+    zmq::message_t msg;
+    zmq::recv_result_t got;
+    try {
+      got = socket_->recv(msg, zmq::recv_flags::dontwait);
+    } catch (const zmq::error_t& e) {
+      return std::string("receive failed: ") + e.what();
+    }
+    if (!got) return "";
+    auto decoded = DecodeFrame(
+        std::string_view(static_cast<const char*>(msg.data()), msg.size()));
+    if (!decoded.ok()) {
+      meta::LogWarning("peer " + name_ +
+                       ": dropped a bad frame: " + decoded.status().message());
+      continue;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (decoded->header.session != session_) continue;  // stale
+      last_seen_ = Clock::now();
+    }
+    awaiting_pong_ = false;  // any frame of the session shows it is alive
+    std::map<uint64_t, InFlight>::iterator it;
+    if (auto* ack = std::get_if<Ack>(&decoded->body)) {
+      it = in_flight_.find(ack->seq);
+      if (it == in_flight_.end()) continue;
+      if (ack->err != 0) {
+        // Left in flight: TearDown logs it.
+        return "it failed to apply a change: " + ack->message;
+      }
+      if (!ack->message.empty()) {
+        // A replay the peer could not apply: its copy may differ beyond
+        // what the log says, so every block is compared.
+        meta::LogWarning("peer " + name_ + ": " + ack->message +
+                         "; a full sync will compare every block");
+        auto s = log_->SetFullSync(true);
+        if (!s.ok()) meta::LogError("peer " + name_ + ": " + s.message());
+      }
+      {
+        // A completed store flush: what it covered is on the peer's disk.
+        std::lock_guard<std::mutex> lock(mu_);
+        flushing_.erase(ack->seq);
+      }
+    } else if (auto* diff = std::get_if<BlockDiff>(&decoded->body)) {
+      it = in_flight_.find(diff->seq);
+      if (it == in_flight_.end()) continue;
+      if (it->second.on_diff) it->second.on_diff(*diff);
+    } else if (auto* err = std::get_if<ErrorFrame>(&decoded->body)) {
+      return "it refused a frame: " + err->message;
+    } else {
+      continue;  // a pong, or anything else of the session: liveness only
+    }
+    // Answered: no longer in flight, then done (a waiter that wakes finds
+    // it gone); a writer waiting for its frames here is kicked, since its
+    // completion may still wait for other peers.
+    std::shared_ptr<meta::Completion> completion =
+        std::move(it->second.completion);
+    if (!it->second.attended) --unattended_;
+    in_flight_.erase(it);
+    completion->Done();
+    if (std::find(rx_waiting_.begin(), rx_waiting_.end(), completion.get()) !=
+        rx_waiting_.end()) {
+      completion->Kick();
+    }
   }
 }
 
 bool PeerSession::Enqueue(const meta::Change& change,
                           const std::shared_ptr<meta::Completion>& completion,
-                          bool* defer_log_sync) {
+                          bool* defer_log_sync, bool attended) {
   bool live;
   bool syncing;
   {
@@ -223,7 +397,7 @@ bool PeerSession::Enqueue(const meta::Change& change,
     }
     if (Push([&](const FrameHeader& h,
                  std::string* out) { EncodeChange(h, change, out); },
-             completion, &change, nullptr)) {
+             completion, &change, nullptr, attended)) {
       return true;
     }
   }
@@ -342,6 +516,11 @@ void PeerSession::Rejoin() {
 
 PeerSnapshot PeerSession::Snapshot() const {
   PeerSnapshot s;
+  size_t in_flight;
+  {
+    std::lock_guard<std::mutex> lock(socket_mu_);
+    in_flight = in_flight_.size();
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     s.name = name_;
@@ -355,7 +534,7 @@ PeerSnapshot PeerSession::Snapshot() const {
     }
     s.changes_sent = changes_sent_;
     s.bytes_sent = bytes_sent_;
-    s.in_flight = in_flight_count_ + queue_.size();
+    s.in_flight = in_flight + queue_.size();
     s.resync = worker_ ? worker_->progress() : last_resync_;
   }
   s.fracture_bytes = log_->bytes();
@@ -417,7 +596,11 @@ void PeerSession::Run() {
 
 bool PeerSession::Connect() {
   socket_.reset();
-  in_flight_.clear();
+  {
+    std::lock_guard<std::mutex> lock(socket_mu_);
+    in_flight_.clear();
+    unattended_ = 0;
+  }
   uint64_t session = NewSessionEpoch();
   try {
     socket_ =
@@ -622,28 +805,31 @@ void PeerSession::Serve() {
   auto last_ping = Clock::now();
   std::string lost;
   PeerState next = PeerState::kDisconnected;
-  int zmq_fd = -1;
-  try {
-    zmq_fd = socket_->get(zmq::sockopt::fd);
-  } catch (const zmq::error_t& e) {
-    lost = std::string("no socket descriptor: ") + e.what();
-  }
   {
     std::lock_guard<std::mutex> lock(socket_mu_);
-    direct_ = lost.empty();
+    try {
+      zmq_fd_ = socket_->get(zmq::sockopt::fd);
+      direct_ = true;
+    } catch (const zmq::error_t& e) {
+      lost = std::string("no socket descriptor: ") + e.what();
+    }
+    rx_lost_.clear();
+    awaiting_pong_ = false;
+    receiver_ = Receiver::kNone;
+    // Writers that queued frames while the link was coming up wait for a
+    // kick to take the receiver role now.
+    for (meta::Completion* c : rx_waiting_) c->Kick();
   }
+  bool own = false;       // this thread is the receiver
   bool readable = false;  // input is waiting: do not sleep
   while (!stopping_ && lost.empty()) {
-    // ZMQ_FD is edge-triggered: it is polled only after ZMQ_EVENTS said no
-    // input is waiting (below), and a thread whose send may have consumed
-    // an edge wakes this one (WakeIfReadable).
-    struct pollfd fds[2] = {{zmq_fd, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
-    ::poll(fds, 2, readable ? 0 : 100);
-    if (fds[1].revents & POLLIN) {
-      uint64_t drained;
-      while (::read(wake_fd_, &drained, sizeof(drained)) > 0) {
-      }
-    }
+    // ZMQ_FD is edge-triggered: it is polled only by the receiver, and only
+    // after ZMQ_EVENTS said no input is waiting (below); a thread whose send
+    // may have consumed an edge wakes the receiver (SendQueued).
+    struct pollfd fds[2] = {{wake_fd_, POLLIN, 0}, {zmq_fd_, POLLIN, 0}};
+    ::poll(fds, own ? 2 : 1,
+           readable ? 0 : static_cast<int>(options_.watch_period.count()));
+    if (fds[0].revents & POLLIN) Drain(wake_fd_);
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (fractured_) {
@@ -658,77 +844,35 @@ void PeerSession::Serve() {
       }
     }
     std::unique_lock<std::mutex> socket_lock(socket_mu_);
+    if (lost.empty() && !rx_lost_.empty()) lost = rx_lost_;
     if (lost.empty() && !SendQueuedLocked()) {
       lost = "connection lost (could not send)";
     }
-
-    // Everything the peer sent.
-    while (lost.empty()) {
-      zmq::message_t msg;
-      zmq::recv_result_t got;
-      try {
-        got = socket_->recv(msg, zmq::recv_flags::dontwait);
-      } catch (const zmq::error_t& e) {
-        lost = std::string("receive failed: ") + e.what();
-        break;
-      }
-      if (!got) break;
-      auto decoded = DecodeFrame(
-          std::string_view(static_cast<const char*>(msg.data()), msg.size()));
-      if (!decoded.ok()) {
-        meta::LogWarning("peer " + name_ + ": dropped a bad frame: " +
-                         decoded.status().message());
-        continue;
-      }
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        if (decoded->header.session != session_) continue;  // stale
-        last_seen_ = Clock::now();
-      }
-      if (auto* ack = std::get_if<Ack>(&decoded->body)) {
-        auto it = in_flight_.find(ack->seq);
-        if (it == in_flight_.end()) continue;
-        if (ack->err != 0) {
-          // Left in flight: TearDown logs it.
-          lost = "it failed to apply a change: " + ack->message;
-          break;
-        }
-        if (!ack->message.empty()) {
-          // A replay the peer could not apply: its copy may differ beyond
-          // what the log says, so every block is compared.
-          meta::LogWarning("peer " + name_ + ": " + ack->message +
-                           "; a full sync will compare every block");
-          auto s = log_->SetFullSync(true);
-          if (!s.ok()) meta::LogError("peer " + name_ + ": " + s.message());
-        }
-        {
-          // A completed store flush: what it covered is on the peer's disk.
-          std::lock_guard<std::mutex> lock(mu_);
-          flushing_.erase(ack->seq);
-        }
-        it->second.completion->Done();
-        in_flight_.erase(it);
-      } else if (auto* diff = std::get_if<BlockDiff>(&decoded->body)) {
-        auto it = in_flight_.find(diff->seq);
-        if (it == in_flight_.end()) continue;
-        if (it->second.on_diff) it->second.on_diff(*diff);
-        it->second.completion->Done();
-        in_flight_.erase(it);
-      } else if (auto* err = std::get_if<ErrorFrame>(&decoded->body)) {
-        lost = "it refused a frame: " + err->message;
-      }
+    if (lost.empty() && receiver_ == Receiver::kNone &&
+        SessionMustReceiveLocked()) {
+      receiver_ = Receiver::kSession;
     }
+    own = receiver_ == Receiver::kSession;
     readable = false;
-    if (lost.empty()) {
-      try {
-        readable = (socket_->get(zmq::sockopt::events) & ZMQ_POLLIN) != 0;
-      } catch (const zmq::error_t& e) {
-        lost = std::string("socket failed: ") + e.what();
-      }
+    if (lost.empty() &&
+        (own || (receiver_ == Receiver::kNone && !in_flight_.empty()))) {
+      // The receiver takes what arrived. With nobody receiving, answers to
+      // writers' frames are taken here too, at least every 100 ms, so that
+      // a writer slow to come back for its answer never makes a live peer
+      // look silent.
+      lost = DrainLocked();
     }
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      in_flight_count_ = in_flight_.size();
+    if (lost.empty() && own) {
+      if (SessionMustReceiveLocked()) {
+        try {
+          readable = (socket_->get(zmq::sockopt::events) & ZMQ_POLLIN) != 0;
+        } catch (const zmq::error_t& e) {
+          lost = std::string("socket failed: ") + e.what();
+        }
+      } else {
+        ReleaseReceiverLocked();  // hands over to a waiting writer
+        own = false;
+      }
     }
     if (!lost.empty()) break;
 
@@ -753,8 +897,11 @@ void PeerSession::Serve() {
       lost = "no answer for " + Seconds(silent);
       break;
     }
+    bool ping =
+        silent >= options_.heartbeat && now - last_ping >= options_.heartbeat;
+    if (ping) awaiting_pong_ = true;  // the next turn receives the pong
     socket_lock.unlock();
-    if (silent >= options_.heartbeat && now - last_ping >= options_.heartbeat) {
+    if (ping) {
       Push([&](const FrameHeader& h,
                std::string* out) { EncodePing(h, Ping{h.seq}, out); },
            nullptr, nullptr, nullptr);
@@ -762,9 +909,16 @@ void PeerSession::Serve() {
     }
   }
   {
-    // From here on only this thread touches the socket (TearDown, Connect).
-    std::lock_guard<std::mutex> lock(socket_mu_);
+    // From here on only this thread touches the socket (TearDown, Connect):
+    // a writer receiving on it leaves first.
+    std::unique_lock<std::mutex> lock(socket_mu_);
     direct_ = false;
+    if (receiver_ == Receiver::kWriter) {
+      Signal(writer_wake_fd_);
+      rx_cv_.wait(lock, [this] { return receiver_ != Receiver::kWriter; });
+    }
+    receiver_ = Receiver::kNone;
+    zmq_fd_ = -1;
   }
   if (lost == "resync requested") {
     meta::LogInfo("peer " + name_ + ": resync requested; reconnecting");
@@ -792,7 +946,6 @@ void PeerSession::TearDown(PeerState next, const std::string& reason) {
     reason_ = reason;
     first_attempt_done_ = true;
     queued.swap(queue_);
-    in_flight_count_ = 0;
     worker = std::move(worker_);
     state_cv_.notify_all();
   }
@@ -825,12 +978,22 @@ void PeerSession::TearDown(PeerState next, const std::string& reason) {
     auto s = log_->MakeDurable();
     if (!s.ok()) meta::LogError("peer " + name_ + ": " + s.message());
   }
+  std::map<uint64_t, InFlight> unanswered;
+  {
+    std::lock_guard<std::mutex> lock(socket_mu_);
+    unanswered.swap(in_flight_);
+    unattended_ = 0;
+  }
   for (auto& out : queued) {
     delete out.frame;
     if (out.completion) out.completion->Done();
   }
-  for (auto& [seq, f] : in_flight_) f.completion->Done();
-  in_flight_.clear();
+  for (auto& [seq, f] : unanswered) f.completion->Done();
+  {
+    // Writers waiting in Await() look again: nothing of theirs is left.
+    std::lock_guard<std::mutex> lock(socket_mu_);
+    for (meta::Completion* c : rx_waiting_) c->Kick();
+  }
   socket_.reset();
   if (worker) {
     worker->Join();

@@ -22,11 +22,28 @@
 // order under mu_; whoever then holds socket_mu_ sends the queue in that
 // order. While the link is up (`direct_`), the thread that queued a frame
 // sends it itself — an application write reaches ZeroMQ without waking the
-// session thread — and the session thread receives, sends what others
-// could not, and watches the peer; it sleeps in poll() on the socket's
-// ZMQ_FD and an eventfd, without holding socket_mu_. Lock order: the
-// volume's locks -> socket_mu_ -> mu_ -> the FractureLog's lock. Neither
-// lock is held across an fsync; a send never blocks (dontwait).
+// session thread.
+//
+// Receiving: one thread at a time, the receiver, sleeps in poll() on the
+// socket's ZMQ_FD (without holding socket_mu_) and takes what arrives under
+// socket_mu_. A frame is *attended* when the thread that queued it will
+// wait for its answer through Await() (application changes in sync mode);
+// such a thread becomes the receiver while it waits, so that its
+// acknowledgement wakes it directly rather than through the session thread
+// (one thread hop less per write). The session thread receives when frames
+// nobody waits for this way are in flight (pings, resync, async changes,
+// epoch flushes); otherwise it sleeps on its eventfd and wakes every
+// watch_period (100 ms) to send what others could not, to take answers no
+// receiver took (a writer not back yet from its local write), and to watch
+// the peer (timeouts, heartbeats). Whoever gives up the receiver role hands
+// it on (kicks a waiting writer, or wakes the session thread). ZMQ_FD is
+// edge-triggered: a receiver sleeps only after ZMQ_EVENTS said no input is
+// waiting, and a sender whose send may have consumed an edge wakes the
+// receiver.
+//
+// Lock order: the volume's locks -> socket_mu_ -> mu_ -> the FractureLog's
+// lock -> a Completion's lock. Neither lock is held across an fsync; a send
+// never blocks (dontwait).
 #pragma once
 
 #include <atomic>
@@ -79,6 +96,9 @@ struct SessionOptions {
   std::chrono::milliseconds peer_timeout{2000};
   std::chrono::milliseconds heartbeat{500};
   std::chrono::milliseconds max_backoff{5000};
+  // How often the session thread wakes by itself to watch the peer
+  // (timeouts, heartbeats) and to take answers nobody took.
+  std::chrono::milliseconds watch_period{100};
   uint64_t resync_rate = 0;  // bytes per second, 0 = unlimited
   // The node's CURVE keys as of now (reloaded on SIGHUP), or null for plain
   // links; called at every connection attempt.
@@ -135,9 +155,16 @@ class PeerSession {
   // An fsync while the peer is not mirrored live makes its log durable
   // here, or, with `defer_log_sync`, sets *defer_log_sync and leaves that
   // to the caller.
+  // `attended`: the caller will Await(completion) (sync mode).
   bool Enqueue(const meta::Change& change,
                const std::shared_ptr<meta::Completion>& completion,
-               bool* defer_log_sync = nullptr);
+               bool* defer_log_sync = nullptr, bool attended = false);
+
+  // Returns once no frame of `completion` is queued or unanswered on this
+  // session (answered, or the peer was lost and its change logged). The
+  // calling thread receives the peer's frames itself while nobody else
+  // does. Any thread may call it, for any completion.
+  void Await(meta::Completion* completion);
 
   // Blocks until the first connection attempt ended or `timeout` passed.
   // Returns true if the peer is mirrored live.
@@ -168,7 +195,8 @@ class PeerSession {
                        const std::shared_ptr<meta::Completion>& completion);
   bool EnqueueMark(const ResyncMark& mark,
                    const std::shared_ptr<meta::Completion>& completion);
-  // `on_reply` runs on the session thread before `completion` is Done().
+  // `on_reply` runs on the receiving thread (under the session's socket
+  // lock) before `completion` is Done().
   bool RequestBlockDiff(const BlockSums& sums,
                         std::function<void(const BlockDiff&)> on_reply,
                         const std::shared_ptr<meta::Completion>& completion);
@@ -185,19 +213,24 @@ class PeerSession {
     std::string* frame;  // owned; handed to ZeroMQ without a copy
     std::shared_ptr<meta::Completion> completion;  // null for a ping
     std::function<void(const BlockDiff&)> on_diff;
+    bool attended;  // its sender will Await() the completion
   };
   struct InFlight {
     std::shared_ptr<meta::Completion> completion;
     Clock::time_point sent;
     std::function<void(const BlockDiff&)> on_diff;
+    bool attended;
   };
+  // Who sleeps on the socket for input (see the class comment).
+  enum class Receiver { kNone, kSession, kWriter };
 
   // Queues a frame made by `encode` under mu_ if the session is up, then
   // sends the queue unless called on the session thread.
   bool Push(const std::function<void(const FrameHeader&, std::string*)>& encode,
             const std::shared_ptr<meta::Completion>& completion,
             const meta::Change* record,
-            std::function<void(const BlockDiff&)> on_diff);
+            std::function<void(const BlockDiff&)> on_diff,
+            bool attended = false);
   void Run();
   bool Connect();
   void Serve();
@@ -212,9 +245,29 @@ class PeerSession {
   // REQUIRES: socket_mu_ held and the link up. Sends the queue in order;
   // returns false (the unsent frames queued again, first) if a send failed.
   bool SendQueuedLocked();
-  // REQUIRES: socket_mu_ held. Wakes the session thread if the socket has
+  // REQUIRES: socket_mu_ held, a receiver. Wakes it if the socket has
   // input: a send may have consumed the ZMQ_FD edge it sleeps on.
-  void WakeIfReadable();
+  void WakeReceiverIfReadable();
+  // REQUIRES: socket_mu_ held and the link up. Takes every frame waiting on
+  // the socket: answers complete their changes. Returns "" or why the link
+  // must be dropped (the unanswered change stays in flight for TearDown).
+  std::string DrainLocked();
+  // REQUIRES: socket_mu_ held (by `lock`), this thread the receiver as a
+  // writer. Receives until `completion` has nothing left here, the link
+  // goes down or fails; returns with the lock held, still the receiver.
+  void ReceiveLocked(const meta::Completion* completion,
+                     std::unique_lock<std::mutex>* lock);
+  // REQUIRES: socket_mu_ held, this thread the receiver. Gives the role up
+  // and hands it on to whoever needs it next.
+  void ReleaseReceiverLocked();
+  // REQUIRES: socket_mu_ held. True if a frame of `completion` is queued or
+  // unanswered here.
+  bool PendingLocked(const meta::Completion* completion);
+  // REQUIRES: socket_mu_ held. The session thread must receive: frames are
+  // in flight that no writer Await()s, or a ping awaits its pong.
+  bool SessionMustReceiveLocked() const {
+    return unattended_ > 0 || awaiting_pong_;
+  }
   void Wake();
   void SleepFor(std::chrono::milliseconds d);
 
@@ -254,7 +307,6 @@ class PeerSession {
   bool seen_ = false;
   uint64_t changes_sent_ = 0;
   uint64_t bytes_sent_ = 0;
-  size_t in_flight_count_ = 0;
   std::unique_ptr<ResyncWorker> worker_;
   // Changes queued since the last store flush was queued (data without its
   // bytes), in order; and per store flush in flight (by its seq), what it
@@ -263,14 +315,24 @@ class PeerSession {
   std::map<uint64_t, std::vector<meta::Change>> flushing_;
   ResyncProgress last_resync_;
 
-  // The socket and what was sent on it. Written by the session thread
-  // alone while `direct_` is false; while it is true, used by any thread
-  // holding socket_mu_.
-  std::mutex socket_mu_;
-  bool direct_ = false;            // guarded by socket_mu_
-  std::vector<Outgoing> sending_;  // guarded by socket_mu_; empty between uses
+  // The socket and what was sent on it. The socket is used by the session
+  // thread alone while `direct_` is false; while it is true, by any thread
+  // holding socket_mu_. The rest is guarded by socket_mu_.
+  mutable std::mutex socket_mu_;
+  bool direct_ = false;
+  std::vector<Outgoing> sending_;  // empty between uses
   std::unique_ptr<zmq::socket_t> socket_;
+  int zmq_fd_ = -1;  // the socket's ZMQ_FD, valid while direct_
   std::map<uint64_t, InFlight> in_flight_;
+  size_t unattended_ = 0;       // in_flight_ entries not attended
+  bool awaiting_pong_ = false;  // a ping was sent; nothing heard since
+  Receiver receiver_ = Receiver::kNone;
+  // Writers in Await() that are not the receiver (kicked on a hand-over
+  // and when their frames are answered).
+  std::vector<meta::Completion*> rx_waiting_;
+  std::string rx_lost_;  // a writer found the link broken; Serve drops it
+  std::condition_variable rx_cv_;  // the receiver role was given up
+  int writer_wake_fd_ = -1;        // eventfd: wakes a writer that receives
   std::thread::id session_thread_;
 
   // Session-thread only.
