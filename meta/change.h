@@ -67,7 +67,9 @@ struct Change {
   uint32_t flags = 0;
   Timespec atime;
   Timespec mtime;
-  // kWrite only: `length` bytes, borrowed; valid until Mirror::Submit returns.
+  // kWrite only: `length` bytes, borrowed: valid until Mirror::Submit
+  // returns or, when it returned a Completion, until Mirror::Wait of it
+  // returns (a Mirror may send them without copying).
   const char* data = nullptr;
   // Primary-local, never sent: the inode number of the file a data change
   // writes (the write-intent journal's key; stable across renames).
@@ -89,15 +91,27 @@ class Completion {
     std::lock_guard<std::mutex> lock(mu_);
     if (--pending_ == 0) cv_.notify_all();
   }
-  // True once every peer is done (never blocks).
+  // True once every peer is done and no hold is left (never blocks).
   bool IsDone() {
     std::lock_guard<std::mutex> lock(mu_);
-    return pending_ <= 0;
+    return pending_ <= 0 && holds_ == 0;
   }
-  // Blocks until every peer is done.
+  // Blocks until every peer is done and every hold is released.
   void Wait() {
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [this] { return pending_ <= 0; });
+    cv_.wait(lock, [this] { return pending_ <= 0 && holds_ == 0; });
+  }
+  // The transport holds the caller's bytes (sent without a copy) until it
+  // has sent them: one hold per message that references them. Wait() and
+  // IsDone() wait for every hold to be released, so that the caller may
+  // reuse its buffer once Wait() returns.
+  void AddHold() {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++holds_;
+  }
+  void ReleaseHold() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--holds_ == 0) cv_.notify_all();
   }
   // Wakes a WaitDoneOrKicked() now or the next one (the kick is kept until
   // a wait takes it): "what you wait for may have changed, look again".
@@ -107,7 +121,7 @@ class Completion {
     cv_.notify_all();
   }
   // Blocks until every peer is done or a Kick() came; takes the kick.
-  // Returns true when every peer is done.
+  // Returns true when every peer is done (holds may remain).
   bool WaitDoneOrKicked() {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [this] { return pending_ <= 0 || kicked_; });
@@ -116,9 +130,10 @@ class Completion {
   }
 
  private:
-  std::mutex mu_;  // guards pending_ and kicked_
+  std::mutex mu_;  // guards pending_, holds_ and kicked_
   std::condition_variable cv_;
   int pending_;
+  int holds_ = 0;
   bool kicked_ = false;
 };
 
@@ -129,7 +144,9 @@ class Mirror {
   // network. Callers serialize Submit() (and their local operation) for
   // changes whose relative order matters; the volume's locks do that.
   // Returns what to Wait() on for sync mode, or nullptr when no peer needs
-  // to be waited for (no peer connected, or async mode).
+  // to be waited for (no peer connected, or async mode). A returned
+  // Completion must be waited for with Wait() (the change's data may be in
+  // use until then).
   virtual std::shared_ptr<Completion> Submit(const Change& change) = 0;
 
   // Blocks until `completion` (returned by Submit) is done. A Mirror may use

@@ -4,8 +4,11 @@
 
 #include <algorithm>
 #include <mutex>
+#include <optional>
 
 #include "meta/log.h"
+#include "sync/frame_data.h"
+#include "sync/wire.h"
 
 namespace mirrorfs::sync {
 
@@ -174,8 +177,17 @@ std::shared_ptr<meta::Completion> FanOut::SubmitAll(const meta::Change& change,
   bool* defer = log_sync_ && waited && change.kind == meta::ChangeKind::kFsync
                     ? &log_sync
                     : nullptr;
+  // A write's bytes are checksummed once and sent to every peer from one
+  // buffer: the caller's own (no copy) when it waits through Wait(), which
+  // then also waits until ZeroMQ is done reading it; else one copy.
+  std::optional<FrameData> data;
+  if (change.kind == meta::ChangeKind::kWrite) {
+    data.emplace(change.data, change.data ? change.length : 0,
+                 WriteDataCrc(change), attended ? completion.get() : nullptr);
+  }
   for (auto& session : sessions_) {
-    if (session->Enqueue(change, completion, defer, attended)) {
+    if (session->Enqueue(change, completion, defer, attended,
+                         data ? &*data : nullptr)) {
       ++taken;
     } else {
       completion->Done();

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <optional>
 #include <random>
 #include <zmq.hpp>
 
@@ -125,7 +126,7 @@ bool PeerSession::Push(
     const std::function<void(const FrameHeader&, std::string*)>& encode,
     const std::shared_ptr<meta::Completion>& completion,
     const meta::Change* record, std::function<void(const BlockDiff&)> on_diff,
-    bool attended) {
+    bool attended, FrameData* data) {
   // The seq must follow queue order exactly (receivers refuse gaps), so it
   // is taken and the frame encoded under mu_.
   auto* frame = new std::string();
@@ -140,8 +141,9 @@ bool PeerSession::Push(
     header.session = session_;
     header.seq = next_seq_++;
     encode(header, frame);
-    queue_.push_back(
-        Outgoing{header.seq, frame, completion, std::move(on_diff), attended});
+    queue_.push_back(Outgoing{header.seq, frame, completion, std::move(on_diff),
+                              attended,
+                              data ? data->Take() : FrameData::Ref{}});
     // Guarantee 3: what the peer applies stays at risk (its page cache)
     // until a later store flush of the peer completes.
     if (record != nullptr && Loggable(*record)) {
@@ -195,9 +197,9 @@ bool PeerSession::SendQueuedLocked() {
     Outgoing& out = sending_[sent];
     std::string* frame = out.frame;
     if (frame == nullptr) break;  // an earlier send of it failed
-    size_t size = frame->size();
+    size_t size = frame->size() + out.data.size;
     out.frame = nullptr;
-    if (!SendFrame(frame)) break;  // frees the frame either way
+    if (!SendFrame(frame, &out.data)) break;  // frees them either way
     if (out.completion) {
       in_flight_[out.seq] = InFlight{std::move(out.completion), now,
                                      std::move(out.on_diff), out.attended};
@@ -320,6 +322,20 @@ std::string PeerSession::DrainLocked() {
       return std::string("receive failed: ") + e.what();
     }
     if (!got) return "";
+    if (msg.more()) {
+      // A secondary's frames are single-part: take the rest, drop it all.
+      try {
+        for (bool more = true; more;) {
+          zmq::message_t rest;
+          (void)socket_->recv(rest);
+          more = rest.more();
+        }
+      } catch (const zmq::error_t& e) {
+        return std::string("receive failed: ") + e.what();
+      }
+      meta::LogWarning("peer " + name_ + ": dropped a multi-part message");
+      continue;
+    }
     auto decoded = DecodeFrame(
         std::string_view(static_cast<const char*>(msg.data()), msg.size()));
     if (!decoded.ok()) {
@@ -380,7 +396,8 @@ std::string PeerSession::DrainLocked() {
 
 bool PeerSession::Enqueue(const meta::Change& change,
                           const std::shared_ptr<meta::Completion>& completion,
-                          bool* defer_log_sync, bool attended) {
+                          bool* defer_log_sync, bool attended,
+                          FrameData* data) {
   bool live;
   bool syncing;
   {
@@ -395,11 +412,7 @@ bool PeerSession::Enqueue(const meta::Change& change,
       // Mirrored live, but the resync's log must follow the names.
       log_->Follow(change);
     }
-    if (Push([&](const FrameHeader& h,
-                 std::string* out) { EncodeChange(h, change, out); },
-             completion, &change, nullptr, attended)) {
-      return true;
-    }
+    if (PushChange(change, completion, attended, data)) return true;
   }
   if (change.kind == meta::ChangeKind::kFsync) {
     // Data extents are covered by the write-intent journal until they are
@@ -422,9 +435,28 @@ bool PeerSession::Enqueue(const meta::Change& change,
 bool PeerSession::EnqueueResync(
     const meta::Change& change,
     const std::shared_ptr<meta::Completion>& completion) {
-  return Push([&](const FrameHeader& h,
-                  std::string* out) { EncodeChange(h, change, out); },
-              completion, &change, nullptr);
+  return PushChange(change, completion, /*attended=*/false, nullptr);
+}
+
+bool PeerSession::PushChange(
+    const meta::Change& change,
+    const std::shared_ptr<meta::Completion>& completion, bool attended,
+    FrameData* data) {
+  if (change.kind != meta::ChangeKind::kWrite) {
+    return Push([&](const FrameHeader& h,
+                    std::string* out) { EncodeChange(h, change, out); },
+                completion, &change, nullptr, attended);
+  }
+  std::optional<FrameData> own;
+  if (data == nullptr) {
+    data = &own.emplace(change.data, change.data ? change.length : 0,
+                        WriteDataCrc(change), nullptr);
+  }
+  return Push(
+      [&](const FrameHeader& h, std::string* out) {
+        EncodeChange(h, change, data->crc(), out);
+      },
+      completion, &change, nullptr, attended, data);
 }
 
 bool PeerSession::EnqueueManifest(
@@ -790,15 +822,26 @@ bool PeerSession::Connect() {
   return false;
 }
 
-bool PeerSession::SendFrame(std::string* frame) {
-  zmq::message_t msg(frame->data(), frame->size(), FreeFrame, frame);
+bool PeerSession::SendFrame(std::string* frame, FrameData::Ref* data) {
   try {
-    auto sent = socket_->send(msg, zmq::send_flags::dontwait);
-    if (sent) return true;
+    zmq::message_t head(frame->data(), frame->size(), FreeFrame, frame);
+    frame = nullptr;  // head frees it
+    if (data->release == nullptr) {
+      return socket_->send(head, zmq::send_flags::dontwait).has_value();
+    }
+    zmq::message_t body(const_cast<char*>(data->data), data->size,
+                        data->release, data->hint);
+    data->release = nullptr;  // body releases it
+    // Once a first part is taken, ZeroMQ takes the rest of the message.
+    return socket_->send(
+               head, zmq::send_flags::sndmore | zmq::send_flags::dontwait) &&
+           socket_->send(body, zmq::send_flags::dontwait);
   } catch (const zmq::error_t& e) {
     meta::LogError("peer " + name_ + ": send failed: " + e.what());
   }
-  return false;  // msg still owns the frame and frees it
+  delete frame;
+  FrameData::Release(data);
+  return false;  // the messages free what they hold
 }
 
 void PeerSession::Serve() {
@@ -986,6 +1029,7 @@ void PeerSession::TearDown(PeerState next, const std::string& reason) {
   }
   for (auto& out : queued) {
     delete out.frame;
+    FrameData::Release(&out.data);
     if (out.completion) out.completion->Done();
   }
   for (auto& [seq, f] : unanswered) f.completion->Done();

@@ -63,6 +63,7 @@
 #include "meta/uuid.h"
 #include "sync/curve.h"
 #include "sync/fracture_log.h"
+#include "sync/frame_data.h"
 #include "sync/generation.h"
 #include "sync/resync_worker.h"
 #include "sync/wire.h"
@@ -155,10 +156,13 @@ class PeerSession {
   // An fsync while the peer is not mirrored live makes its log durable
   // here, or, with `defer_log_sync`, sets *defer_log_sync and leaves that
   // to the caller.
-  // `attended`: the caller will Await(completion) (sync mode).
+  // `attended`: the caller will Await(completion) (sync mode). `data`: a
+  // kWrite's bytes as shared by every peer (null: this session copies
+  // them).
   bool Enqueue(const meta::Change& change,
                const std::shared_ptr<meta::Completion>& completion,
-               bool* defer_log_sync = nullptr, bool attended = false);
+               bool* defer_log_sync = nullptr, bool attended = false,
+               FrameData* data = nullptr);
 
   // Returns once no frame of `completion` is queued or unanswered on this
   // session (answered, or the peer was lost and its change logged). The
@@ -213,7 +217,8 @@ class PeerSession {
     std::string* frame;  // owned; handed to ZeroMQ without a copy
     std::shared_ptr<meta::Completion> completion;  // null for a ping
     std::function<void(const BlockDiff&)> on_diff;
-    bool attended;  // its sender will Await() the completion
+    bool attended;        // its sender will Await() the completion
+    FrameData::Ref data;  // a write's data part (owned reference) or none
   };
   struct InFlight {
     std::shared_ptr<meta::Completion> completion;
@@ -224,13 +229,19 @@ class PeerSession {
   // Who sleeps on the socket for input (see the class comment).
   enum class Receiver { kNone, kSession, kWriter };
 
-  // Queues a frame made by `encode` under mu_ if the session is up, then
-  // sends the queue unless called on the session thread.
+  // Queues a frame made by `encode` (with a reference to `data` as its
+  // second part, if not null) under mu_ if the session is up, then sends
+  // the queue unless called on the session thread.
   bool Push(const std::function<void(const FrameHeader&, std::string*)>& encode,
             const std::shared_ptr<meta::Completion>& completion,
             const meta::Change* record,
             std::function<void(const BlockDiff&)> on_diff,
-            bool attended = false);
+            bool attended = false, FrameData* data = nullptr);
+  // Queues a change; for a kWrite its data goes as the second part, from
+  // `data` or, if null, from a copy made here.
+  bool PushChange(const meta::Change& change,
+                  const std::shared_ptr<meta::Completion>& completion,
+                  bool attended, FrameData* data);
   void Run();
   bool Connect();
   void Serve();
@@ -238,7 +249,9 @@ class PeerSession {
   // before their completions are released; the resync is cancelled.
   void TearDown(PeerState next, const std::string& reason);
   void SetState(PeerState state, const std::string& reason);
-  bool SendFrame(std::string* frame);  // takes ownership
+  // Sends `frame` and, if it holds one, `data` as the second part; takes
+  // ownership of both (freed or released either way).
+  bool SendFrame(std::string* frame, FrameData::Ref* data);
   // Sends what is queued, in order, from any thread but the session's:
   // what cannot be sent now is left queued for the session thread.
   void SendQueued();

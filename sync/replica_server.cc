@@ -3,6 +3,7 @@
 #include <poll.h>
 
 #include <algorithm>
+#include <optional>
 #include <zmq.hpp>
 
 #include "meta/log.h"
@@ -132,7 +133,10 @@ void ReplicaServer::Run() {
       continue;
     }
     for (int budget = 0; budget < 256 && !stopping_; ++budget) {
-      zmq::message_t id, body;
+      // The routing envelope, the frame, and a write's data part.
+      zmq::message_t id, body, data;
+      bool has_data = false;
+      size_t parts = 1;
       try {
         if (!socket_->recv(id, zmq::recv_flags::dontwait)) break;
         if (!id.more()) {
@@ -140,30 +144,41 @@ void ReplicaServer::Run() {
           continue;
         }
         (void)socket_->recv(body);
-        // Only single-part frames are valid; drain any extra parts.
-        bool extra = body.more();
-        while (body.more()) {
+        bool more = body.more();
+        if (more) {
+          (void)socket_->recv(data);
+          has_data = true;
+          more = data.more();
+          ++parts;
+        }
+        while (more) {  // beyond any frame: drained, then refused
           zmq::message_t rest;
           (void)socket_->recv(rest);
-          body.swap(rest);
-          if (!rest.more() && !body.more()) break;
-        }
-        if (extra) {
-          BadFrame("a multi-part message (frames are single-part)");
-          continue;
+          more = rest.more();
+          ++parts;
         }
       } catch (const zmq::error_t& e) {
         meta::LogError(std::string("replication socket: ") + e.what());
         break;
+      }
+      if (parts > 2) {
+        BadFrame("a message of " + std::to_string(parts) +
+                 " parts (a frame has one, a write two)");
+        continue;
       }
       if (curve_ && AuthenticatedPeerName(body).empty()) {
         // Second line of defence: ZAP admitted nothing for this connection.
         BadFrame("a frame from an unauthenticated connection");
         continue;
       }
+      std::optional<std::string_view> data_part;
+      if (has_data) {
+        data_part.emplace(static_cast<const char*>(data.data()), data.size());
+      }
       Handle(
           std::string(static_cast<const char*>(id.data()), id.size()),
-          std::string_view(static_cast<const char*>(body.data()), body.size()));
+          std::string_view(static_cast<const char*>(body.data()), body.size()),
+          data_part);
     }
   }
   socket_.reset();
@@ -365,8 +380,9 @@ void ReplicaServer::HandleHello(const std::string& routing_id,
 }
 
 void ReplicaServer::Handle(const std::string& routing_id,
-                           std::string_view bytes) {
-  auto decoded = DecodeFrame(bytes);
+                           std::string_view bytes,
+                           std::optional<std::string_view> data) {
+  auto decoded = DecodeFrame(bytes, data);
   if (!decoded.ok()) {
     BadFrame("a bad frame (" + std::to_string(bytes.size()) +
              " bytes): " + decoded.status().message());

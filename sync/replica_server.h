@@ -23,6 +23,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -136,7 +137,9 @@ class ReplicaServer {
  private:
   using Clock = std::chrono::steady_clock;
   void Run();
-  void Handle(const std::string& routing_id, std::string_view frame);
+  // `data`: the frame's second part, if it has one (a write's bytes).
+  void Handle(const std::string& routing_id, std::string_view frame,
+              std::optional<std::string_view> data);
   void HandleHello(const std::string& routing_id, const FrameHeader& header,
                    const Hello& hello);
   void Reply(const std::string& routing_id, const std::string& frame);

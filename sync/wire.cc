@@ -388,7 +388,8 @@ Status DecodeHelloReply(std::string_view payload, HelloReply* m) {
   return r.End();
 }
 
-Status DecodeChange(std::string_view payload, meta::Change* c) {
+Status DecodeChange(std::string_view payload,
+                    std::optional<std::string_view> data, meta::Change* c) {
   PayloadReader r(payload);
   uint8_t kind = 0;
   MFS_RETURN_IF_ERROR(r.U8("kind", &kind));
@@ -411,20 +412,40 @@ Status DecodeChange(std::string_view payload, meta::Change* c) {
   c->mtime.nsec = nsec;
   MFS_RETURN_IF_ERROR(r.String("path", kMaxPathBytes, &c->path));
   MFS_RETURN_IF_ERROR(r.String("target", kMaxPathBytes, &c->target));
+  uint32_t data_crc = 0;
   if (c->kind == ChangeKind::kWrite) {
-    if (r.remaining() != c->length) {
-      return Proto("write of " + std::to_string(c->length) + " bytes to " +
-                   Quote(c->path) + " carries " +
-                   std::to_string(r.remaining()) + " data bytes");
-    }
-    std::string_view data;
-    MFS_RETURN_IF_ERROR(r.Bytes("data", r.remaining(), &data));
-    c->data = data.data();
-  } else {
-    c->data = nullptr;
+    MFS_RETURN_IF_ERROR(r.U32("data_crc", &data_crc));
   }
   MFS_RETURN_IF_ERROR(r.End());
-  return ValidateChange(*c);
+  c->data = nullptr;
+  if (c->kind != ChangeKind::kWrite) {
+    if (data) {
+      return Proto(std::string(KindName(c->kind)) + " change of " +
+                   Quote(c->path) + " has a data part (" +
+                   std::to_string(data->size()) +
+                   " bytes); only a write carries one");
+    }
+    return ValidateChange(*c);
+  }
+  if (!data) {
+    return Proto("write of " + std::to_string(c->length) + " bytes to " +
+                 Quote(c->path) + " has no data part");
+  }
+  if (data->size() != c->length) {
+    return Proto("write of " + std::to_string(c->length) + " bytes to " +
+                 Quote(c->path) + " carries " + std::to_string(data->size()) +
+                 " data bytes");
+  }
+  c->data = data->data();
+  MFS_RETURN_IF_ERROR(ValidateChange(*c));
+  uint32_t crc = Crc32c(*data);
+  if (crc != data_crc) {
+    return Status::Error(
+        EBADMSG, "write of " + std::to_string(c->length) + " bytes to " +
+                     Quote(c->path) + ": data checksum mismatch: frame says " +
+                     Hex32(data_crc) + ", computed " + Hex32(crc));
+  }
+  return Status::Ok();
 }
 
 Status DecodeAck(std::string_view payload, Ack* m) {
@@ -693,17 +714,25 @@ std::string_view FrameTypeName(FrameType type) {
 // ---- Public encoders ------------------------------------------------------
 
 size_t ChangeFrameSize(const meta::Change& change) {
-  size_t n = kFrameHeaderSize + kChangeFixedBytes +
-             std::min(change.path.size(), kMaxWireString) +
-             std::min(change.target.size(), kMaxWireString);
-  if (change.kind == ChangeKind::kWrite && change.data != nullptr) {
-    n += change.length;
-  }
-  return n;
+  return kFrameHeaderSize + kChangeFixedBytes +
+         std::min(change.path.size(), kMaxWireString) +
+         std::min(change.target.size(), kMaxWireString) +
+         (change.kind == ChangeKind::kWrite ? 4 : 0);
+}
+
+uint32_t WriteDataCrc(const meta::Change& change) {
+  return Crc32c(change.data, change.data != nullptr ? change.length : 0);
 }
 
 void EncodeChange(const FrameHeader& header, const meta::Change& c,
                   std::string* out) {
+  EncodeChange(header, c,
+               c.kind == ChangeKind::kWrite ? WriteDataCrc(c) : uint32_t{0},
+               out);
+}
+
+void EncodeChange(const FrameHeader& header, const meta::Change& c,
+                  uint32_t data_crc, std::string* out) {
   BeginFrame(header, FrameType::kChange, ChangeFrameSize(c) - kFrameHeaderSize,
              out);
   PutU8(out, static_cast<uint8_t>(c.kind));
@@ -719,9 +748,8 @@ void EncodeChange(const FrameHeader& header, const meta::Change& c,
   PutU32(out, static_cast<uint32_t>(c.mtime.nsec));
   PutString(out, c.path);
   PutString(out, c.target);
-  if (c.kind == ChangeKind::kWrite && c.data != nullptr) {
-    out->append(c.data, c.length);  // the one copy of the data
-  }
+  // The data travels as the message's second part, not copied here.
+  if (c.kind == ChangeKind::kWrite) PutU32(out, data_crc);
   FinishFrame(out);
 }
 
@@ -952,7 +980,8 @@ meta::Result<FrameHeader> DecodeFrameHeader(std::string_view bytes) {
   return h;
 }
 
-meta::Result<DecodedFrame> DecodeFrame(std::string_view bytes) {
+meta::Result<DecodedFrame> DecodeFrame(std::string_view bytes,
+                                       std::optional<std::string_view> data) {
   meta::Result<FrameHeader> header = DecodeFrameHeader(bytes);
   if (!header.ok()) return header.status();
   DecodedFrame f;
@@ -978,7 +1007,7 @@ meta::Result<DecodedFrame> DecodeFrame(std::string_view bytes) {
       s = DecodeHelloReply(payload, &f.body.emplace<HelloReply>());
       break;
     case FrameType::kChange:
-      s = DecodeChange(payload, &f.body.emplace<meta::Change>());
+      s = DecodeChange(payload, data, &f.body.emplace<meta::Change>());
       break;
     case FrameType::kAck:
       s = DecodeAck(payload, &f.body.emplace<Ack>());
@@ -1007,6 +1036,10 @@ meta::Result<DecodedFrame> DecodeFrame(std::string_view bytes) {
     default:
       return Proto("unknown frame type " +
                    std::to_string(static_cast<uint16_t>(f.header.type)));
+  }
+  if (s.ok() && data && f.header.type != FrameType::kChange) {
+    s = Proto("a data part (" + std::to_string(data->size()) +
+              " bytes) follows a frame that never has one");
   }
   if (!s.ok()) {
     return Status::Error(s.err(), std::string(FrameTypeName(f.header.type)) +

@@ -1,8 +1,10 @@
 // Wire codec: turns replication messages into frames and back. One frame is
 // one ZeroMQ message: a fixed 48-byte little-endian header (magic, version,
 // type, store UUID, session epoch, sequence number, payload length, CRC-32C)
-// followed by the payload of its type. The byte layout, the versioning rules
-// and what a receiver does with a bad frame are described once, in
+// followed by the payload of its type; a write change carries its data in a
+// second message part (so that the bytes are never copied into a frame, and
+// one buffer serves every peer). The byte layout, the versioning rules and
+// what a receiver does with a bad frame are described once, in
 // sync/WIRE_FORMAT.md; this header is the C++ view of it.
 //
 // Encoders never fail: they write exactly what they are given (strings longer
@@ -20,6 +22,7 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -35,7 +38,7 @@ namespace mirrorfs::sync {
 // "MFSW" as little-endian bytes 'M','F','S','W'.
 inline constexpr uint32_t kWireMagic = 0x5753464du;
 // The only version this build speaks; see "Versioning" in WIRE_FORMAT.md.
-inline constexpr uint16_t kWireVersion = 1;
+inline constexpr uint16_t kWireVersion = 2;
 inline constexpr size_t kFrameHeaderSize = 48;
 
 // Limits enforced by the decoder (and to be respected by senders).
@@ -210,11 +213,19 @@ struct BlockDiff {
 // the hot path). header.version and header.type are ignored.
 // REQUIRES: out != nullptr.
 //
-// EncodeChange copies change.data exactly once, into the frame.
+// EncodeChange writes the frame's first part. For a kWrite the data is NOT
+// copied: the sender sends change.data[0, length) as the message's second
+// part, and the frame carries `data_crc`, which must be its CRC-32C
+// (WriteDataCrc; computed once for every peer's frame). The overload without
+// it computes it.
 // REQUIRES: ValidateChange(change).ok() — otherwise the frame is written
 // anyway and the receiver refuses it.
 void EncodeChange(const FrameHeader& header, const meta::Change& change,
                   std::string* out);
+void EncodeChange(const FrameHeader& header, const meta::Change& change,
+                  uint32_t data_crc, std::string* out);
+// The CRC-32C of a kWrite's data (change.data[0, length); 0 bytes if null).
+uint32_t WriteDataCrc(const meta::Change& change);
 void EncodeHello(const FrameHeader& header, const Hello& hello,
                  std::string* out);
 void EncodeHelloReply(const FrameHeader& header, const HelloReply& reply,
@@ -233,8 +244,9 @@ void EncodeBlockSums(const FrameHeader& header, const BlockSums& sums,
 void EncodeBlockDiff(const FrameHeader& header, const BlockDiff& diff,
                      std::string* out);
 
-// Returns the exact size of the frame EncodeChange writes for `change`
-// (header, fixed fields, strings, and for kWrite the data bytes).
+// Returns the exact size of the first part EncodeChange writes for `change`
+// (header, fixed fields, strings, and for kWrite the data checksum; the
+// data is the second part).
 size_t ChangeFrameSize(const meta::Change& change);
 
 // Returns OK if `change` obeys every rule the decoder enforces (paths,
@@ -252,18 +264,22 @@ meta::Status ValidateStorePath(std::string_view path);
 struct DecodedFrame {
   FrameHeader header;
   // kChange decodes to meta::Change. For kWrite, Change::data points INTO
-  // the buffer given to DecodeFrame (zero copy): that buffer must outlive
+  // the data part given to DecodeFrame (zero copy): that buffer must outlive
   // the use of the Change.
   std::variant<Hello, HelloReply, meta::Change, Ack, Ping, Pong, ErrorFrame,
                Manifest, ResyncMark, BlockSums, BlockDiff>
       body;
 };
 
-// Decodes and validates one whole frame (one ZeroMQ message).
-// On success returns the header and the typed body. On failure returns
-// EBADMSG ("frame checksum mismatch ...") or EPROTO with a precise message;
-// `bytes` may be anything, including empty or hostile input.
-meta::Result<DecodedFrame> DecodeFrame(std::string_view bytes);
+// Decodes and validates one whole frame (one ZeroMQ message): `bytes`, its
+// first part, and `data`, its second part if it has one (only a kWrite
+// change has, always). On success returns the header and the typed body.
+// On failure returns EBADMSG (a frame or data checksum mismatch) or EPROTO
+// with a precise message; the input may be anything, including empty or
+// hostile.
+meta::Result<DecodedFrame> DecodeFrame(
+    std::string_view bytes,
+    std::optional<std::string_view> data = std::nullopt);
 
 // Decodes only the header and checks size, magic, payload length and
 // checksum, but neither the version nor the type nor the payload. The header

@@ -6,10 +6,10 @@ primary keeps mirroring afterwards.
 
 Frames follow sync/WIRE_FORMAT.md: one ZeroMQ message is one frame, a 48-byte
 little-endian header
-    magic u32 'MFSW' | version u16 = 1 | type u16 | store_uuid 16 bytes |
+    magic u32 'MFSW' | version u16 = 2 | type u16 | store_uuid 16 bytes |
     session u64 | seq u64 | payload_len u32 | crc32c u32
 then the payload; the CRC-32C covers the header with the crc field zero, then
-the payload."""
+the payload. Only a write change has a second message part (its data)."""
 
 import os
 import socket
@@ -24,7 +24,7 @@ from conftest import (POLL_SECONDS, assert_same_manifest, status_json, store_man
                       wait_in_sync, wait_until)
 
 MAGIC = 0x5753464D  # b"MFSW" little-endian
-VERSION = 1
+VERSION = 2
 HEADER = struct.Struct("<IHH16sQQII")
 assert HEADER.size == 48
 T_HELLO, T_HELLO_REPLY, T_CHANGE, T_ACK, T_PING, T_PONG, T_ERROR = range(1, 8)
@@ -78,7 +78,10 @@ class Probe:
         self.sock.connect(endpoint)
 
     def send(self, data):
-        self.sock.send(data)
+        if isinstance(data, list):
+            self.sock.send_multipart(data)
+        else:
+            self.sock.send(data)
 
     def recv(self, timeout):
         """The next reply, or None after `timeout` seconds."""
@@ -130,6 +133,7 @@ def test_bad_frames_are_logged_and_change_nothing(pair):
             backup, probe, frame(T_PING, ping, random_uuid, magic=0x12345678), "a bad magic")
         lines["version"] = send_and_expect_log_line(
             backup, probe, frame(T_PING, ping, random_uuid, version=999), "an unknown version")
+
         # A change frame (random payload, valid checksum) for another store.
         lines["change"] = send_and_expect_log_line(
             backup, probe, frame(T_CHANGE, os.urandom(100), random_uuid, seq=7),
@@ -183,3 +187,26 @@ def test_bad_frames_are_logged_and_change_nothing(pair):
         os.fsync(f.fileno())
     wait_in_sync(primary.store, "backup")
     assert_same_manifest(primary.store, backup.store)
+
+
+def test_messages_with_the_wrong_parts_are_refused(pair):
+    """A frame is one message part; only a write change has a second one (its
+    data). Anything else is dropped with a log line, and the store is kept."""
+    cluster, primary, backup = pair
+    with open(primary.mountpoint / "before.bin", "wb") as f:
+        f.write(os.urandom(100_000))
+    wait_in_sync(primary.store, "backup")
+    manifest = assert_same_manifest(primary.store, backup.store)
+    probe = Probe(backup.endpoint)
+    try:
+        ping = frame(T_PING, struct.pack("<Q", 1), os.urandom(16), seq=5)
+        line = send_and_expect_log_line(backup, probe, [ping, b"data", b"more"],
+                                        "a message of three parts")
+        assert "3 parts" in line, line
+        line = send_and_expect_log_line(backup, probe, [ping, os.urandom(64)],
+                                        "a ping with a data part")
+        assert "data part" in line, line
+    finally:
+        probe.close()
+    assert backup.alive(), "the secondary died"
+    assert store_manifest(backup.store) == manifest, "bad frames changed the secondary's store"

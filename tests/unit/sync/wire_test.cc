@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 #include <iostream>
+#include <optional>
 #include <random>
 #include <string>
 #include <type_traits>
@@ -156,10 +157,11 @@ void ExpectSameHeader(const FrameHeader& want, FrameType type,
   EXPECT_EQ(got.seq, want.seq);
 }
 
-// Expects DecodeFrame to refuse `frame` with EPROTO/EBADMSG and a message
-// containing `needle`.
-void ExpectRejected(const std::string& frame, const std::string& needle) {
-  auto r = DecodeFrame(frame);
+// Expects DecodeFrame to refuse `frame` (with `data` as its second part, if
+// given) with EPROTO/EBADMSG and a message containing `needle`.
+void ExpectRejected(const std::string& frame, const std::string& needle,
+                    std::optional<std::string_view> data = std::nullopt) {
+  auto r = DecodeFrame(frame, data);
   ASSERT_FALSE(r.ok()) << "accepted a frame that should fail with: " << needle;
   EXPECT_TRUE(r.status().err() == EPROTO || r.status().err() == EBADMSG)
       << r.status().err();
@@ -193,33 +195,45 @@ HelloReply MakeHelloReply() {
   return r;
 }
 
-// A few valid frames of every type, for the mutation tests.
-std::vector<std::string> SampleFrames(std::string* write_data) {
-  std::vector<std::string> frames;
+// One message as the wire carries it: a frame and, for a write, its data.
+struct Message {
+  std::string frame;
+  std::optional<std::string> data;
+  std::optional<std::string_view> data_part() const {
+    if (!data) return std::nullopt;
+    return std::string_view(*data);
+  }
+};
+
+// A few valid messages of every type, for the mutation tests.
+std::vector<Message> SampleMessages() {
+  std::vector<Message> messages;
   std::string f;
-  *write_data = std::string(200, 'x');
+  const std::string write_data(200, 'x');
   for (uint8_t k = 1; k <= 15; ++k) {
     Change c = MakeChange(static_cast<ChangeKind>(k));
     if (c.kind == ChangeKind::kWrite) {
-      c.data = write_data->data();
-      c.length = write_data->size();
+      c.data = write_data.data();
+      c.length = write_data.size();
     }
     EncodeChange(TestHeader(k), c, &f);
-    frames.push_back(f);
+    messages.push_back({f, c.kind == ChangeKind::kWrite
+                               ? std::optional<std::string>(write_data)
+                               : std::nullopt});
   }
   EncodeHello(TestHeader(), MakeHello(), &f);
-  frames.push_back(f);
+  messages.push_back({f, std::nullopt});
   EncodeHelloReply(TestHeader(), MakeHelloReply(), &f);
-  frames.push_back(f);
+  messages.push_back({f, std::nullopt});
   EncodeAck(TestHeader(), Ack{7, ENOSPC, "no space left on device"}, &f);
-  frames.push_back(f);
+  messages.push_back({f, std::nullopt});
   EncodePing(TestHeader(), Ping{99}, &f);
-  frames.push_back(f);
+  messages.push_back({f, std::nullopt});
   EncodePong(TestHeader(), Pong{99}, &f);
-  frames.push_back(f);
+  messages.push_back({f, std::nullopt});
   EncodeError(TestHeader(), ErrorFrame{EPROTO, "wrong store"}, &f);
-  frames.push_back(f);
-  return frames;
+  messages.push_back({f, std::nullopt});
+  return messages;
 }
 
 // Re-encodes a decoded frame; a valid frame has exactly one encoding.
@@ -318,7 +332,7 @@ TEST(WireTest, HeaderLayoutIsFixedLittleEndian) {
              &f);
   ASSERT_EQ(f.size(), kFrameHeaderSize + 8);
   EXPECT_EQ(f.substr(0, 4), "MFSW");
-  EXPECT_EQ(f[4], 1);  // version
+  EXPECT_EQ(f[4], 2);  // version
   EXPECT_EQ(f[5], 0);
   EXPECT_EQ(f[6], 5);  // type kPing
   EXPECT_EQ(f[7], 0);
@@ -349,7 +363,7 @@ TEST(WireTest, EncoderClearsAndReusesOutput) {
   EncodeChange(TestHeader(), c, &f);
   EXPECT_EQ(f.capacity(), cap);
   EXPECT_EQ(f.data(), buf);  // no reallocation on reuse
-  ASSERT_TRUE(DecodeFrame(f).ok());
+  ASSERT_TRUE(DecodeFrame(f, data).ok());
 }
 
 // ---- Round trips ----------------------------------------------------------
@@ -367,16 +381,19 @@ TEST(WireTest, EveryChangeKindRoundTrips) {
     ASSERT_TRUE(ValidateChange(c).ok()) << ValidateChange(c).message();
     EncodeChange(TestHeader(k), c, &f);
     EXPECT_EQ(f.size(), ChangeFrameSize(c));
-    auto r = DecodeFrame(f);
+    std::optional<std::string_view> part;
+    if (c.kind == ChangeKind::kWrite) part = data;
+    auto r = DecodeFrame(f, part);
     ASSERT_TRUE(r.ok()) << r.status().message();
     ExpectSameHeader(TestHeader(k), FrameType::kChange, r->header);
     const Change* got = std::get_if<Change>(&r->body);
     ASSERT_NE(got, nullptr);
     ExpectSameChange(c, *got);
     if (c.kind == ChangeKind::kWrite) {
-      // Zero copy: the data is read in place from the frame.
-      EXPECT_GE(got->data, f.data());
-      EXPECT_LE(got->data + got->length, f.data() + f.size());
+      // Zero copy both ways: the frame holds no data, and the decoded
+      // change points into the data part.
+      EXPECT_LT(f.size(), kFrameHeaderSize + 100);
+      EXPECT_EQ(got->data, data.data());
     } else {
       EXPECT_EQ(got->data, nullptr);
     }
@@ -394,7 +411,7 @@ TEST(WireTest, OneMebibyteWriteRoundTrips) {
   std::string f;
   EncodeChange(TestHeader(), c, &f);
   EXPECT_EQ(f.size(), ChangeFrameSize(c));
-  auto r = DecodeFrame(f);
+  auto r = DecodeFrame(f, data);
   ASSERT_TRUE(r.ok()) << r.status().message();
   const Change& got = std::get<Change>(r->body);
   ASSERT_EQ(got.length, data.size());
@@ -408,9 +425,52 @@ TEST(WireTest, EmptyWriteRoundTrips) {
   c.data = nullptr;
   std::string f;
   EncodeChange(TestHeader(), c, &f);
-  auto r = DecodeFrame(f);
+  auto r = DecodeFrame(f, std::string_view());  // an empty data part
   ASSERT_TRUE(r.ok()) << r.status().message();
   EXPECT_EQ(std::get<Change>(r->body).length, 0u);
+}
+
+TEST(WireTest, AWriteAndOnlyAWriteHasADataPart) {
+  std::string data = "0123456789";
+  Change c = MakeChange(ChangeKind::kWrite);
+  c.data = data.data();
+  c.length = data.size();
+  std::string f;
+  EncodeChange(TestHeader(), c, &f);
+  ASSERT_TRUE(DecodeFrame(f, data).ok());
+  ExpectRejected(f, "write of 10 bytes to 'vm/disk.img' has no data part");
+  ExpectRejected(f, "carries 9 data bytes", std::string_view(data).substr(1));
+  Change t = MakeChange(ChangeKind::kTruncate);
+  EncodeChange(TestHeader(), t, &f);
+  ASSERT_TRUE(DecodeFrame(f).ok());
+  ExpectRejected(f, "truncate change of 'vm/disk.img' has a data part (10",
+                 data);
+  EncodePing(TestHeader(), Ping{1}, &f);
+  ExpectRejected(f, "a data part (10 bytes) follows a frame that never has",
+                 data);
+}
+
+TEST(WireTest, DataBitFlipIsADataChecksumMismatch) {
+  std::string data(4096, 'd');
+  Change c = MakeChange(ChangeKind::kWrite);
+  c.data = data.data();
+  c.length = data.size();
+  std::string f;
+  EncodeChange(TestHeader(), c, &f);
+  EXPECT_EQ(WriteDataCrc(c), Crc32c(data));
+  for (size_t bit : {0ul, 7ul, 4096ul * 4, 4096ul * 8 - 1}) {
+    std::string g = data;
+    g[bit / 8] = static_cast<char>(g[bit / 8] ^ (1 << (bit % 8)));
+    auto r = DecodeFrame(f, g);
+    ASSERT_FALSE(r.ok()) << "bit " << bit;
+    EXPECT_EQ(r.status().err(), EBADMSG);
+    EXPECT_NE(r.status().message().find("data checksum mismatch"),
+              std::string::npos)
+        << r.status().message();
+  }
+  // The checksum given to EncodeChange is what the frame carries.
+  EncodeChange(TestHeader(), c, WriteDataCrc(c) ^ 1, &f);
+  ExpectRejected(f, "data checksum mismatch", data);
 }
 
 TEST(WireTest, HelloRoundTrips) {
@@ -501,12 +561,12 @@ TEST(WireTest, LongStringsAreCutToTheWireLimit) {
 // ---- Structural damage ----------------------------------------------------
 
 TEST(WireTest, EveryTruncationIsRejected) {
-  std::string data;
-  for (const std::string& f : SampleFrames(&data)) {
-    ASSERT_TRUE(DecodeFrame(f).ok());
+  for (const Message& m : SampleMessages()) {
+    const std::string& f = m.frame;
+    ASSERT_TRUE(DecodeFrame(f, m.data_part()).ok());
     for (size_t n = 0; n < f.size(); ++n) {
       std::string prefix = f.substr(0, n);
-      auto r = DecodeFrame(prefix);
+      auto r = DecodeFrame(prefix, m.data_part());
       ASSERT_FALSE(r.ok()) << "prefix " << n << " of " << f.size();
       EXPECT_EQ(r.status().err(), EPROTO);
       EXPECT_NE(r.status().message().find("frame truncated"), std::string::npos)
@@ -532,13 +592,20 @@ TEST(WireTest, TrailingBytesAfterThePayloadAreRejected) {
 }
 
 TEST(WireTest, EverySingleBitFlipIsRejected) {
-  std::string data;
-  for (const std::string& f : SampleFrames(&data)) {
+  for (const Message& m : SampleMessages()) {
+    const std::string& f = m.frame;
     for (size_t bit = 0; bit < f.size() * 8; ++bit) {
       std::string g = f;
       g[bit / 8] = static_cast<char>(g[bit / 8] ^ (1 << (bit % 8)));
-      auto r = DecodeFrame(g);
+      auto r = DecodeFrame(g, m.data_part());
       ASSERT_FALSE(r.ok()) << "bit " << bit << " of " << f.size() << " bytes";
+    }
+    if (!m.data) continue;
+    for (size_t bit = 0; bit < m.data->size() * 8; ++bit) {
+      std::string d = *m.data;
+      d[bit / 8] = static_cast<char>(d[bit / 8] ^ (1 << (bit % 8)));
+      auto r = DecodeFrame(f, d);
+      ASSERT_FALSE(r.ok()) << "data bit " << bit;
     }
   }
 }
@@ -563,19 +630,19 @@ TEST(WireTest, WrongMagicVersionAndTypeAreRejected) {
   ExpectRejected(g, "not a mirrorfs frame: magic");
 
   g = f;
-  g[4] = 2;  // version 2
+  g[4] = 3;  // version 3
   Reseal(&g);
-  ExpectRejected(g, "frame version 2 is newer than this node's wire version 1");
+  ExpectRejected(g, "frame version 3 is newer than this node's wire version 2");
   auto h = DecodeFrameHeader(g);  // the header is still readable
   ASSERT_TRUE(h.ok()) << h.status().message();
-  EXPECT_EQ(h->version, 2);
+  EXPECT_EQ(h->version, 3);
   EXPECT_EQ(h->seq, 42u);
   EXPECT_EQ(h->session, TestHeader().session);
 
   g = f;
-  g[4] = 0;
+  g[4] = 1;  // version 1 sent a write's data inside the frame
   Reseal(&g);
-  ExpectRejected(g, "frame version 0 is not supported");
+  ExpectRejected(g, "frame version 1 is not supported");
 
   for (uint16_t type : {0, 12, 300, 65535}) {
     g = f;
@@ -632,7 +699,7 @@ TEST(WireTest, BadPathsAreRejectedEvenWithAValidChecksum) {
   Change c = MakeChange(ChangeKind::kWrite);
   c.path = "";
   EncodeChange(TestHeader(), c, &f);
-  ExpectRejected(f, "empty path");
+  ExpectRejected(f, "empty path", std::string_view());
   c = MakeChange(ChangeKind::kFsync);
   c.path = "";
   EncodeChange(TestHeader(), c, &f);
@@ -689,10 +756,11 @@ TEST(WireTest, BadChangeFieldsAreRejected) {
   EncodeChange(TestHeader(), c, &f);
   PutLe32(&f, kChangeLengthAt, 11);
   Reseal(&f);
-  ExpectRejected(f, "write of 11 bytes to 'vm/disk.img' carries 10 data bytes");
+  ExpectRejected(f, "write of 11 bytes to 'vm/disk.img' carries 10 data bytes",
+                 data);
   PutLe32(&f, kChangeLengthAt, 9);
   Reseal(&f);
-  ExpectRejected(f, "carries 10 data bytes");
+  ExpectRejected(f, "carries 10 data bytes", data);
 
   // Trailing bytes after a non-write change.
   c = MakeChange(ChangeKind::kTruncate);
@@ -714,7 +782,7 @@ TEST(WireTest, BadChangeFieldsAreRejected) {
   EncodeChange(TestHeader(), c, &f);
   PutLe32(&f, kChangeFlagsAt, 1u << 31);
   Reseal(&f);
-  ExpectRejected(f, "not allowed");
+  ExpectRejected(f, "not allowed", std::string_view());
 
   // Nanoseconds out of range.
   c = MakeChange(ChangeKind::kSetTimes);
@@ -858,7 +926,7 @@ TEST(WireFuzzTest, RandomBuffersNeverCrash) {
     // behind the magic and the checksum are reached too.
     if (i % 2 == 0 && n >= 4) buf.replace(0, 4, "MFSW");
     if (i % 4 == 0 && n >= kFrameHeaderSize) {
-      buf[4] = 1;
+      buf[4] = kWireVersion;
       buf[5] = 0;
       buf[6] = static_cast<char>(1 + rng() % 7);
       buf[7] = 0;
@@ -875,11 +943,11 @@ TEST(WireFuzzTest, RandomBuffersNeverCrash) {
 
 TEST(WireFuzzTest, MutatedValidFramesNeverCrash) {
   std::mt19937_64 rng(54321);
-  std::string data;
-  std::vector<std::string> frames = SampleFrames(&data);
+  std::vector<Message> messages = SampleMessages();
   int accepted = 0;
   for (int i = 0; i < 100000; ++i) {
-    std::string g = frames[rng() % frames.size()];
+    const Message& m = messages[rng() % messages.size()];
+    std::string g = m.frame;
     int edits = 1 + static_cast<int>(rng() % 4);
     for (int e = 0; e < edits && !g.empty(); ++e) {
       size_t at = rng() % g.size();
@@ -906,7 +974,7 @@ TEST(WireFuzzTest, MutatedValidFramesNeverCrash) {
       g.replace(0, 4, "MFSW");
       Reseal(&g);
     }
-    auto r = DecodeFrame(g);
+    auto r = DecodeFrame(g, m.data_part());
     if (r.ok()) {
       ++accepted;
       // Whatever is accepted is canonical: it re-encodes to the same bytes.

@@ -1,0 +1,42 @@
+#include "sync/frame_data.h"
+
+namespace mirrorfs::sync {
+
+FrameData::FrameData(const char* data, size_t size, uint32_t crc,
+                     meta::Completion* borrower)
+    : data_(data), size_(size), crc_(crc), borrower_(borrower) {}
+
+FrameData::~FrameData() {
+  if (copy_ != nullptr) ReleaseCopy(nullptr, copy_);
+}
+
+FrameData::Ref FrameData::Take() {
+  if (borrower_ != nullptr) {
+    borrower_->AddHold();
+    return Ref{data_, size_, &FrameData::ReleaseBorrowed, borrower_};
+  }
+  if (copy_ == nullptr) {
+    copy_ = new Copy;
+    copy_->bytes.assign(data_, size_);  // the one copy, for every peer
+  }
+  copy_->refs.fetch_add(1, std::memory_order_relaxed);
+  return Ref{copy_->bytes.data(), size_, &FrameData::ReleaseCopy, copy_};
+}
+
+void FrameData::Release(Ref* ref) {
+  if (ref->release != nullptr) {
+    ref->release(const_cast<char*>(ref->data), ref->hint);
+    ref->release = nullptr;
+  }
+}
+
+void FrameData::ReleaseCopy(void*, void* hint) {
+  auto* copy = static_cast<Copy*>(hint);
+  if (copy->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete copy;
+}
+
+void FrameData::ReleaseBorrowed(void*, void* hint) {
+  static_cast<meta::Completion*>(hint)->ReleaseHold();
+}
+
+}  // namespace mirrorfs::sync
