@@ -428,6 +428,14 @@ for row in "${rows[@]}"; do
   done
   echo "$row $ok" >>"$work/meta/mirror"
 done
+# A peer dropped during the run (timeout, error) makes its row measure the
+# fracture log, not mirroring: count the drops the primary logged.
+: >"$work/meta/drops"
+for row in "${rows[@]}"; do
+  [[ $row == mirrorfs* && -n ${mcopies[$row]} ]] || continue
+  echo "$row $(grep -c 'its changes are logged from now on' "${mstore[$row]}/.mirrorfs/log" 2>/dev/null || true)" \
+    >>"$work/meta/drops"
+done
 
 PLL_TUNABLES=$pll_tunables "$python" - "$results" "$work/meta" "$size" "$runtime" "$reps" "${rows[*]}" "${tests[*]}" <<'EOF'
 import json, os, platform, statistics, subprocess, sys
@@ -493,6 +501,10 @@ mirror = {}
 for line in open(os.path.join(meta, "mirror")):
     row, ok = line.split()
     mirror[row] = ok == "true"
+drops = {}
+for line in open(os.path.join(meta, "drops")):
+    row, n = line.split()
+    drops[row] = int(n or 0)
 
 def ratio(row, test, base):
     return table.get(row, {}).get(test, {}).get(f"ratio_vs_{base}")
@@ -521,6 +533,7 @@ doc = {"size": size, "runtime_seconds": int(runtime), "repetitions": reps,
        "cold_cache_tests": [t for t in tests if t in READS],
        "mirror_verified": all(mirror.values()) if mirror else None,
        "mirror_verified_rows": mirror,
+       "peer_drops_during_run": drops,
        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "fio": fio_version},
        "results": table, "resources": resources, "targets": targets}
 with open(os.path.join(results, "bench.json"), "w") as f:
@@ -560,7 +573,9 @@ for t in targets:
     print(f"  {t['target']}: {fmt(t['value'])} (target {op} {t['threshold']}): {status}")
 print()
 for row, ok in mirror.items():
-    print(f"{row}: peer copies identical to the primary's: {str(ok).lower()}")
+    print(f"{row}: peer copies identical to the primary's: {str(ok).lower()}; "
+          f"peers dropped during the run: {drops.get(row, 0)}"
+          + ("  <- its figures measured the fracture log in part" if drops.get(row, 0) else ""))
 print(f"wrote {os.path.join(results, 'bench.json')}")
 EOF
 if grep -q ' false$' "$work/meta/mirror"; then
