@@ -325,8 +325,35 @@ meta::Status Applier::ApplyOnce(const meta::Change& c) {
 }
 
 meta::Status Applier::SyncAll() {
-  meta::Status first = WriteHeld();
+  auto flush = BeginFlush();
+  if (!flush.ok()) return flush.status();
+  return flush->Run();
+}
+
+meta::Result<StoreFlush> Applier::BeginFlush() {
+  MFS_RETURN_IF_ERROR(WriteHeld());
+  StoreFlush flush(root_fd_);
+  flush.files_.reserve(lru_.size());
   for (auto& [path, fd] : lru_) {
+    int dup = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (dup < 0) return Errno("dup for a flush of", path);
+    flush.files_.emplace_back(path, dup);
+  }
+  return flush;
+}
+
+StoreFlush::StoreFlush(StoreFlush&& other) noexcept
+    : root_fd_(other.root_fd_), files_(std::move(other.files_)) {
+  other.files_.clear();
+}
+
+StoreFlush::~StoreFlush() {
+  for (auto& [path, fd] : files_) ::close(fd);
+}
+
+meta::Status StoreFlush::Run() {
+  meta::Status first;
+  for (auto& [path, fd] : files_) {
     if (::fsync(fd) != 0 && first.ok()) first = Errno("fsync", path);
   }
   if (::syncfs(root_fd_) != 0 && first.ok()) first = Errno("syncfs", "store");

@@ -24,6 +24,26 @@
 
 namespace mirrorfs::sync {
 
+// A flush of a whole store, detached from the Applier so that it can run on
+// another thread while the Applier goes on applying: it holds descriptors of
+// its own (duplicates of the Applier's open files). Thread-compatible.
+class StoreFlush {
+ public:
+  StoreFlush(StoreFlush&& other) noexcept;
+  StoreFlush& operator=(StoreFlush&&) = delete;
+  ~StoreFlush();  // closes its descriptors
+  // fsyncs every file the Applier had open (so that their write-back errors
+  // are reported), then syncs the store's file system (syncfs). Returns OK,
+  // or the first error, with the path. Call once.
+  meta::Status Run();
+
+ private:
+  friend class Applier;
+  explicit StoreFlush(int root_fd) : root_fd_(root_fd) {}
+  int root_fd_;                                     // not owned
+  std::vector<std::pair<std::string, int>> files_;  // owned
+};
+
 class Applier {
  public:
   // `store_root_fd` is an O_DIRECTORY descriptor of the store; it must stay
@@ -53,6 +73,10 @@ class Applier {
 
   // Flushes every cached file and the store (syncfs). Returns the first error.
   meta::Status SyncAll();
+  // The same flush, to Run() later on any thread: it covers everything
+  // applied before this call. Writes the held writes first (volatile test
+  // mode), which is the only part that can fail here.
+  meta::Result<StoreFlush> BeginFlush();
 
   // Test seam: hold applied writes in memory until the next flush (or any
   // other change), so that killing the process loses them as a host crash

@@ -141,9 +141,12 @@ bool PeerSession::Push(
     header.session = session_;
     header.seq = next_seq_++;
     encode(header, frame);
+    const bool store_flush = record != nullptr &&
+                             record->kind == meta::ChangeKind::kFsync &&
+                             record->path.empty();
     queue_.push_back(Outgoing{header.seq, frame, completion, std::move(on_diff),
-                              attended,
-                              data ? data->Take() : FrameData::Ref{}});
+                              attended, data ? data->Take() : FrameData::Ref{},
+                              store_flush});
     // Guarantee 3: what the peer applies stays at risk (its page cache)
     // until a later store flush of the peer completes.
     if (record != nullptr && Loggable(*record)) {
@@ -201,8 +204,9 @@ bool PeerSession::SendQueuedLocked() {
     out.frame = nullptr;
     if (!SendFrame(frame, &out.data)) break;  // frees them either way
     if (out.completion) {
-      in_flight_[out.seq] = InFlight{std::move(out.completion), now,
-                                     std::move(out.on_diff), out.attended};
+      in_flight_[out.seq] =
+          InFlight{std::move(out.completion), now, std::move(out.on_diff),
+                   out.attended, out.store_flush};
       if (!out.attended) ++unattended_;
       ++changes;
       bytes += size;
@@ -927,14 +931,20 @@ void PeerSession::Serve() {
       seen = last_seen_;
     }
     auto silent = duration_cast<milliseconds>(now - seen);
-    if (!in_flight_.empty()) {
-      auto oldest = in_flight_.begin()->second.sent;
-      for (auto& [seq, f] : in_flight_) oldest = std::min(oldest, f.sent);
-      auto waited = duration_cast<milliseconds>(now - oldest);
-      if (waited >= options_.peer_timeout && silent >= options_.heartbeat) {
-        lost = "no answer for " + Seconds(waited);
-        break;
+    if (silent >= options_.heartbeat) {
+      // A frame unanswered past its limit while the peer said nothing for a
+      // heartbeat: slow past its timeout.
+      for (auto& [seq, f] : in_flight_) {
+        auto waited = duration_cast<milliseconds>(now - f.sent);
+        if (waited >=
+            (f.store_flush ? options_.flush_timeout : options_.peer_timeout)) {
+          lost = (f.store_flush ? "a store flush unanswered for "
+                                : "no answer for ") +
+                 Seconds(waited);
+          break;
+        }
       }
+      if (!lost.empty()) break;
     }
     if (silent >= options_.peer_timeout) {
       lost = "no answer for " + Seconds(silent);

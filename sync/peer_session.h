@@ -100,6 +100,11 @@ struct SessionOptions {
   // How often the session thread wakes by itself to watch the peer
   // (timeouts, heartbeats) and to take answers nobody took.
   std::chrono::milliseconds watch_period{100};
+  // A store flush (epoch) answered by a live peer may take this long before
+  // the peer is dropped: no application waits for it, and a second of
+  // writes can take seconds to reach a slow disk. (Changes an application
+  // waits for get peer_timeout.)
+  std::chrono::milliseconds flush_timeout{30000};
   uint64_t resync_rate = 0;  // bytes per second, 0 = unlimited
   // The node's CURVE keys as of now (reloaded on SIGHUP), or null for plain
   // links; called at every connection attempt.
@@ -219,12 +224,14 @@ class PeerSession {
     std::function<void(const BlockDiff&)> on_diff;
     bool attended;        // its sender will Await() the completion
     FrameData::Ref data;  // a write's data part (owned reference) or none
+    bool store_flush;     // a whole-store flush: flush_timeout applies
   };
   struct InFlight {
     std::shared_ptr<meta::Completion> completion;
     Clock::time_point sent;
     std::function<void(const BlockDiff&)> on_diff;
     bool attended;
+    bool store_flush;
   };
   // Who sleeps on the socket for input (see the class comment).
   enum class Receiver { kNone, kSession, kWriter };

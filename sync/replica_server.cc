@@ -1,6 +1,8 @@
 #include "sync/replica_server.h"
 
 #include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <optional>
@@ -53,12 +55,101 @@ meta::Status ReplicaServer::Bind() {
 }
 
 void ReplicaServer::Start() {
+  flushed_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  flusher_ = std::thread([this] { RunFlusher(); });
   thread_ = std::thread([this] { Run(); });
+}
+
+void ReplicaServer::RunFlusher() {
+  std::unique_lock<std::mutex> lock(flush_mu_);
+  for (;;) {
+    flush_cv_.wait(lock,
+                   [this] { return flusher_stop_ || !to_flush_.empty(); });
+    if (to_flush_.empty()) return;  // stopping, nothing left
+    std::vector<Flush> batch;
+    batch.swap(to_flush_);
+    lock.unlock();
+    if (int64_t delay = flush_delay_ms_) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(delay));
+    }
+    for (Flush& f : batch) f.result = f.flush->Run();
+    lock.lock();
+    for (Flush& f : batch) flushed_.push_back(std::move(f));
+    flushes_done_ = true;
+    uint64_t one = 1;
+    ssize_t ignored = ::write(flushed_fd_, &one, sizeof(one));
+    (void)ignored;
+  }
+}
+
+void ReplicaServer::StartFlush(const std::string& routing_id,
+                               const FrameHeader& h) {
+  Flush f;
+  f.routing_id = routing_id;
+  f.store_uuid = h.store_uuid;
+  f.session = h.session;
+  f.seq = h.seq;
+  auto begun = applier_.BeginFlush();
+  if (begun.ok()) {
+    f.flush.emplace(std::move(begun.value()));
+  } else {
+    f.result = begun.status();
+  }
+  std::lock_guard<std::mutex> lock(flush_mu_);
+  if (f.flush) {
+    to_flush_.push_back(std::move(f));
+    flush_cv_.notify_one();
+  } else {
+    flushed_.push_back(std::move(f));  // answered at once, with the error
+    flushes_done_ = true;
+    uint64_t one = 1;
+    ssize_t ignored = ::write(flushed_fd_, &one, sizeof(one));
+    (void)ignored;
+  }
+}
+
+void ReplicaServer::AnswerFlushes() {
+  uint64_t drained;
+  while (::read(flushed_fd_, &drained, sizeof(drained)) > 0) {
+  }
+  std::vector<Flush> done;
+  {
+    std::lock_guard<std::mutex> lock(flush_mu_);
+    done.swap(flushed_);
+  }
+  for (const Flush& f : done) {
+    Ack ack;
+    ack.seq = f.seq;
+    FrameHeader rh;
+    rh.store_uuid = f.store_uuid;
+    rh.session = f.session;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (f.session != session_) continue;  // that primary has gone
+      rh.seq = reply_seq_++;
+      if (f.result.ok()) {
+        ++changes_applied_;
+      } else {
+        ++apply_errors_;
+      }
+    }
+    if (!f.result.ok()) {
+      ack.err = f.result.err();
+      ack.message = f.result.message();
+      meta::LogError("flushing the store failed: " + f.result.message());
+    }
+    EncodeAck(rh, ack, &scratch_);
+    Reply(f.routing_id, scratch_);
+  }
 }
 
 void ReplicaServer::Stop() {
   stopping_ = true;
   if (thread_.joinable()) thread_.join();
+  if (flushed_fd_ >= 0) {
+    ::close(flushed_fd_);
+    flushed_fd_ = -1;
+  }
 }
 
 void ReplicaServer::SetDivergent(std::vector<DivergentExtent> divergent,
@@ -118,6 +209,7 @@ void ReplicaServer::Run() {
       ::poll(nullptr, 0, 10);
       continue;
     }
+    if (flushes_done_.exchange(false)) AnswerFlushes();
     // ZMQ_FD is edge-triggered: sleep on it only once ZMQ_EVENTS says no
     // message is waiting. (One check per frame: a zmq::poll costs several
     // system calls more, and each is on the path of every acknowledgement.)
@@ -128,9 +220,9 @@ void ReplicaServer::Run() {
       meta::LogError(std::string("replication socket: ") + e.what());
     }
     if (!readable) {
-      struct pollfd p = {fd, POLLIN, 0};
-      ::poll(&p, fd >= 0 ? 1 : 0, 100);
-      continue;
+      struct pollfd p[2] = {{flushed_fd_, POLLIN, 0}, {fd, POLLIN, 0}};
+      ::poll(p, fd >= 0 ? 2 : 1, 100);
+      continue;  // a finished flush is answered at the top
     }
     for (int budget = 0; budget < 256 && !stopping_; ++budget) {
       // The routing envelope, the frame, and a write's data part.
@@ -181,6 +273,13 @@ void ReplicaServer::Run() {
           data_part);
     }
   }
+  {
+    // Flushes queued still run (their answers no longer go out).
+    std::lock_guard<std::mutex> lock(flush_mu_);
+    flusher_stop_ = true;
+  }
+  flush_cv_.notify_all();
+  if (flusher_.joinable()) flusher_.join();
   socket_.reset();
   auto synced = applier_.SyncAll();
   if (!synced.ok()) {
@@ -445,10 +544,19 @@ void ReplicaServer::Handle(const std::string& routing_id,
       return;
     }
     ++expected_seq_;
-    rh.seq = reply_seq_++;
   }
+  // Our replies are numbered as they are sent: a store flush is answered
+  // later, by AnswerFlushes, after frames that came behind it.
+  auto numbered = [&] {
+    std::lock_guard<std::mutex> lock(mu_);
+    rh.seq = reply_seq_++;
+  };
 
   if (auto* change = std::get_if<meta::Change>(&decoded->body)) {
+    if (change->kind == meta::ChangeKind::kFsync && change->path.empty()) {
+      StartFlush(routing_id, h);  // answered once the store is synced
+      return;
+    }
     auto applied = applier_.Apply(*change);
     Ack ack;
     ack.seq = h.seq;
@@ -479,6 +587,7 @@ void ReplicaServer::Handle(const std::string& routing_id,
         ++apply_errors_;
       }
     }
+    numbered();
     EncodeAck(rh, ack, &scratch_);
     Reply(routing_id, scratch_);
   } else if (auto* part = std::get_if<Manifest>(&decoded->body)) {
@@ -497,6 +606,7 @@ void ReplicaServer::Handle(const std::string& routing_id,
         ack.message = reconciled.message();
       }
     }
+    numbered();
     EncodeAck(rh, ack, &scratch_);
     Reply(routing_id, scratch_);
   } else if (auto* mark = std::get_if<ResyncMark>(&decoded->body)) {
@@ -530,6 +640,7 @@ void ReplicaServer::Handle(const std::string& routing_id,
                                     "until it ends"
                               : "resync from the primary done; this copy is "
                                 "consistent");
+    numbered();
     EncodeAck(rh, ack, &scratch_);
     Reply(routing_id, scratch_);
   } else if (auto* sums = std::get_if<BlockSums>(&decoded->body)) {
@@ -553,9 +664,11 @@ void ReplicaServer::Handle(const std::string& routing_id,
                                                  sums->block_size);
       }
     }
+    numbered();
     EncodeBlockDiff(rh, reply, &scratch_);
     Reply(routing_id, scratch_);
   } else if (auto* ping = std::get_if<Ping>(&decoded->body)) {
+    numbered();
     EncodePong(rh, Pong{ping->nonce}, &scratch_);
     Reply(routing_id, scratch_);
   } else if (std::holds_alternative<Pong>(decoded->body)) {

@@ -13,12 +13,20 @@
 // kMaxBadFrameLogsPerSecond lines a second, then a count); it never changes
 // the store and never stops the server.
 //
+// Store flushes (the primary's epochs, every second) run on a flusher
+// thread: the server thread goes on applying and answering while the store
+// is synced, and answers the flush once it is done. A flush covers what was
+// applied before it arrived. (Done inline, a flush of a second's writes
+// stalled every write behind it, and a slow disk made the peer look dead.)
+//
 // Thread-safety: Start/Stop/Snapshot are thread-safe. The socket and the
-// Applier belong to the server thread.
+// Applier belong to the server thread; the flusher thread touches only what
+// flush_mu_ guards and its own StoreFlush.
 #pragma once
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -122,6 +130,10 @@ class ReplicaServer {
   // Test seam: while paused the server takes no frame (a hung peer, as
   // seen by its primary: the connection stays up, nothing is answered).
   void PauseForTest(bool on) { paused_ = on; }
+  // Test seam: every store flush takes this much longer (a slow disk).
+  void SetFlushDelayForTest(std::chrono::milliseconds delay) {
+    flush_delay_ms_ = delay.count();
+  }
   void Start();
   // What this node wrote as a former primary that a newer primary may lack
   // (sent in every accepted hello until a resync settles it).
@@ -140,6 +152,11 @@ class ReplicaServer {
   // `data`: the frame's second part, if it has one (a write's bytes).
   void Handle(const std::string& routing_id, std::string_view frame,
               std::optional<std::string_view> data);
+  // A store flush of the current session: handed to the flusher thread.
+  void StartFlush(const std::string& routing_id, const FrameHeader& header);
+  void RunFlusher();
+  // Sends the acknowledgements of the flushes the flusher finished.
+  void AnswerFlushes();
   void HandleHello(const std::string& routing_id, const FrameHeader& header,
                    const Hello& hello);
   void Reply(const std::string& routing_id, const std::string& frame);
@@ -157,6 +174,26 @@ class ReplicaServer {
   std::atomic<bool> stopping_{false};
   std::atomic<bool> paused_{false};
   std::string scratch_;  // server thread only
+
+  // Store flushes: queued by the server thread, run by the flusher thread,
+  // answered by the server thread (woken through flushed_fd_).
+  struct Flush {
+    std::string routing_id;
+    meta::Uuid store_uuid;
+    uint64_t session = 0;
+    uint64_t seq = 0;  // of the frame it answers
+    std::optional<StoreFlush> flush;
+    meta::Status result;
+  };
+  std::thread flusher_;
+  int flushed_fd_ = -1;                     // eventfd: a flush is done
+  std::atomic<bool> flushes_done_{false};   // flushed_ has news
+  std::atomic<int64_t> flush_delay_ms_{0};  // test seam
+  std::mutex flush_mu_;  // guards the three below; after mu_ if both
+  std::condition_variable flush_cv_;
+  std::vector<Flush> to_flush_;
+  std::vector<Flush> flushed_;
+  bool flusher_stop_ = false;
 
   mutable std::mutex mu_;  // guards everything below
   ReplicaIdentity identity_;

@@ -340,6 +340,34 @@ TEST_F(MirrorPathTest, APeerThatStopsAnsweringReleasesItsWritersAndIsLogged) {
   ExpectCopyEqual(*copy, "image", /*clean_link=*/false);
 }
 
+TEST_F(MirrorPathTest, ASlowStoreFlushOnThePeerStallsNoWriteAndDropsNoPeer) {
+  // Each epoch's store flush takes 1.5 s on the peer (a slow disk), longer
+  // than the peer timeout: writes go on meanwhile and the peer stays in.
+  Secondary* copy = AddSecondary("copy1");
+  copy->server->SetFlushDelayForTest(1500ms);
+  StartPrimary(MirrorMode::kSync, 1000ms);
+  fs::Handle fh = CreateFile("image");
+  std::atomic<bool> flushed{false};
+  auto flush_start = Clock::now();
+  std::thread epoch([&] {
+    fan_->FlushEpoch();
+    flushed = true;
+  });
+  auto writes_start = Clock::now();
+  EXPECT_EQ(WriteConcurrently(fh, 2, 100), 0);
+  auto writes_took = Clock::now() - writes_start;
+  EXPECT_FALSE(flushed) << "the writes took as long as the flush: "
+                        << std::chrono::duration<double>(writes_took).count()
+                        << " s";
+  epoch.join();
+  EXPECT_GE(Clock::now() - flush_start, 1500ms);
+  auto snap = fan_->Find("copy1")->Snapshot();
+  EXPECT_TRUE(snap.in_sync) << snap.reason;
+  EXPECT_EQ(snap.fracture_bytes, 0u);
+  volume_->Release(fh);
+  ExpectCopyEqual(*copy, "image");
+}
+
 TEST_F(MirrorPathTest, AsyncChangesAreReceivedByTheSessionThread) {
   Secondary* copy = AddSecondary("copy1");
   StartPrimary(MirrorMode::kAsync, 5000ms);
