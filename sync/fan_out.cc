@@ -183,7 +183,7 @@ std::shared_ptr<meta::Completion> FanOut::SubmitAll(const meta::Change& change,
   std::optional<FrameData> data;
   if (change.kind == meta::ChangeKind::kWrite) {
     data.emplace(change.data, change.data ? change.length : 0,
-                 WriteDataCrc(change), attended ? completion.get() : nullptr);
+                 attended ? completion.get() : nullptr);
   }
   for (auto& session : sessions_) {
     if (session->Enqueue(change, completion, defer, attended,

@@ -1,13 +1,26 @@
 #include "sync/frame_data.h"
 
+#include "sync/crc32c.h"
+
 namespace mirrorfs::sync {
 
-FrameData::FrameData(const char* data, size_t size, uint32_t crc,
-                     meta::Completion* borrower)
-    : data_(data), size_(size), crc_(crc), borrower_(borrower) {}
+FrameData::FrameData(const char* data, size_t size, meta::Completion* borrower)
+    : data_(data), size_(size), borrower_(borrower) {}
+
+uint32_t FrameData::crc() {
+  if (!crc_) crc_ = Crc32c(data_, size_);
+  return *crc_;
+}
 
 FrameData::~FrameData() {
   if (copy_ != nullptr) ReleaseCopy(nullptr, copy_);
+}
+
+void FrameData::Prepare() {
+  if (borrower_ == nullptr && copy_ == nullptr) {
+    copy_ = new Copy;
+    copy_->bytes.assign(data_, size_);  // the one copy, for every peer
+  }
 }
 
 FrameData::Ref FrameData::Take() {
@@ -15,10 +28,7 @@ FrameData::Ref FrameData::Take() {
     borrower_->AddHold();
     return Ref{data_, size_, &FrameData::ReleaseBorrowed, borrower_};
   }
-  if (copy_ == nullptr) {
-    copy_ = new Copy;
-    copy_->bytes.assign(data_, size_);  // the one copy, for every peer
-  }
+  Prepare();
   copy_->refs.fetch_add(1, std::memory_order_relaxed);
   return Ref{copy_->bytes.data(), size_, &FrameData::ReleaseCopy, copy_};
 }

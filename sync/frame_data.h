@@ -17,6 +17,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "meta/change.h"
@@ -34,16 +35,20 @@ class FrameData {
     void* hint = nullptr;
   };
 
-  // `data[0, size)` with CRC-32C `crc`. Borrowed when `borrower` is not
-  // null (it must be waited for with Completion::Wait before the buffer is
-  // reused), else copied at the first Take().
-  FrameData(const char* data, size_t size, uint32_t crc,
-            meta::Completion* borrower);
+  // `data[0, size)`. Borrowed when `borrower` is not null (it must be
+  // waited for with Completion::Wait before the buffer is reused), else
+  // copied at the first Take().
+  FrameData(const char* data, size_t size, meta::Completion* borrower);
   ~FrameData();
   FrameData(const FrameData&) = delete;
   FrameData& operator=(const FrameData&) = delete;
 
-  uint32_t crc() const { return crc_; }
+  // The CRC-32C of the bytes, computed at the first call (a write no peer
+  // takes is never checksummed).
+  uint32_t crc();
+  // Makes the copy now, if the bytes are not borrowed and not copied yet
+  // (so that Take() is cheap under a caller's lock).
+  void Prepare();
   // A new reference for one frame. Released by ZeroMQ once the message
   // owns it, or by Release() if it never reaches ZeroMQ.
   Ref Take();
@@ -60,7 +65,7 @@ class FrameData {
 
   const char* const data_;
   const size_t size_;
-  const uint32_t crc_;
+  std::optional<uint32_t> crc_;
   meta::Completion* const borrower_;
   Copy* copy_ = nullptr;  // made by the first Take() when not borrowed
 };

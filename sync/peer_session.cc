@@ -453,14 +453,13 @@ bool PeerSession::PushChange(
   }
   std::optional<FrameData> own;
   if (data == nullptr) {
-    data = &own.emplace(change.data, change.data ? change.length : 0,
-                        WriteDataCrc(change), nullptr);
+    data = &own.emplace(change.data, change.data ? change.length : 0, nullptr);
   }
-  return Push(
-      [&](const FrameHeader& h, std::string* out) {
-        EncodeChange(h, change, data->crc(), out);
-      },
-      completion, &change, nullptr, attended, data);
+  const uint32_t crc = data->crc();  // once per write, outside mu_
+  data->Prepare();
+  return Push([&](const FrameHeader& h,
+                  std::string* out) { EncodeChange(h, change, crc, out); },
+              completion, &change, nullptr, attended, data);
 }
 
 bool PeerSession::EnqueueManifest(
