@@ -1,9 +1,11 @@
 // PeerSession: the primary's link to one peer. It owns a ZeroMQ DEALER
-// socket and the thread that uses it: connects with backoff, says hello
-// (store identity), sends queued frames, matches acknowledgements, sends
-// heartbeats, and declares the peer lost when it stays silent or leaves a
-// frame unanswered past the peer timeout. What the peer misses goes to its
-// FractureLog; when it is back, a ResyncWorker replays it.
+// socket and the thread that manages it: connects with backoff, says hello
+// (store identity), sends what others could not, sends heartbeats, and
+// declares the peer lost when it stays silent past the peer timeout, or
+// leaves a frame unanswered past its limit (the peer timeout; a store
+// flush: flush_timeout) while saying nothing for a heartbeat. What the peer
+// misses goes to its FractureLog; when it is back, a ResyncWorker replays
+// it.
 //
 //   connecting ──hello accepted──> (freeze) ──log empty──> connected
 //      ^   │                          └──log not empty──> syncing ──> connected
