@@ -278,22 +278,25 @@ void PeerSession::Await(meta::Completion* completion) {
 
 void PeerSession::ReceiveLocked(const meta::Completion* completion,
                                 std::unique_lock<std::mutex>* lock) {
+  // ZMQ_EVENTS first, then one frame at a time: a write costs two mailbox
+  // checks (before sleeping, after waking) and returns as soon as its own
+  // answer is in; what else is waiting is for the next receiver, who looks
+  // at ZMQ_EVENTS before sleeping.
   while (direct_ && rx_lost_.empty()) {
-    std::string lost = DrainLocked();
-    if (lost.empty() && !PendingLocked(completion)) return;
+    std::string lost;
     bool readable = false;
-    if (lost.empty()) {
-      try {
-        readable = (socket_->get(zmq::sockopt::events) & ZMQ_POLLIN) != 0;
-      } catch (const zmq::error_t& e) {
-        lost = std::string("socket failed: ") + e.what();
-      }
+    try {
+      readable = (socket_->get(zmq::sockopt::events) & ZMQ_POLLIN) != 0;
+    } catch (const zmq::error_t& e) {
+      lost = std::string("socket failed: ") + e.what();
     }
+    if (lost.empty() && readable) lost = DrainLocked(/*max_frames=*/1);
     if (!lost.empty()) {
       rx_lost_ = lost;  // the session thread drops the link
       Wake();
       return;
     }
+    if (!PendingLocked(completion)) return;
     if (readable) continue;
     struct pollfd fds[2] = {{zmq_fd_, POLLIN, 0}, {writer_wake_fd_, POLLIN, 0}};
     lock->unlock();
@@ -316,8 +319,8 @@ void PeerSession::ReleaseReceiverLocked() {
   }
 }
 
-std::string PeerSession::DrainLocked() {
-  for (;;) {
+std::string PeerSession::DrainLocked(int max_frames) {
+  for (int taken = 0; taken < max_frames; ++taken) {
     zmq::message_t msg;
     zmq::recv_result_t got;
     try {
@@ -396,6 +399,7 @@ std::string PeerSession::DrainLocked() {
       completion->Kick();
     }
   }
+  return "";
 }
 
 bool PeerSession::Enqueue(const meta::Change& change,

@@ -50,6 +50,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <climits>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -270,10 +271,11 @@ class PeerSession {
   // REQUIRES: socket_mu_ held, a receiver. Wakes it if the socket has
   // input: a send may have consumed the ZMQ_FD edge it sleeps on.
   void WakeReceiverIfReadable();
-  // REQUIRES: socket_mu_ held and the link up. Takes every frame waiting on
-  // the socket: answers complete their changes. Returns "" or why the link
-  // must be dropped (the unanswered change stays in flight for TearDown).
-  std::string DrainLocked();
+  // REQUIRES: socket_mu_ held and the link up. Takes the frames waiting on
+  // the socket, at most `max_frames`: answers complete their changes.
+  // Returns "" or why the link must be dropped (the unanswered change stays
+  // in flight for TearDown).
+  std::string DrainLocked(int max_frames = INT_MAX);
   // REQUIRES: socket_mu_ held (by `lock`), this thread the receiver as a
   // writer. Receives until `completion` has nothing left here, the link
   // goes down or fails; returns with the lock held, still the receiver.

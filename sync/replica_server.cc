@@ -211,8 +211,10 @@ void ReplicaServer::Run() {
     }
     if (flushes_done_.exchange(false)) AnswerFlushes();
     // ZMQ_FD is edge-triggered: sleep on it only once ZMQ_EVENTS says no
-    // message is waiting. (One check per frame: a zmq::poll costs several
-    // system calls more, and each is on the path of every acknowledgement.)
+    // message is waiting. One frame per turn, so that each frame costs one
+    // such check (a mailbox poll) and the sleep: a zmq::poll, or a receive
+    // until EAGAIN, costs more system calls, and each lies on the path of
+    // every acknowledgement.
     bool readable = true;
     try {
       readable = (socket_->get(zmq::sockopt::events) & ZMQ_POLLIN) != 0;
@@ -224,7 +226,7 @@ void ReplicaServer::Run() {
       ::poll(p, fd >= 0 ? 2 : 1, 100);
       continue;  // a finished flush is answered at the top
     }
-    for (int budget = 0; budget < 256 && !stopping_; ++budget) {
+    do {  // one message; `continue` ends the turn
       // The routing envelope, the frame, and a write's data part.
       zmq::message_t id, body, data;
       bool has_data = false;
@@ -271,7 +273,7 @@ void ReplicaServer::Run() {
           std::string(static_cast<const char*>(id.data()), id.size()),
           std::string_view(static_cast<const char*>(body.data()), body.size()),
           data_part);
-    }
+    } while (false);
   }
   {
     // Flushes queued still run (their answers no longer go out).
