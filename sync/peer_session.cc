@@ -477,9 +477,17 @@ bool PeerSession::EnqueueManifest(
 bool PeerSession::EnqueueMark(
     const ResyncMark& mark,
     const std::shared_ptr<meta::Completion>& completion) {
+  // The peer answers an end mark once its whole store is synced: it counts
+  // as a store flush (its limit; what the peer applied before it is no
+  // longer at risk once it is answered).
+  static const meta::Change kStoreFlush = [] {
+    meta::Change c;
+    c.kind = meta::ChangeKind::kFsync;  // no path: the whole store
+    return c;
+  }();
   return Push([&](const FrameHeader& h,
                   std::string* out) { EncodeResyncMark(h, mark, out); },
-              completion, nullptr, nullptr);
+              completion, mark.begin ? nullptr : &kStoreFlush, nullptr);
 }
 
 bool PeerSession::RequestBlockDiff(

@@ -83,12 +83,17 @@ void ReplicaServer::RunFlusher() {
 }
 
 void ReplicaServer::StartFlush(const std::string& routing_id,
-                               const FrameHeader& h) {
+                               const FrameHeader& h, bool resync_end) {
   Flush f;
   f.routing_id = routing_id;
   f.store_uuid = h.store_uuid;
   f.session = h.session;
   f.seq = h.seq;
+  f.resync_end = resync_end;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    f.resync_begun = resync_begun_;
+  }
   auto begun = applier_.BeginFlush();
   if (begun.ok()) {
     f.flush.emplace(std::move(begun.value()));
@@ -118,29 +123,62 @@ void ReplicaServer::AnswerFlushes() {
     done.swap(flushed_);
   }
   for (const Flush& f : done) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (f.session != session_) continue;  // that primary has gone
+    }
+    meta::Status result = f.result;
+    if (!result.ok()) {
+      meta::LogError("flushing the store failed: " + result.message());
+    } else if (f.resync_end) {
+      result = FinishResync(f.resync_begun);
+    }
     Ack ack;
     ack.seq = f.seq;
     FrameHeader rh;
     rh.store_uuid = f.store_uuid;
     rh.session = f.session;
     {
+      // session_ changes only on this thread: still f.session here.
       std::lock_guard<std::mutex> lock(mu_);
-      if (f.session != session_) continue;  // that primary has gone
       rh.seq = reply_seq_++;
-      if (f.result.ok()) {
+      if (result.ok()) {
         ++changes_applied_;
       } else {
         ++apply_errors_;
       }
     }
-    if (!f.result.ok()) {
-      ack.err = f.result.err();
-      ack.message = f.result.message();
-      meta::LogError("flushing the store failed: " + f.result.message());
+    if (!result.ok()) {
+      ack.err = result.err();
+      ack.message = result.message();
     }
     EncodeAck(rh, ack, &scratch_);
     Reply(f.routing_id, scratch_);
   }
+}
+
+meta::Status ReplicaServer::FinishResync(uint64_t resync_begun) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    // A later begin mark: this copy stays inconsistent until that resync
+    // ends too.
+    if (resync_begun != resync_begun_) return meta::Status::Ok();
+  }
+  MFS_RETURN_IF_ERROR(host_->SetConsistent(true));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    identity_.consistent = true;
+    resyncing_ = false;
+  }
+  // Whatever this node wrote as a former primary is settled now.
+  host_->Settled();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    divergent_.clear();
+    namespace_diverged_ = false;
+  }
+  meta::LogInfo("resync from the primary done; this copy is consistent");
+  return meta::Status::Ok();
 }
 
 void ReplicaServer::Stop() {
@@ -612,36 +650,29 @@ void ReplicaServer::Handle(const std::string& routing_id,
     EncodeAck(rh, ack, &scratch_);
     Reply(routing_id, scratch_);
   } else if (auto* mark = std::get_if<ResyncMark>(&decoded->body)) {
+    if (!mark->begin) {
+      // Consistent means on disk: the store is synced first, on the
+      // flusher thread, while later frames go on being applied.
+      StartFlush(routing_id, h, /*resync_end=*/true);
+      return;
+    }
     Ack ack;
     ack.seq = h.seq;
-    meta::Status s;
-    if (!mark->begin) s = applier_.SyncAll();  // consistent means on disk
-    if (s.ok()) s = host_->SetConsistent(!mark->begin);
+    meta::Status s = host_->SetConsistent(false);
     if (!s.ok()) {
       ack.err = s.err();
       ack.message = s.message();
     } else {
       std::lock_guard<std::mutex> lock(mu_);
-      identity_.consistent = !mark->begin;
-      resyncing_ = mark->begin;
-      if (mark->begin) {
-        resync_total_ = mark->total_bytes;
-        resync_done_ = 0;
-      }
+      identity_.consistent = false;
+      resyncing_ = true;
+      resync_total_ = mark->total_bytes;
+      resync_done_ = 0;
+      ++resync_begun_;
     }
-    if (!mark->begin && s.ok()) {
-      // Whatever this node wrote as a former primary is settled now.
-      host_->Settled();
-      std::lock_guard<std::mutex> lock(mu_);
-      divergent_.clear();
-      namespace_diverged_ = false;
-    }
-    meta::LogInfo(mark->begin ? "resync from the primary started (" +
-                                    std::to_string(mark->total_bytes) +
-                                    " bytes); this copy is inconsistent "
-                                    "until it ends"
-                              : "resync from the primary done; this copy is "
-                                "consistent");
+    meta::LogInfo("resync from the primary started (" +
+                  std::to_string(mark->total_bytes) +
+                  " bytes); this copy is inconsistent until it ends");
     numbered();
     EncodeAck(rh, ack, &scratch_);
     Reply(routing_id, scratch_);

@@ -18,6 +18,8 @@
 // is synced, and answers the flush once it is done. A flush covers what was
 // applied before it arrived. (Done inline, a flush of a second's writes
 // stalled every write behind it, and a slow disk made the peer look dead.)
+// The end of a resync is such a flush too: the copy is marked consistent
+// once what the resync wrote is on disk, and the mark is answered then.
 //
 // Thread-safety: Start/Stop/Snapshot are thread-safe. The socket and the
 // Applier belong to the server thread; the flusher thread touches only what
@@ -153,7 +155,13 @@ class ReplicaServer {
   void Handle(const std::string& routing_id, std::string_view frame,
               std::optional<std::string_view> data);
   // A store flush of the current session: handed to the flusher thread.
-  void StartFlush(const std::string& routing_id, const FrameHeader& header);
+  // `resync_end`: the frame is a resync's end mark; once the flush is done
+  // the copy is marked consistent, then the mark answered.
+  void StartFlush(const std::string& routing_id, const FrameHeader& header,
+                  bool resync_end = false);
+  // After the end mark's flush: marks the copy consistent (unless the
+  // primary has begun another resync since). Returns what to answer.
+  meta::Status FinishResync(uint64_t resync_begun);
   void RunFlusher();
   // Sends the acknowledgements of the flushes the flusher finished.
   void AnswerFlushes();
@@ -182,6 +190,8 @@ class ReplicaServer {
     meta::Uuid store_uuid;
     uint64_t session = 0;
     uint64_t seq = 0;  // of the frame it answers
+    bool resync_end = false;    // a resync's end mark (see StartFlush)
+    uint64_t resync_begun = 0;  // resync_begun_ when the mark arrived
     std::optional<StoreFlush> flush;
     meta::Status result;
   };
@@ -219,6 +229,7 @@ class ReplicaServer {
   bool namespace_diverged_ = false;
   uint64_t resync_total_ = 0;
   uint64_t resync_done_ = 0;
+  uint64_t resync_begun_ = 0;  // begin marks taken, ever
   Clock::time_point log_window_{};
   int logs_in_window_ = 0;
 };

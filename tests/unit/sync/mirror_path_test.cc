@@ -8,8 +8,9 @@
 // (PeerSession::Await: the waiting writer receives; the session thread
 // receives what nobody waits for) — concurrent writers, two peers sharing
 // one completion, a peer that stops answering, epoch flushes and async
-// changes mixed in, a peer removed under load — and that the copies end
-// up byte-identical.
+// changes mixed in, a peer removed under load — that the store flush
+// ending a resync keeps the peer and covers what the resync sent, and that
+// the copies end up byte-identical.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -74,11 +75,15 @@ class MemoryHost : public ReplicaHost {
     return meta::Status::Ok();
   }
   void PrimaryAccepted(const std::string&, const meta::Uuid&,
-                       const std::string&) override {}
+                       const std::string&) override {
+    accepted++;
+  }
   meta::Result<std::string> SaveRecovery() override {
     return meta::Status::Error(ENOTSUP, "no recovery in this test");
   }
   void Settled() override {}
+
+  std::atomic<int> accepted{0};  // sessions of a primary taken
 };
 
 // One secondary: a store folder served by a ReplicaServer.
@@ -365,6 +370,46 @@ TEST_F(MirrorPathTest, ASlowStoreFlushOnThePeerStallsNoWriteAndDropsNoPeer) {
   EXPECT_TRUE(snap.in_sync) << snap.reason;
   EXPECT_EQ(snap.fracture_bytes, 0u);
   volume_->Release(fh);
+  ExpectCopyEqual(*copy, "image");
+}
+
+TEST_F(MirrorPathTest, ASlowFlushAtTheEndOfAResyncDropsNoPeer) {
+  // The peer syncs its store before it says it is consistent and answers
+  // the resync's end mark; on a slow disk that takes longer than the peer
+  // timeout, and the peer must still be heard meanwhile.
+  std::string image(3 << 20, '\0');
+  for (size_t i = 0; i < image.size(); ++i) image[i] = char(i * 7 / 4096);
+  std::ofstream(dir_ + "/store/image", std::ios::binary) << image;
+  Secondary* copy = AddSecondary("copy1");
+  copy->server->SetFlushDelayForTest(1500ms);
+  auto start = Clock::now();
+  StartPrimary(MirrorMode::kSync, 1000ms);  // returns once in sync
+  EXPECT_GE(Clock::now() - start, 1500ms) << "the end mark did not wait";
+  EXPECT_EQ(copy->host.accepted.load(), 1) << "the peer was dropped";
+  EXPECT_TRUE(copy->server->Snapshot().consistent);
+  ExpectCopyEqual(*copy, "image");
+}
+
+TEST_F(MirrorPathTest, WhatAResyncSentIsNotAtRiskOnceItEnded) {
+  // The end mark's answer means the peer's store is on disk: a peer lost
+  // right after a resync has nothing of it to be sent again.
+  std::ofstream(dir_ + "/store/image", std::ios::binary)
+      << std::string(2 << 20, 'r');
+  Secondary* copy = AddSecondary("copy1");
+  StartPrimary(MirrorMode::kSync, 5000ms);
+  PeerSession* session = fan_->Find("copy1");
+  session->Fracture();
+  ASSERT_TRUE(WaitFor(
+      [&] { return session->Snapshot().state == PeerState::kFractured; }, 5s));
+  auto snap = session->Snapshot();
+  EXPECT_EQ(snap.fracture_bytes, 0u);
+  EXPECT_EQ(snap.fracture_extents, 0u);
+  // Written since (not flushed yet): these are at risk, and logged.
+  fs::Handle fh = CreateFile("later");
+  std::string block(4096, 'w');
+  ASSERT_TRUE(volume_->Write(fh, block.data(), block.size(), 0).ok());
+  volume_->Release(fh);
+  EXPECT_EQ(session->Snapshot().fracture_bytes, 4096u);
   ExpectCopyEqual(*copy, "image");
 }
 
