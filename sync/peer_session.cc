@@ -356,6 +356,17 @@ std::string PeerSession::DrainLocked(int max_frames) {
       last_seen_ = Clock::now();
     }
     awaiting_pong_ = false;  // any frame of the session shows it is alive
+    if (auto* err = std::get_if<ErrorFrame>(&decoded->body)) {
+      return "it refused a frame: " + err->message;
+    }
+    // Answers are numbered too (WIRE_FORMAT.md): past a gap, answers were
+    // lost or duplicated, and none after it is trusted.
+    if (decoded->header.seq != next_reply_seq_) {
+      return "its answers are out of sequence: expected " +
+             std::to_string(next_reply_seq_) + ", got " +
+             std::to_string(decoded->header.seq);
+    }
+    ++next_reply_seq_;
     std::map<uint64_t, InFlight>::iterator it;
     if (auto* ack = std::get_if<Ack>(&decoded->body)) {
       it = in_flight_.find(ack->seq);
@@ -381,8 +392,6 @@ std::string PeerSession::DrainLocked(int max_frames) {
       it = in_flight_.find(diff->seq);
       if (it == in_flight_.end()) continue;
       if (it->second.on_diff) it->second.on_diff(*diff);
-    } else if (auto* err = std::get_if<ErrorFrame>(&decoded->body)) {
-      return "it refused a frame: " + err->message;
     } else {
       continue;  // a pong, or anything else of the session: liveness only
     }
@@ -647,6 +656,7 @@ bool PeerSession::Connect() {
     std::lock_guard<std::mutex> lock(socket_mu_);
     in_flight_.clear();
     unattended_ = 0;
+    next_reply_seq_ = 1;  // the hello-reply is seq 0
   }
   uint64_t session = NewSessionEpoch();
   try {

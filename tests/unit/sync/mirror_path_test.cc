@@ -8,9 +8,9 @@
 // (PeerSession::Await: the waiting writer receives; the session thread
 // receives what nobody waits for) — concurrent writers, two peers sharing
 // one completion, a peer that stops answering, epoch flushes and async
-// changes mixed in, a peer removed under load — that the store flush
-// ending a resync keeps the peer and covers what the resync sent, and that
-// the copies end up byte-identical.
+// changes mixed in, a peer removed under load, an answer that comes twice
+// — that the store flush ending a resync keeps the peer and covers what
+// the resync sent, and that the copies end up byte-identical.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -98,6 +98,79 @@ struct Secondary {
     server.reset();
     if (store_fd >= 0) ::close(store_fd);
   }
+};
+
+// A relay between the primary and a secondary that forwards every message
+// both ways, and repeats one answer of the secondary when asked (what a
+// link that replays after a reconnect would do).
+class Relay {
+ public:
+  Relay(zmq::context_t* context, const std::string& secondary)
+      : front_(*context, zmq::socket_type::router),
+        back_(*context, zmq::socket_type::dealer) {
+    front_.set(zmq::sockopt::linger, 0);
+    back_.set(zmq::sockopt::linger, 0);
+    front_.bind("tcp://127.0.0.1:*");
+    endpoint_ = front_.get(zmq::sockopt::last_endpoint);
+    back_.connect(secondary);
+    thread_ = std::thread([this] { Run(); });
+  }
+  ~Relay() {
+    stop_ = true;
+    thread_.join();
+  }
+  const std::string& endpoint() const { return endpoint_; }
+  void RepeatNextAnswer() { repeat_ = true; }
+  int repeated() const { return repeated_; }
+
+ private:
+  static std::vector<zmq::message_t> Take(zmq::socket_t& from) {
+    std::vector<zmq::message_t> parts;
+    do {
+      parts.emplace_back();
+      (void)from.recv(parts.back());
+    } while (parts.back().more());
+    return parts;
+  }
+  static void Put(zmq::socket_t& to, std::vector<zmq::message_t>& parts) {
+    for (size_t i = 0; i < parts.size(); ++i) {
+      to.send(parts[i], i + 1 < parts.size() ? zmq::send_flags::sndmore
+                                             : zmq::send_flags::none);
+    }
+  }
+  void Run() {
+    std::string primary;  // routing id of the primary's current socket
+    while (!stop_) {
+      zmq::pollitem_t items[] = {{front_.handle(), 0, ZMQ_POLLIN, 0},
+                                 {back_.handle(), 0, ZMQ_POLLIN, 0}};
+      zmq::poll(items, 2, std::chrono::milliseconds(20));
+      if (items[0].revents & ZMQ_POLLIN) {
+        auto parts = Take(front_);
+        primary = parts[0].to_string();
+        parts.erase(parts.begin());
+        Put(back_, parts);
+      }
+      if (items[1].revents & ZMQ_POLLIN) {
+        auto parts = Take(back_);
+        int copies = repeat_.exchange(false) ? 2 : 1;
+        if (copies == 2) repeated_++;
+        for (int c = 0; c < copies; ++c) {
+          std::vector<zmq::message_t> out;
+          out.emplace_back(primary.data(), primary.size());
+          for (auto& p : parts) out.emplace_back(p.data(), p.size());
+          Put(front_, out);
+        }
+      }
+    }
+  }
+
+  zmq::socket_t front_;
+  zmq::socket_t back_;
+  std::string endpoint_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> repeat_{false};
+  std::atomic<int> repeated_{0};
 };
 
 class MirrorPathTest : public ::testing::Test {
@@ -411,6 +484,31 @@ TEST_F(MirrorPathTest, WhatAResyncSentIsNotAtRiskOnceItEnded) {
   volume_->Release(fh);
   EXPECT_EQ(session->Snapshot().fracture_bytes, 4096u);
   ExpectCopyEqual(*copy, "image");
+}
+
+TEST_F(MirrorPathTest, ARepeatedAnswerEndsTheSessionAndNothingIsLost) {
+  // Answers are numbered: one that comes twice means the link lost track,
+  // and nothing after it is trusted. The session ends, what was in flight
+  // is logged, and the peer is resynced on the next session.
+  Secondary* copy = AddSecondary("copy1");
+  Relay relay(&context_, copy->endpoint);
+  std::string direct = copy->endpoint;
+  copy->endpoint = relay.endpoint();
+  StartPrimary(MirrorMode::kSync, 5000ms);
+  copy->endpoint = direct;
+  fs::Handle fh = CreateFile("image");
+  ASSERT_EQ(WriteConcurrently(fh, 2, 20), 0);
+  ASSERT_EQ(copy->host.accepted.load(), 1);
+  relay.RepeatNextAnswer();
+  EXPECT_EQ(WriteConcurrently(fh, 2, 50), 0);
+  EXPECT_EQ(relay.repeated(), 1);
+  PeerSession* session = fan_->Find("copy1");
+  EXPECT_TRUE(WaitFor([&] { return copy->host.accepted.load() == 2; }, 10s))
+      << "the repeated answer went unnoticed";
+  EXPECT_TRUE(WaitFor([&] { return session->Snapshot().in_sync; }, 20s))
+      << session->Snapshot().reason;
+  volume_->Release(fh);
+  ExpectCopyEqual(*copy, "image", /*clean_link=*/false);
 }
 
 TEST_F(MirrorPathTest, AsyncChangesAreReceivedByTheSessionThread) {
