@@ -5,6 +5,7 @@
 #include <linux/openat2.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -18,6 +19,12 @@ namespace mirrorfs::sync {
 namespace {
 
 constexpr size_t kMaxOpenFiles = 64;
+
+// Linux 6.14's uncached buffered I/O flag; older headers lack it (older
+// kernels refuse it with EOPNOTSUPP).
+#ifndef RWF_DONTCACHE
+#define RWF_DONTCACHE 0x00000080
+#endif
 
 meta::Status Errno(const std::string& what, const std::string& path) {
   int err = errno;
@@ -98,6 +105,33 @@ meta::Status Applier::WriteHeld() {
   return meta::Status::Ok();
 }
 
+meta::Status Applier::WriteAll(int fd, const char* data, uint64_t length,
+                               uint64_t offset, const std::string& path) {
+  uint64_t done = 0;
+  while (done < length) {
+    struct iovec iov;
+    iov.iov_base = const_cast<char*>(data + done);
+    iov.iov_len = length - done;
+    ssize_t n = ::pwritev2(fd, &iov, 1, static_cast<off_t>(offset + done),
+                           uncached_ ? RWF_DONTCACHE : 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (uncached_ && (errno == EOPNOTSUPP || errno == EINVAL ||
+                        errno == ENOSYS)) {
+        uncached_ = false;  // nothing was written: write it cached
+        meta::LogInfo(std::string("uncached writes (RWF_DONTCACHE) are not "
+                                  "supported here (") +
+                      std::strerror(errno) +
+                      "); replicated data goes through the page cache");
+        continue;
+      }
+      return Errno("write", path);
+    }
+    done += static_cast<uint64_t>(n);
+  }
+  return meta::Status::Ok();
+}
+
 meta::Status Applier::Apply(const meta::Change& c) {
   if (volatile_writes_) {
     if (c.kind == meta::ChangeKind::kWrite && !(c.flags & meta::kDsyncWrite)) {
@@ -163,16 +197,7 @@ meta::Status Applier::ApplyOnce(const meta::Change& c) {
     case ChangeKind::kWrite: {
       auto fd = FileFd(c.path);
       if (!fd.ok()) return fd.status();
-      uint64_t done = 0;
-      while (done < c.length) {
-        ssize_t n = ::pwrite(*fd, c.data + done, c.length - done,
-                             static_cast<off_t>(c.offset + done));
-        if (n < 0) {
-          if (errno == EINTR) continue;
-          return Errno("write", c.path);
-        }
-        done += static_cast<uint64_t>(n);
-      }
+      MFS_RETURN_IF_ERROR(WriteAll(*fd, c.data, c.length, c.offset, c.path));
       if ((c.flags & meta::kDsyncWrite) && ::fdatasync(*fd) != 0) {
         return Errno("fdatasync", c.path);
       }
