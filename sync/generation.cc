@@ -42,7 +42,12 @@ Generations Generations::Parse(const std::string& text) {
 std::string Generations::Format() const {
   if (current.IsZero()) return "";
   std::string out = current.ToString();
-  for (const auto& h : history) out += " " + h.ToString();
+  for (const auto& h : history) {
+    // Appended in two steps: `" " + h.ToString()` trips GCC 12's bogus
+    // -Wrestrict at -O3 (GCC bug 105329), an error with -Werror.
+    out += ' ';
+    out += h.ToString();
+  }
   return out;
 }
 
