@@ -164,7 +164,13 @@ meta::Status ReplicaServer::FinishResync(uint64_t resync_begun) {
     // ends too.
     if (resync_begun != resync_begun_) return meta::Status::Ok();
   }
-  MFS_RETURN_IF_ERROR(host_->SetConsistent(true));
+  meta::Status marked = host_->SetConsistent(true);
+  if (!marked.ok()) {
+    meta::LogError("resync from the primary done, but this copy cannot be "
+                   "recorded as consistent: " +
+                   marked.message());
+    return marked;
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     identity_.consistent = true;
