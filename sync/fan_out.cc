@@ -37,9 +37,10 @@ void FanOut::StartEpochs(IntentJournal* journal, int store_fd,
 void FanOut::RunEpochs() {
   while (!stopping_) {
     if (journal_ != nullptr) {
-      journal_->WaitFlushWanted(period_);
+      journal_->WaitFlushWanted(period_, &stopping_);
     } else {
-      std::this_thread::sleep_for(period_);
+      std::unique_lock<std::mutex> lock(stop_mu_);
+      stop_cv_.wait_for(lock, period_, [this] { return stopping_.load(); });
     }
     if (stopping_) break;
     FlushEpoch();
@@ -103,7 +104,13 @@ bool FanOut::RemoveSession(const std::string& name) {
 }
 
 void FanOut::StopAll() {
-  stopping_ = true;
+  {
+    // The epoch thread sleeps up to a period: woken, it stops at once.
+    std::lock_guard<std::mutex> lock(stop_mu_);
+    stopping_ = true;
+  }
+  stop_cv_.notify_all();
+  if (journal_ != nullptr) journal_->Interrupt();
   if (epoch_thread_.joinable()) epoch_thread_.join();
   std::vector<std::shared_ptr<PeerSession>> all;
   {

@@ -102,6 +102,8 @@ class FanOut : public meta::Mirror {
   std::vector<std::shared_ptr<meta::Completion>> log_sync_waiting_;
   bool log_sync_stop_ = false;
   std::atomic<bool> stopping_{false};
+  std::mutex stop_mu_;  // with stop_cv_: wakes the epoch thread to stop
+  std::condition_variable stop_cv_;
   std::mutex epoch_mu_;  // serializes epochs (flusher thread, FlushEpoch)
   mutable std::shared_mutex sessions_mu_;  // guards sessions_
   // Shared with waiters in Wait(), which outlive a RemoveSession.

@@ -203,11 +203,20 @@ bool IntentJournal::FlushWanted() const {
   return waiting_for_room_ > 0 || bytes_since_epoch_ >= kFlushAfterBytes;
 }
 
-void IntentJournal::WaitFlushWanted(std::chrono::milliseconds timeout) {
+void IntentJournal::WaitFlushWanted(std::chrono::milliseconds timeout,
+                                    const std::atomic<bool>* stop) {
   std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, timeout, [this] {
-    return waiting_for_room_ > 0 || bytes_since_epoch_ >= kFlushAfterBytes;
+  cv_.wait_for(lock, timeout, [this, stop] {
+    return waiting_for_room_ > 0 || bytes_since_epoch_ >= kFlushAfterBytes ||
+           (stop != nullptr && stop->load());
   });
+}
+
+void IntentJournal::Interrupt() {
+  // Under mu_: a waiter is either before its check (and sees the stop) or
+  // asleep (and is woken).
+  std::lock_guard<std::mutex> lock(mu_);
+  cv_.notify_all();
 }
 
 size_t IntentJournal::active_extents() const {

@@ -22,6 +22,7 @@
 // at a time writes its batch without it.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -102,8 +103,11 @@ class IntentJournal {
   // True when writers wait for room, or enough bytes were written since the
   // last epoch, that a flush should run now rather than at its period.
   bool FlushWanted() const;
-  // Blocks until FlushWanted() or `timeout`.
-  void WaitFlushWanted(std::chrono::milliseconds timeout);
+  // Blocks until FlushWanted(), `*stop` (if given) or `timeout`.
+  void WaitFlushWanted(std::chrono::milliseconds timeout,
+                       const std::atomic<bool>* stop = nullptr);
+  // Wakes WaitFlushWanted to look at its `*stop` again (set it first).
+  void Interrupt();
 
   uint64_t extent_bytes() const { return extent_; }
   uint64_t budget_bytes() const { return budget_regions_ * extent_; }

@@ -36,6 +36,7 @@
 #include "sync/fan_out.h"
 #include "sync/fracture_log.h"
 #include "sync/generation.h"
+#include "sync/intent_journal.h"
 #include "sync/peer_session.h"
 #include "sync/replica_server.h"
 
@@ -509,6 +510,22 @@ TEST_F(MirrorPathTest, ARepeatedAnswerEndsTheSessionAndNothingIsLost) {
       << session->Snapshot().reason;
   volume_->Release(fh);
   ExpectCopyEqual(*copy, "image", /*clean_link=*/false);
+}
+
+TEST_F(MirrorPathTest, StoppingDoesNotWaitOutTheEpochPeriod) {
+  // `mirrorfs stop` stops the epoch thread, asleep for up to a period:
+  // woken, it stops at once, with or without a write-intent journal.
+  MetaIntentStore intents(meta_.get());
+  IntentJournal journal(&intents, 4u << 20, 1u << 30, 3, 5, 60);
+  for (IntentJournal* with : {static_cast<IntentJournal*>(nullptr), &journal}) {
+    FanOut fan(MirrorMode::kSync);
+    fan.StartEpochs(with, -1, 30s);  // unwoken, a stop takes 30 s
+    std::this_thread::sleep_for(50ms);  // let it fall asleep (not a wait)
+    auto start = Clock::now();
+    fan.StopAll();
+    EXPECT_LT(Clock::now() - start, 5s)
+        << (with ? "with" : "without") << " a journal";
+  }
 }
 
 TEST_F(MirrorPathTest, AsyncChangesAreReceivedByTheSessionThread) {
