@@ -4,13 +4,16 @@
 // folders, with the primary's state in real RocksDB. No FUSE: the tests
 // call the Volume as the FUSE adapter does, from many threads at once.
 //
-// What they pin down is how answers reach the writers waiting for them
-// (PeerSession::Await: the waiting writer receives; the session thread
-// receives what nobody waits for) — concurrent writers, two peers sharing
-// one completion, a peer that stops answering, epoch flushes and async
-// changes mixed in, a peer removed under load, an answer that comes twice
-// — that the store flush ending a resync keeps the peer and covers what
-// the resync sent, and that the copies end up byte-identical.
+// What they pin down:
+// - how answers reach the writers waiting for them (PeerSession::Await: the
+//   waiting writer receives; the session thread receives what nobody waits
+//   for): concurrent writers, two peers sharing one completion, a peer that
+//   stops answering, epoch flushes and async changes mixed in, a peer
+//   removed under load, an answer that comes twice;
+// - store flushes on the peer, slow ones included, and the one that ends a
+//   resync: it keeps the peer and covers what the resync sent;
+// - a stop that does not wait out the epoch period;
+// and, each time, that the copies end up byte-identical.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
