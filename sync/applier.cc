@@ -116,8 +116,8 @@ meta::Status Applier::WriteAll(int fd, const char* data, uint64_t length,
                            uncached_ ? RWF_DONTCACHE : 0);
     if (n < 0) {
       if (errno == EINTR) continue;
-      if (uncached_ && (errno == EOPNOTSUPP || errno == EINVAL ||
-                        errno == ENOSYS)) {
+      if (uncached_ &&
+          (errno == EOPNOTSUPP || errno == EINVAL || errno == ENOSYS)) {
         uncached_ = false;  // nothing was written: write it cached
         meta::LogInfo(std::string("uncached writes (RWF_DONTCACHE) are not "
                                   "supported here (") +

@@ -152,8 +152,7 @@ bool PeerSession::Push(
     if (record != nullptr && Loggable(*record)) {
       unflushed_.push_back(*record);
       unflushed_.back().data = nullptr;
-    } else if (record != nullptr && record->kind == meta::ChangeKind::kFsync &&
-               record->path.empty() && !unflushed_.empty()) {
+    } else if (store_flush && !unflushed_.empty()) {
       flushing_[header.seq].swap(unflushed_);
     }
   }

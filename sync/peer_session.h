@@ -348,9 +348,9 @@ class PeerSession {
   std::unique_ptr<zmq::socket_t> socket_;
   int zmq_fd_ = -1;  // the socket's ZMQ_FD, valid while direct_
   std::map<uint64_t, InFlight> in_flight_;
-  size_t unattended_ = 0;       // in_flight_ entries not attended
+  size_t unattended_ = 0;        // in_flight_ entries not attended
   uint64_t next_reply_seq_ = 1;  // seq the peer's next answer must carry
-  bool awaiting_pong_ = false;  // a ping was sent; nothing heard since
+  bool awaiting_pong_ = false;   // a ping was sent; nothing heard since
   Receiver receiver_ = Receiver::kNone;
   // Writers in Await() that are not the receiver (kicked on a hand-over
   // and when their frames are answered).

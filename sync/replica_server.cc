@@ -74,12 +74,16 @@ void ReplicaServer::RunFlusher() {
     }
     for (Flush& f : batch) f.result = f.flush->Run();
     lock.lock();
-    for (Flush& f : batch) flushed_.push_back(std::move(f));
-    flushes_done_ = true;
-    uint64_t one = 1;
-    ssize_t ignored = ::write(flushed_fd_, &one, sizeof(one));
-    (void)ignored;
+    for (Flush& f : batch) FlushedLocked(std::move(f));
   }
+}
+
+void ReplicaServer::FlushedLocked(Flush f) {
+  flushed_.push_back(std::move(f));
+  flushes_done_ = true;
+  uint64_t one = 1;
+  ssize_t ignored = ::write(flushed_fd_, &one, sizeof(one));
+  (void)ignored;
 }
 
 void ReplicaServer::StartFlush(const std::string& routing_id,
@@ -105,11 +109,7 @@ void ReplicaServer::StartFlush(const std::string& routing_id,
     to_flush_.push_back(std::move(f));
     flush_cv_.notify_one();
   } else {
-    flushed_.push_back(std::move(f));  // answered at once, with the error
-    flushes_done_ = true;
-    uint64_t one = 1;
-    ssize_t ignored = ::write(flushed_fd_, &one, sizeof(one));
-    (void)ignored;
+    FlushedLocked(std::move(f));  // answered at once, with the error
   }
 }
 
@@ -166,9 +166,10 @@ meta::Status ReplicaServer::FinishResync(uint64_t resync_begun) {
   }
   meta::Status marked = host_->SetConsistent(true);
   if (!marked.ok()) {
-    meta::LogError("resync from the primary done, but this copy cannot be "
-                   "recorded as consistent: " +
-                   marked.message());
+    meta::LogError(
+        "resync from the primary done, but this copy cannot be "
+        "recorded as consistent: " +
+        marked.message());
     return marked;
   }
   {

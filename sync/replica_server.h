@@ -165,6 +165,9 @@ class ReplicaServer {
   void RunFlusher();
   // Sends the acknowledgements of the flushes the flusher finished.
   void AnswerFlushes();
+  struct Flush;
+  // REQUIRES: flush_mu_ held. Hands `f` to AnswerFlushes (wakes the server).
+  void FlushedLocked(Flush f);
   void HandleHello(const std::string& routing_id, const FrameHeader& header,
                    const Hello& hello);
   void Reply(const std::string& routing_id, const std::string& frame);
@@ -189,7 +192,7 @@ class ReplicaServer {
     std::string routing_id;
     meta::Uuid store_uuid;
     uint64_t session = 0;
-    uint64_t seq = 0;  // of the frame it answers
+    uint64_t seq = 0;           // of the frame it answers
     bool resync_end = false;    // a resync's end mark (see StartFlush)
     uint64_t resync_begun = 0;  // resync_begun_ when the mark arrived
     std::optional<StoreFlush> flush;

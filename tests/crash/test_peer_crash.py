@@ -21,8 +21,9 @@ import random
 import time
 
 from conftest import (
-    assert_same_manifest, assert_sync_wait, kill9, peer_status, restart_serve,
-    sha256_file, status_json, wait_flushed, wait_in_sync, wait_peer_state)
+    assert_same_manifest, assert_sync_wait, kill9, mirrorfs, peer_status,
+    restart_serve, sha256_file, status_json, wait_flushed, wait_in_sync,
+    wait_peer_state)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -127,3 +128,43 @@ def test_peer_crash_loses_unflushed_writes_and_resync_resends_them(cluster):
 def test_peer_kill_without_volatile_writes_also_ends_identical(cluster):
     print()
     run_peer_crash(cluster, volatile=False, seed=12)
+
+
+def test_peer_crash_right_after_a_resync_loses_nothing_it_sent(cluster):
+    """The end of a resync is answered once the secondary's store is synced,
+    and the primary then counts what the resync sent as on the peer's disk
+    (guarantees 1 and 3). A volatile secondary killed right after
+    `sync --wait` returns must therefore hold every byte of the resync."""
+    rng = random.Random(13)
+    backup = cluster.serve("backup", extra=["--test-volatile-writes"])
+    primary = cluster.mount("primary", peers=[backup],
+                            extra=["--peer-timeout", str(PEER_TIMEOUT)])
+    wait_peer_state(primary.store, "backup", "connected")
+    img = primary.mountpoint / "vol.img"
+    with open(img, "wb") as f:
+        f.write(rng.randbytes(IMAGE_BYTES))
+    wait_flushed(primary.store)
+
+    r = mirrorfs("fracture", primary.store, "backup")
+    assert r.returncode == 0, f"mirrorfs fracture: exit {r.returncode}\n{r.stderr}"
+    wait_peer_state(primary.store, "backup", "fractured", timeout=10)
+    offsets = [o * BLOCK for o in sorted(rng.sample(range(IMAGE_BYTES // BLOCK), BLOCKS))]
+    patterns = {off: rng.randbytes(BLOCK) for off in offsets}
+    fd = os.open(img, os.O_WRONLY)
+    try:
+        for off in offsets:
+            assert os.pwrite(fd, patterns[off], off) == BLOCK
+    finally:
+        os.close(fd)
+
+    assert_sync_wait(primary.store, "backup", timeout=60)
+    kill9(backup)  # within the epoch that follows: nothing flushed since
+    lost = [off for off in offsets
+            if read_block(backup.store / "vol.img", off) != patterns[off]]
+    assert not lost, (f"a secondary killed right after its resync ended lost "
+                      f"{len(lost)} of the {BLOCKS} blocks the resync sent")
+
+    backup = restart_serve(cluster, backup)
+    assert_sync_wait(primary.store, timeout=60)
+    assert_same_manifest(primary.store, backup.store,
+                         "stores after the secondary's crash right after a resync")

@@ -522,7 +522,7 @@ TEST_F(MirrorPathTest, StoppingDoesNotWaitOutTheEpochPeriod) {
   IntentJournal journal(&intents, 4u << 20, 1u << 30, 3, 5, 60);
   for (IntentJournal* with : {static_cast<IntentJournal*>(nullptr), &journal}) {
     FanOut fan(MirrorMode::kSync);
-    fan.StartEpochs(with, -1, 30s);  // unwoken, a stop takes 30 s
+    fan.StartEpochs(with, -1, 30s);     // unwoken, a stop takes 30 s
     std::this_thread::sleep_for(50ms);  // let it fall asleep (not a wait)
     auto start = Clock::now();
     fan.StopAll();
