@@ -8,7 +8,6 @@
 
 #include "meta/log.h"
 #include "sync/frame_data.h"
-#include "sync/wire.h"
 
 namespace mirrorfs::sync {
 
