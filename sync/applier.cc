@@ -5,7 +5,6 @@
 #include <linux/openat2.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,12 +18,6 @@ namespace mirrorfs::sync {
 namespace {
 
 constexpr size_t kMaxOpenFiles = 64;
-
-// Linux 6.14's uncached buffered I/O flag; older headers lack it (older
-// kernels refuse it with EOPNOTSUPP).
-#ifndef RWF_DONTCACHE
-#define RWF_DONTCACHE 0x00000080
-#endif
 
 meta::Status Errno(const std::string& what, const std::string& path) {
   int err = errno;
@@ -105,33 +98,6 @@ meta::Status Applier::WriteHeld() {
   return meta::Status::Ok();
 }
 
-meta::Status Applier::WriteAll(int fd, const char* data, uint64_t length,
-                               uint64_t offset, const std::string& path) {
-  uint64_t done = 0;
-  while (done < length) {
-    struct iovec iov;
-    iov.iov_base = const_cast<char*>(data + done);
-    iov.iov_len = length - done;
-    ssize_t n = ::pwritev2(fd, &iov, 1, static_cast<off_t>(offset + done),
-                           uncached_ ? RWF_DONTCACHE : 0);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (uncached_ &&
-          (errno == EOPNOTSUPP || errno == EINVAL || errno == ENOSYS)) {
-        uncached_ = false;  // nothing was written: write it cached
-        meta::LogInfo(std::string("uncached writes (RWF_DONTCACHE) are not "
-                                  "supported here (") +
-                      std::strerror(errno) +
-                      "); replicated data goes through the page cache");
-        continue;
-      }
-      return Errno("write", path);
-    }
-    done += static_cast<uint64_t>(n);
-  }
-  return meta::Status::Ok();
-}
-
 meta::Status Applier::Apply(const meta::Change& c) {
   if (volatile_writes_) {
     if (c.kind == meta::ChangeKind::kWrite && !(c.flags & meta::kDsyncWrite)) {
@@ -197,7 +163,8 @@ meta::Status Applier::ApplyOnce(const meta::Change& c) {
     case ChangeKind::kWrite: {
       auto fd = FileFd(c.path);
       if (!fd.ok()) return fd.status();
-      MFS_RETURN_IF_ERROR(WriteAll(*fd, c.data, c.length, c.offset, c.path));
+      MFS_RETURN_IF_ERROR(
+          writer_.Pwrite(*fd, c.data, c.length, c.offset, c.path));
       if ((c.flags & meta::kDsyncWrite) && ::fdatasync(*fd) != 0) {
         return Errno("fdatasync", c.path);
       }

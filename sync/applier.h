@@ -8,15 +8,10 @@
 // directory, unlink of a missing name), because resync may send a change the
 // peer already has.
 //
-// Data is written uncached where the kernel and file system allow it
-// (RWF_DONTCACHE, Linux 6.14 and later, e.g. ext4, xfs, btrfs): it goes
-// through the page cache as usual, its write-back starts at once, and its
-// pages are dropped once on disk. A secondary does not read what it
-// receives, so caching it only cost memory, fresh-page allocation and a
-// large write-back at every store flush. Elsewhere (older kernels, tmpfs)
-// the first write finds out, logs it once, and writes are cached as before.
-// Either way a write is acknowledged once applied, and is durable only
-// after a flush.
+// Data is written through a meta::StoreWriter: whole pages uncached where
+// the kernel and file system allow it (a secondary does not read what it
+// receives), unless SetCachedWrites. Either way a write is acknowledged
+// once applied, and is durable only after a flush.
 //
 // Thread-safety: not thread-safe; one replica thread owns an Applier, which
 // is what keeps changes applied in the order they were sent.
@@ -31,6 +26,7 @@
 #include "meta/change.h"
 #include "meta/source.h"
 #include "meta/status.h"
+#include "meta/store_writer.h"
 
 namespace mirrorfs::sync {
 
@@ -96,8 +92,10 @@ class Applier {
   // Closes cached descriptors (e.g. before the store is handed to a mount).
   void CloseAll();
 
-  // True until a write found that uncached writes are not supported here.
-  bool writes_uncached() const { return uncached_; }
+  // Every data write goes through the page cache (--cached-writes).
+  void SetCachedWrites(bool on) { writer_.SetCached(on); }
+  // Whether whole pages are written uncached (see meta::StoreWriter).
+  bool writes_uncached() const { return writer_.uncached(); }
 
  private:
   // Opens the parent directory of `path` beneath the root; `*name` receives
@@ -109,13 +107,10 @@ class Applier {
   void ForgetFiles();
   // Writes every held write (volatile mode). Returns the first error.
   meta::Status WriteHeld();
-  // pwrite(2) of all `length` bytes, uncached while that is supported.
-  meta::Status WriteAll(int fd, const char* data, uint64_t length,
-                        uint64_t offset, const std::string& path);
 
   int root_fd_;
   bool volatile_writes_ = false;
-  bool uncached_ = true;  // RWF_DONTCACHE, until the kernel refuses it
+  meta::StoreWriter writer_;
   struct HeldWrite {
     std::string path;
     uint64_t offset;

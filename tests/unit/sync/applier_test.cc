@@ -1,48 +1,35 @@
-// The Applier's data writes on real file systems: uncached (RWF_DONTCACHE)
-// where the kernel and file system take it, cached where they do not
-// (tmpfs refuses it), and the same bytes on disk either way.
+// The Applier's data writes on real file systems: whole pages uncached
+// (RWF_DONTCACHE) where the kernel and file system take it, cached where
+// they do not (tmpfs refuses it) or with SetCachedWrites, and the same
+// bytes on disk either way. (meta::StoreWriter's own test covers the rule.)
 #include "sync/applier.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
 #include <sys/stat.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
-#include <cerrno>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
 
+#include "tests/support/page_cache.h"
+
 namespace mirrorfs::sync {
 namespace {
 
 namespace stdfs = std::filesystem;
-
-// Linux 6.14's value, for headers that predate it.
-constexpr int kDontCache = 0x00000080;
+using testing_support::CachedPages;
+using testing_support::TakesUncachedWrites;
+using testing_support::WaitCachedPages;
 
 std::string ReadAll(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
-}
-
-// Whether this kernel writes files in `dir` uncached.
-bool TakesUncachedWrites(const std::string& dir) {
-  std::string probe = dir + "/probe";
-  int fd = ::open(probe.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
-  if (fd < 0) return false;
-  char byte = 'p';
-  struct iovec iov = {&byte, 1};
-  bool ok = ::pwritev2(fd, &iov, 1, 0, kDontCache) == 1;
-  ::close(fd);
-  ::unlink(probe.c_str());
-  return ok;
 }
 
 class ApplierWritesTest : public ::testing::Test {
@@ -80,9 +67,9 @@ class ApplierWritesTest : public ::testing::Test {
     ASSERT_TRUE(written.ok()) << written.message();
   }
 
-  // 3 MiB + 5 bytes of a pattern, so that writes are not page-aligned.
-  static std::string Pattern(char seed) {
-    std::string data((3u << 20) + 5, '\0');
+  // `size` bytes of a pattern.
+  static std::string Pattern(char seed, size_t size = (3u << 20) + 5) {
+    std::string data(size, '\0');
     for (size_t i = 0; i < data.size(); ++i) {
       data[i] = static_cast<char>(seed + i * 31 / 4096);
     }
@@ -93,20 +80,34 @@ class ApplierWritesTest : public ::testing::Test {
   int root_fd_ = -1;
 };
 
-TEST_F(ApplierWritesTest, WritesUncachedWhereTheFileSystemTakesIt) {
+TEST_F(ApplierWritesTest, WritesWholePagesUncachedWhereTheFileSystemTakesIt) {
   ASSERT_TRUE(MakeStore("/var/tmp"));  // a disk file system, as stores are
   if (!TakesUncachedWrites(dir_)) {
     GTEST_SKIP() << "this kernel or file system has no RWF_DONTCACHE";
   }
   Applier applier(root_fd_);
-  std::string first = Pattern('a');
-  std::string second = Pattern('k');
-  ApplyWrite(&applier, "image", first, 0);
-  ApplyWrite(&applier, "image", second, 4096 + 7);  // overlaps, extends
-  EXPECT_TRUE(applier.writes_uncached());
+  std::string whole = Pattern('a', 3u << 20);
+  std::string unaligned = Pattern('k');
+  ApplyWrite(&applier, "image", whole, 0);
   ASSERT_TRUE(applier.SyncAll().ok());
-  std::string expected = first.substr(0, 4096 + 7) + second;
+  EXPECT_TRUE(applier.writes_uncached());
+  EXPECT_EQ(WaitCachedPages(dir_ + "/image", 0, 3u << 20, 0), 0);
+  ApplyWrite(&applier, "image", unaligned, 4096 + 7);  // overlaps, extends
+  ASSERT_TRUE(applier.SyncAll().ok());
+  std::string expected = whole.substr(0, 4096 + 7) + unaligned;
   EXPECT_TRUE(ReadAll(dir_ + "/image") == expected);
+}
+
+TEST_F(ApplierWritesTest, CachedWritesKeepThePages) {
+  ASSERT_TRUE(MakeStore("/var/tmp"));
+  Applier applier(root_fd_);
+  applier.SetCachedWrites(true);
+  std::string whole = Pattern('c', 1u << 20);
+  ApplyWrite(&applier, "image", whole, 0);
+  ASSERT_TRUE(applier.SyncAll().ok());
+  EXPECT_FALSE(applier.writes_uncached());
+  EXPECT_EQ(CachedPages(dir_ + "/image", 0, 1u << 20), (1 << 20) / 4096);
+  EXPECT_TRUE(ReadAll(dir_ + "/image") == whole);
 }
 
 TEST_F(ApplierWritesTest, FallsBackToCachedWritesWhereTheyAreRefused) {
@@ -116,7 +117,7 @@ TEST_F(ApplierWritesTest, FallsBackToCachedWritesWhereTheyAreRefused) {
     GTEST_SKIP() << "this tmpfs takes RWF_DONTCACHE";
   }
   Applier applier(root_fd_);
-  std::string first = Pattern('a');
+  std::string first = Pattern('a', 3u << 20);  // whole pages: refused
   std::string second = Pattern('k');
   ApplyWrite(&applier, "image", first, 0);
   EXPECT_FALSE(applier.writes_uncached());

@@ -1,0 +1,145 @@
+// StoreWriter on real file systems: whole pages uncached (dropped from the
+// page cache once on disk) where the kernel takes RWF_DONTCACHE, part pages
+// and --cached-writes kept cached, a refusal (tmpfs) falls back once, and
+// the bytes on disk are the same whichever way they were written.
+#include "meta/store_writer.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "tests/support/page_cache.h"
+
+namespace mirrorfs::meta {
+namespace {
+
+namespace stdfs = std::filesystem;
+using testing_support::CachedPages;
+using testing_support::TakesUncachedWrites;
+using testing_support::WaitCachedPages;
+
+constexpr uint64_t kMiB = 1u << 20;
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string Pattern(char seed, size_t size) {
+  std::string data(size, '\0');
+  for (size_t i = 0; i < size; ++i) {
+    data[i] = static_cast<char>(seed + i * 31 / 4096);
+  }
+  return data;
+}
+
+class StoreWriterTest : public ::testing::Test {
+ protected:
+  // A fresh folder under `parent` with an empty file "image" open in fd_.
+  bool MakeFile(const std::string& parent) {
+    std::string templ = parent + "/store_writer_test.XXXXXX";
+    if (::mkdtemp(templ.data()) == nullptr) return false;
+    dir_ = templ;
+    path_ = dir_ + "/image";
+    fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    return fd_ >= 0;
+  }
+  void TearDown() override {
+    if (fd_ >= 0) ::close(fd_);
+    if (!dir_.empty()) stdfs::remove_all(dir_);
+  }
+  void Write(StoreWriter* writer, const std::string& data, uint64_t offset) {
+    auto s = writer->Pwrite(fd_, data.data(), data.size(), offset, "image");
+    ASSERT_TRUE(s.ok()) << s.message();
+  }
+  static void Overlay(std::string* model, const std::string& data,
+                      uint64_t offset) {
+    if (model->size() < offset + data.size()) {
+      model->resize(offset + data.size(), '\0');
+    }
+    model->replace(offset, data.size(), data);
+  }
+
+  std::string dir_;
+  std::string path_;
+  int fd_ = -1;
+};
+
+TEST(StoreWriterPagesTest, OnlyRangesOfWholePagesCount) {
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  EXPECT_TRUE(StoreWriter::WholePages(0, page));
+  EXPECT_TRUE(StoreWriter::WholePages(3 * page, 256 * page));
+  EXPECT_FALSE(StoreWriter::WholePages(0, 0));
+  EXPECT_FALSE(StoreWriter::WholePages(0, page + 1));
+  EXPECT_FALSE(StoreWriter::WholePages(1, page));
+  EXPECT_FALSE(StoreWriter::WholePages(page, 512));
+}
+
+TEST_F(StoreWriterTest, WholePagesGoUncachedAndPartPagesStayCached) {
+  ASSERT_TRUE(MakeFile("/var/tmp"));  // a disk file system, as stores are
+  if (!TakesUncachedWrites(dir_)) {
+    GTEST_SKIP() << "this kernel or file system has no RWF_DONTCACHE";
+  }
+  StoreWriter writer;
+  std::string model;
+  std::string whole = Pattern('a', 2 * kMiB);
+  Write(&writer, whole, 0);
+  Overlay(&model, whole, 0);
+  std::string tail = Pattern('t', 100);  // part of the page after them
+  Write(&writer, tail, 2 * kMiB);
+  Overlay(&model, tail, 2 * kMiB);
+  ASSERT_EQ(::fdatasync(fd_), 0);
+  EXPECT_TRUE(writer.uncached());
+  EXPECT_EQ(WaitCachedPages(path_, 0, 2 * kMiB, 0), 0);
+  EXPECT_EQ(CachedPages(path_, 2 * kMiB, 100), 1);
+  // An unaligned overwrite across both: read back from disk, merged.
+  std::string across = Pattern('x', kMiB + 7);
+  Write(&writer, across, kMiB + 5);
+  Overlay(&model, across, kMiB + 5);
+  ASSERT_EQ(::fdatasync(fd_), 0);
+  EXPECT_TRUE(ReadAll(path_) == model);
+}
+
+TEST_F(StoreWriterTest, CachedWritesKeepEveryPage) {
+  ASSERT_TRUE(MakeFile("/var/tmp"));
+  StoreWriter writer(/*cached=*/true);
+  std::string whole = Pattern('c', kMiB);
+  Write(&writer, whole, 0);
+  ASSERT_EQ(::fdatasync(fd_), 0);
+  EXPECT_FALSE(writer.uncached());
+  EXPECT_EQ(CachedPages(path_, 0, kMiB), static_cast<long>(kMiB / 4096));
+  EXPECT_TRUE(ReadAll(path_) == whole);
+}
+
+TEST_F(StoreWriterTest, FallsBackToCachedWritesWhereTheyAreRefused) {
+  // tmpfs keeps everything in the page cache: it refuses RWF_DONTCACHE.
+  if (!MakeFile("/dev/shm")) GTEST_SKIP() << "no /dev/shm";
+  if (TakesUncachedWrites(dir_)) {
+    GTEST_SKIP() << "this tmpfs takes RWF_DONTCACHE";
+  }
+  StoreWriter writer;
+  EXPECT_TRUE(writer.uncached());
+  std::string model;
+  std::string part = Pattern('p', 10);  // cached anyway: nothing refused
+  Write(&writer, part, 3);
+  Overlay(&model, part, 3);
+  EXPECT_TRUE(writer.uncached());
+  std::string whole = Pattern('w', kMiB);
+  Write(&writer, whole, kMiB);
+  Overlay(&model, whole, kMiB);
+  EXPECT_FALSE(writer.uncached());  // refused once, written cached
+  Write(&writer, whole, 2 * kMiB);
+  Overlay(&model, whole, 2 * kMiB);
+  EXPECT_TRUE(ReadAll(path_) == model);
+}
+
+}  // namespace
+}  // namespace mirrorfs::meta
