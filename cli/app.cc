@@ -446,6 +446,9 @@ int Main(int argc, char** argv) {
                   "Allow listening beyond loopback without keys");
     cmd->add_option("--control-group", o->control_group,
                     "Group allowed on the control socket besides root");
+    cmd->add_flag("--cached-writes", o->cached_writes,
+                  "Keep written data in the store's page cache too (by "
+                  "default whole pages are written uncached)");
   };
   add_security(mount, &node);
   mount

@@ -262,6 +262,7 @@ meta::Status Node::StartPrimary() {
   fan_out_->StartEpochs(journal_.get(), store_fd_, std::chrono::seconds(1));
   fs::VolumeOptions volume_options;
   volume_options.store_root = options_.store;
+  volume_options.cached_writes = options_.cached_writes;
   auto volume = fs::Volume::Open(volume_options, fan_out_.get());
   if (!volume.ok()) return volume.status();
   volume_ = std::move(volume.value());
@@ -441,6 +442,7 @@ meta::Status Node::StartListener(bool primary_mode) {
       zmq_.get(), identity_->listen_endpoint, identity, store_fd_, this,
       primary_mode, curve);
   MFS_RETURN_IF_ERROR(replica_->Bind());
+  replica_->SetCachedWrites(options_.cached_writes);
   if (options_.volatile_writes) {
     meta::LogWarning(
         "TEST MODE: applied writes are held in memory until a "

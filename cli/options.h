@@ -34,6 +34,9 @@ struct NodeOptions {
   // Test-only (secondary): hold applied writes in memory until a flush, to
   // lose them honestly when killed (the peer-crash test).
   bool volatile_writes = false;
+  // Every data write goes through the store's page cache; by default whole
+  // pages go uncached (meta::StoreWriter).
+  bool cached_writes = false;
   // Peer link security (ZeroMQ CURVE): both files, or neither.
   std::string key_file;
   std::string authorized_file;

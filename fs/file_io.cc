@@ -66,23 +66,6 @@ meta::Result<size_t> Pread(int fd, void* buf, size_t len, uint64_t offset,
   return done;
 }
 
-meta::Status Pwrite(int fd, const void* buf, size_t len, uint64_t offset,
-                    const std::string& what) {
-  size_t done = 0;
-  while (done < len) {
-    ssize_t n = pwrite(fd, static_cast<const char*>(buf) + done, len - done,
-                       static_cast<off_t>(offset + done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoStatus("write " + what);
-    }
-    if (n == 0)
-      return meta::Status::Error(EIO, "write " + what + ": no progress");
-    done += static_cast<size_t>(n);
-  }
-  return meta::Status::Ok();
-}
-
 meta::Status Fsync(int fd, bool datasync, const std::string& what) {
   int r = datasync ? fdatasync(fd) : fsync(fd);
   if (r < 0) return ErrnoStatus((datasync ? "fdatasync " : "fsync ") + what);

@@ -1,10 +1,11 @@
 // file_io: thin wrappers over the system calls the volume makes on the store.
 //
-// This is the one place where errno becomes a meta::Status: every wrapper
-// returns Status or Result<T> whose err() is the errno of the failed call and
-// whose message names the call and what it was applied to (`what`). Short
-// reads and writes are retried here, so callers see all-or-error semantics
-// (Pread stops early only at end of file).
+// Here errno becomes a meta::Status: every wrapper returns Status or
+// Result<T> whose err() is the errno of the failed call and whose message
+// names the call and what it was applied to (`what`). Short reads are
+// retried here, so callers see all-or-error semantics (Pread stops early
+// only at end of file). Data is written through meta::StoreWriter, which
+// shares the same rules with the secondary's Applier.
 //
 // Thread-safety: free functions without shared state; safe from any thread.
 #pragma once
@@ -43,9 +44,6 @@ meta::Result<struct statvfs> StatVfs(int fd, const std::string& what);
 // Returns the bytes read: fewer than `len` only at end of file.
 meta::Result<size_t> Pread(int fd, void* buf, size_t len, uint64_t offset,
                            const std::string& what);
-// Writes all `len` bytes at `offset`, retrying short writes and EINTR.
-meta::Status Pwrite(int fd, const void* buf, size_t len, uint64_t offset,
-                    const std::string& what);
 // fsync(2), or fdatasync(2) when `datasync`.
 meta::Status Fsync(int fd, bool datasync, const std::string& what);
 meta::Status Ftruncate(int fd, uint64_t size, const std::string& what);

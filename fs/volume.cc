@@ -84,6 +84,7 @@ meta::Result<std::unique_ptr<Volume>> Volume::Open(const VolumeOptions& options,
   }
   std::unique_ptr<Volume> volume(new Volume(mirror, root));
   volume->root_ = std::make_unique<Inode>(*fd, *st);
+  volume->writer_.SetCached(options.cached_writes);
   return volume;
 }
 
@@ -601,7 +602,7 @@ meta::Result<size_t> Volume::Write(Handle fh, const char* data, size_t size,
   // If the local write fails now, a peer may hold data the primary lacks:
   // the region stays covered by the write-intent journal until an epoch
   // flush, and is re-sent from the primary's data after a crash.
-  meta::Status s = file_io::Pwrite(of.fd, data, size, offset, Label(inode));
+  meta::Status s = writer_.Pwrite(of.fd, data, size, offset, Label(inode));
   WaitAll(waits);
   Finished(change);
   if (!s.ok()) return s;

@@ -78,11 +78,15 @@
 #include "meta/change.h"
 #include "meta/source.h"
 #include "meta/status.h"
+#include "meta/store_writer.h"
 
 namespace mirrorfs::fs {
 
 struct VolumeOptions {
   std::string store_root;  // absolute path of the store directory
+  // Every write goes through the store's page cache too; by default whole
+  // pages are written uncached (see meta::StoreWriter).
+  bool cached_writes = false;
 };
 
 // Kernel-facing inode number (a FUSE nodeid). kRootIno is the store root.
@@ -298,6 +302,7 @@ class Volume : public meta::Source {
 
   meta::Mirror* const mirror_;
   const std::string root_path_;
+  meta::StoreWriter writer_;  // the data of Write
   std::unique_ptr<Inode> root_;
 
   // The namespace lock: orders namespace changes against each other and

@@ -129,6 +129,9 @@ class ReplicaServer {
   meta::Status Bind();
   // Test seam (see Applier::SetVolatileWrites). REQUIRES: before Start().
   void SetVolatileWrites(bool on) { applier_.SetVolatileWrites(on); }
+  // Every applied write is cached (--cached-writes). REQUIRES: before
+  // Start().
+  void SetCachedWrites(bool on) { applier_.SetCachedWrites(on); }
   // Test seam: while paused the server takes no frame (a hung peer, as
   // seen by its primary: the connection stays up, nothing is answered).
   void PauseForTest(bool on) { paused_ = on; }

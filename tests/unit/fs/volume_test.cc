@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "tests/support/page_cache.h"
+
 namespace mirrorfs::fs {
 namespace {
 
@@ -249,6 +251,35 @@ TEST_F(VolumeTest, DataChangesAndFlags) {
   EXPECT_EQ(changes[i].kind, meta::ChangeKind::kFsync);
   EXPECT_EQ(changes[i].path, "img");
   EXPECT_EQ(changes[i].flags, meta::kDataSync);
+}
+
+TEST_F(VolumeTest, WholePagesAreNotCachedTwiceUnlessAsked) {
+  // The mount caches what applications read; the store's copy of written
+  // pages is dropped once on disk (meta::StoreWriter), unless the volume
+  // was opened with cached_writes.
+  if (!testing_support::TakesUncachedWrites(store_.string())) {
+    GTEST_SKIP() << "this kernel or file system has no RWF_DONTCACHE";
+  }
+  const std::string data(1u << 20, 'v');
+  const long pages = static_cast<long>(data.size() / 4096);
+  for (bool cached : {false, true}) {
+    VolumeOptions options{store_.string()};
+    options.cached_writes = cached;
+    auto v = Volume::Open(options, &mirror_);
+    ASSERT_TRUE(v.ok()) << v.status().ToString();
+    const char* name = cached ? "cached" : "uncached";
+    auto r = (*v)->Create(kRootIno, name, 0600, O_RDWR, caller_);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    Handle fh = r->second;
+    ASSERT_TRUE((*v)->Write(fh, data.data(), data.size(), 0).ok());
+    ASSERT_TRUE((*v)->Fsync(fh, true).ok());
+    (*v)->Release(fh);
+    std::string path = (store_ / name).string();
+    EXPECT_EQ(testing_support::WaitCachedPages(path, 0, data.size(),
+                                               cached ? pages : 0),
+              cached ? pages : 0)
+        << name;
+  }
 }
 
 TEST_F(VolumeTest, SetAttrMirrorsResolvedValues) {

@@ -1,0 +1,99 @@
+"""Written data and the stores' own page caches (README, "How a write
+reaches the peers"): by default whole pages reach both stores uncached, so
+that once on disk neither store's page cache holds them, while a write of
+part of a page stays cached; with --cached-writes on both nodes every page
+stays cached. The two stores are identical either way. Page residency is
+read with util-linux's fincore."""
+
+import errno
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import assert_same_manifest, wait_in_sync, wait_until
+
+MIB = 1 << 20
+PAGE = os.sysconf("SC_PAGE_SIZE")
+RWF_DONTCACHE = 0x80  # Linux 6.14
+
+
+def takes_uncached_writes(folder):
+    probe = folder / "dontcache-probe"
+    fd = os.open(probe, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        os.pwritev(fd, [b"p" * PAGE], 0, RWF_DONTCACHE)
+        return True
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return False
+        raise
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+
+
+def cached_bytes(path):
+    """Bytes of `path` in the page cache."""
+    r = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES",
+                        str(path)], capture_output=True, text=True, check=True)
+    return int(r.stdout.strip())
+
+
+def write_image(path, size):
+    """`size` bytes of random data in 1 MiB writes, then fsync; returns them."""
+    data = os.urandom(size)
+    with open(path, "wb") as f:
+        for off in range(0, size, MIB):
+            f.write(data[off:off + MIB])
+            f.flush()
+        os.fsync(f.fileno())
+    return data
+
+
+@pytest.fixture
+def fincore_ok(cluster):
+    if shutil.which("fincore") is None:
+        pytest.skip("util-linux's fincore is not installed")
+    if not takes_uncached_writes(cluster.root):
+        pytest.skip("this kernel or file system has no RWF_DONTCACHE")
+
+
+def test_whole_pages_are_not_cached_in_either_store(cluster, fincore_ok):
+    b = cluster.serve("backup")
+    a = cluster.mount("primary", peers=[b])
+    wait_in_sync(a.store, "backup")
+
+    write_image(a.mountpoint / "disk.img", 8 * MIB)
+    # An append of part of a page: that page stays cached (uncached, the
+    # next small write to it would read it back from disk first).
+    with open(a.mountpoint / "disk.img", "ab") as f:
+        f.write(b"tail" * 25)
+        os.fsync(f.fileno())
+    wait_in_sync(a.store, "backup")
+
+    for node in (a, b):
+        image = node.store / "disk.img"
+        # Pages are dropped when their write-back ends, which fsync waits
+        # for; the poll only covers the last completions.
+        wait_until(lambda: cached_bytes(image) <= PAGE, 10,
+                   f"{node.name}'s store to hold at most the last page of {image} "
+                   f"(has {cached_bytes(image)} bytes cached)")
+    assert cached_bytes(a.store / "disk.img") == PAGE
+    assert_same_manifest(a.store, b.store)  # reads them: last
+
+
+def test_cached_writes_keep_every_page(cluster, fincore_ok):
+    b = cluster.serve("backup", extra=["--cached-writes"])
+    a = cluster.mount("primary", peers=[b], extra=["--cached-writes"])
+    wait_in_sync(a.store, "backup")
+
+    data = write_image(a.mountpoint / "disk.img", 8 * MIB)
+    wait_in_sync(a.store, "backup")
+    for node in (a, b):
+        image = node.store / "disk.img"
+        assert cached_bytes(image) == len(data), f"{node.name}: {image}"
+    assert_same_manifest(a.store, b.store)
+    with open(b.store / "disk.img", "rb") as f:
+        assert f.read() == data
