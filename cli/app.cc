@@ -222,6 +222,14 @@ int StartNodeProcess(const NodeOptions& o) {
                 {"--key", o.key_file, "--authorized-keys", o.authorized_file});
   }
   if (o.insecure) args.push_back("--insecure");
+  if (!o.control_group.empty()) {
+    args.insert(args.end(), {"--control-group", o.control_group});
+  }
+  if (o.cached_writes) args.push_back("--cached-writes");
+  if (o.peer_timeout != NodeOptions().peer_timeout) {
+    args.insert(args.end(), {"--peer-timeout",
+                             std::to_string(o.peer_timeout.count() / 1000.0)});
+  }
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -794,6 +802,11 @@ int Main(int argc, char** argv) {
     next.key_file = kv["key"];
     next.authorized_file = kv["authorized"];
     next.insecure = kv["insecure"] == "1";
+    next.cached_writes = kv["cached_writes"] == "1";
+    next.control_group = kv["control_group"];
+    if (long ms = std::atol(kv["peer_timeout_ms"].c_str()); ms > 0) {
+      next.peer_timeout = std::chrono::milliseconds(ms);
+    }
     if (promote->parsed()) {
       if (kv["role"] != "secondary") return Fail(store + " is not a secondary");
       if (arg1.empty()) {

@@ -704,7 +704,11 @@ ControlReply Node::HandleControl(const std::vector<std::string>& words) {
         "\n" + "mountpoint=" + options_.mountpoint + "\n" +
         "key=" + options_.key_file + "\n" +
         "authorized=" + options_.authorized_file + "\n" +
-        "insecure=" + (options_.insecure ? "1" : "0") + "\n";
+        "insecure=" + (options_.insecure ? "1" : "0") + "\n" +
+        "cached_writes=" + (options_.cached_writes ? "1" : "0") + "\n" +
+        "control_group=" + options_.control_group + "\n" +
+        "peer_timeout_ms=" + std::to_string(options_.peer_timeout.count()) +
+        "\n";
     return {0, out, ""};
   }
   if (verb == "verify") return Verify(words);

@@ -4,6 +4,7 @@ connected; `demote` refuses a busy mount and names `fuser -vm`; `peer
 add/list/remove` (remove refuses a peer that is not in sync unless
 --force); fracture and rejoin."""
 
+import grp
 import json
 import os
 import subprocess
@@ -135,6 +136,42 @@ def test_demote_refuses_a_busy_mount_then_works(cluster):
     assert not is_mounted(a_mnt)
     doc = status_json(a.store)
     assert doc["role"] == "secondary" and doc["mountpoint"] is None, doc
+
+
+def test_role_changes_keep_the_nodes_options(cluster):
+    """promote and demote restart the daemon: what `serve` was told
+    (--control-group, --cached-writes, --peer-timeout) still holds for the
+    primary it becomes, and for the secondary it becomes again."""
+    gid = grp.getgrnam("daemon").gr_gid  # in every Debian base system
+    b = cluster.serve("b", extra=["--control-group", "daemon", "--cached-writes",
+                                  "--peer-timeout", "7.5"])
+    sock = b.store / ".mirrorfs" / "control.sock"
+    assert os.stat(sock).st_gid == gid
+
+    b_mnt = cluster.dir("b.mnt")
+    r = mirrorfs("promote", b.store, "--mount", b_mnt)
+    assert r.returncode == 0, f"promote of a lone secondary: {out(r)}"
+    b.wait_exit()
+    b = adopt(cluster, "b", "promote", b.store, b_mnt, b.endpoint)
+    assert os.stat(sock).st_gid == gid, "the promoted node lost --control-group"
+    argv = open(f"/proc/{min(b.pids)}/cmdline", "rb").read().split(b"\0")
+    assert b"--peer-timeout" in argv and b"7.500000" in argv, argv
+    # --cached-writes: whole pages written through the mount stay in the
+    # store's page cache (by default they are dropped once on disk).
+    with open(b_mnt / "disk.img", "wb") as f:
+        f.write(b"c" * MiB)
+        os.fsync(f.fileno())
+    r = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES",
+                        str(b.store / "disk.img")], capture_output=True, text=True)
+    if r.returncode == 0:  # util-linux-extra (install-deps.sh) has fincore
+        assert int(r.stdout) == MiB, "the promoted node lost --cached-writes"
+
+    r = mirrorfs("demote", b.store)
+    assert r.returncode == 0, f"demote: {out(r)}"
+    b.wait_exit()
+    b = adopt(cluster, "b", "demote", b.store, None, b.endpoint)
+    assert status_json(b.store)["role"] == "secondary"
+    assert os.stat(sock).st_gid == gid, "the demoted node lost --control-group"
 
 
 def test_demote_without_an_endpoint_needs_listen(cluster):
