@@ -786,14 +786,37 @@ int Main(int argc, char** argv) {
         store, {"resolve", discard_local ? "--discard-local" : "--keep-local"});
   }
   if (promote->parsed() || demote->parsed()) {
-    auto info = CallDaemon(store, {"role-info"});
-    if (!info.ok()) return Fail(info.status().message());
     std::map<std::string, std::string> kv;
-    std::istringstream lines(info->out);
-    std::string line;
-    while (std::getline(lines, line)) {
-      size_t eq = line.find('=');
-      if (eq != std::string::npos) kv[line.substr(0, eq)] = line.substr(eq + 1);
+    auto role_info = [&]() -> meta::Status {
+      auto info = CallDaemon(store, {"role-info"});
+      if (!info.ok()) return info.status();
+      kv.clear();
+      std::istringstream lines(info->out);
+      std::string line;
+      while (std::getline(lines, line)) {
+        size_t eq = line.find('=');
+        if (eq != std::string::npos) {
+          kv[line.substr(0, eq)] = line.substr(eq + 1);
+        }
+      }
+      return meta::Status::Ok();
+    };
+    if (auto s = role_info(); !s.ok()) return Fail(s.message());
+    if (promote->parsed() && !flag && !kv["primary_connected"].empty()) {
+      // A primary that has just stopped or demoted still counts as
+      // connected until it has been silent for the secondary's peer
+      // timeout; a live one keeps sending heartbeats. Wait that long (and
+      // a second) before refusing, so that `stop` or `demote` on the old
+      // primary followed at once by `promote` here works.
+      long ms = std::atol(kv["peer_timeout_ms"].c_str());
+      auto deadline = std::chrono::steady_clock::now() +
+                      std::chrono::milliseconds(ms > 0 ? ms : 2000) +
+                      std::chrono::seconds(1);
+      while (!kv["primary_connected"].empty() &&
+             std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        if (auto s = role_info(); !s.ok()) return Fail(s.message());
+      }
     }
     pid_t pid = std::atoi(kv["pid"].c_str());
     NodeOptions next;

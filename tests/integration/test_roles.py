@@ -8,6 +8,7 @@ import grp
 import json
 import os
 import subprocess
+import time
 
 from conftest import (
     adopt,
@@ -101,6 +102,30 @@ def test_promote_refuses_while_the_primary_is_connected(cluster):
     (a.mountpoint / "still.txt").write_bytes(b"still mirrored\n")
     wait_flushed(a.store)
     assert_same_manifest(a.store, b.store)
+
+
+def test_promote_right_after_the_primary_stops(cluster):
+    """`stop` (or `demote`) on the primary followed at once by `promote` on
+    its secondary, as a hand-run switch-over does: the secondary still sees
+    its primary for up to its peer timeout; promote waits that out instead
+    of refusing."""
+    b = cluster.serve("b")
+    a = cluster.mount("a", peers=[b], listen=True)
+    wait_in_sync(a.store, "b")
+    (a.mountpoint / "before.txt").write_bytes(b"written on a\n")
+    wait_flushed(a.store)
+
+    r = mirrorfs("stop", a.store)
+    assert r.returncode == 0, f"stop: {out(r)}"
+    b_mnt = cluster.dir("b.mnt")
+    started = time.monotonic()
+    r = mirrorfs("promote", b.store, "--mount", b_mnt)
+    took = time.monotonic() - started
+    assert r.returncode == 0, f"promote right after the primary stopped: {out(r)}"
+    assert took < 5, f"promote took {took:.1f} s"
+    b.wait_exit()
+    b = adopt(cluster, "b", "promote", b.store, b_mnt, b.endpoint)
+    assert (b_mnt / "before.txt").read_bytes() == b"written on a\n"
 
 
 def test_demote_refuses_a_busy_mount_then_works(cluster):
