@@ -456,7 +456,7 @@ int Main(int argc, char** argv) {
                     "Group allowed on the control socket besides root");
     cmd->add_flag("--cached-writes", o->cached_writes,
                   "Keep written data in the store's page cache too (by "
-                  "default whole pages are written uncached)");
+                  "default large writes of whole pages go uncached)");
   };
   add_security(mount, &node);
   mount

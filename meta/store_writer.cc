@@ -16,14 +16,15 @@
 
 namespace mirrorfs::meta {
 
-bool StoreWriter::WholePages(uint64_t offset, size_t length) {
+bool StoreWriter::Uncached(uint64_t offset, size_t length) {
   static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  return length > 0 && offset % page == 0 && length % page == 0;
+  return length >= kMinUncachedBytes && offset % page == 0 &&
+         length % page == 0;
 }
 
 Status StoreWriter::Pwrite(int fd, const void* data, size_t length,
                            uint64_t offset, const std::string& what) {
-  int flags = uncached() && WholePages(offset, length) ? RWF_DONTCACHE : 0;
+  int flags = uncached() && Uncached(offset, length) ? RWF_DONTCACHE : 0;
   size_t done = 0;
   while (done < length) {
     struct iovec iov;

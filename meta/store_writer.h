@@ -1,17 +1,23 @@
 // StoreWriter: how a node writes data into the files of its store.
 //
-// A write that covers whole pages goes uncached (RWF_DONTCACHE, Linux 6.14
-// and later, e.g. ext4, xfs, btrfs): it passes through the page cache as
-// usual, its write-back starts at once, and its pages are dropped once they
-// are on disk. A store's data is cached where it is read, not in the store:
-// on a primary the FUSE mount keeps its own page cache above the store, so
-// caching the store's file as well held every written byte twice; a
-// secondary does not read what it receives at all. The second copy cost
-// memory, fresh-page allocation (slow in virtual machines, where the host
-// backs guest memory lazily) and a large write-back at the next flush.
+// A write of at least kMinUncachedBytes that covers whole pages goes
+// uncached (RWF_DONTCACHE, Linux 6.14 and later, e.g. ext4, xfs, btrfs): it
+// passes through the page cache as usual, its write-back starts at once,
+// and its pages are dropped once they are on disk. A store's data is cached
+// where it is read, not in the store: on a primary the FUSE mount keeps its
+// own page cache above the store, so caching the store's file as well held
+// every written byte twice; a secondary does not read what it receives at
+// all. The second copy cost memory, fresh-page allocation (slow in virtual
+// machines, where the host backs guest memory lazily) and a large
+// write-back at the next flush.
 //
-// A write of part of a page stays cached: uncached, that page would be read
-// back from disk at the next small write to it (appends, 512-byte sectors).
+// Other writes stay cached:
+// - part of a page: uncached, that page would be read back from disk at the
+//   next small write to it (appends, 512-byte sectors);
+// - small writes: starting write-back at once costs an I/O submission (in
+//   a VM, an exit to the host) per write, more than the copy itself, and
+//   small random writes are cheaper written back together at the next
+//   flush.
 // Where the kernel or file system refuses the flag (older kernels, tmpfs),
 // the first write finds out, logs it once, and every later write is cached.
 // `cached` (the --cached-writes option) keeps every write cached.
@@ -35,8 +41,11 @@ class StoreWriter {
  public:
   explicit StoreWriter(bool cached = false) : uncached_(!cached) {}
 
+  // Writes below this many bytes stay cached.
+  static constexpr size_t kMinUncachedBytes = 64 * 1024;
+
   // Writes all `length` bytes of `data` at `offset` of `fd`, retrying short
-  // writes and EINTR; uncached if they cover whole pages and the kernel
+  // writes and EINTR; uncached if Uncached(offset, length) and the kernel
   // takes it. Errors name `what`.
   Status Pwrite(int fd, const void* data, size_t length, uint64_t offset,
                 const std::string& what);
@@ -46,8 +55,9 @@ class StoreWriter {
   void SetCached(bool cached) { uncached_.store(!cached); }
   // False once writes are all cached: asked to, or the kernel refused.
   bool uncached() const { return uncached_.load(std::memory_order_relaxed); }
-  // Whether a write of `length` bytes at `offset` covers whole pages only.
-  static bool WholePages(uint64_t offset, size_t length);
+  // Whether a write of `length` bytes at `offset` is written uncached
+  // (while uncached()): whole pages only, at least kMinUncachedBytes.
+  static bool Uncached(uint64_t offset, size_t length);
 
  private:
   std::atomic<bool> uncached_;

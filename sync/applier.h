@@ -8,10 +8,10 @@
 // directory, unlink of a missing name), because resync may send a change the
 // peer already has.
 //
-// Data is written through a meta::StoreWriter: whole pages uncached where
-// the kernel and file system allow it (a secondary does not read what it
-// receives), unless SetCachedWrites. Either way a write is acknowledged
-// once applied, and is durable only after a flush.
+// Data is written through a meta::StoreWriter: large writes of whole pages
+// uncached where the kernel and file system allow it (a secondary does not
+// read what it receives), unless SetCachedWrites. Either way a write is
+// acknowledged once applied, and is durable only after a flush.
 //
 // Thread-safety: not thread-safe; one replica thread owns an Applier, which
 // is what keeps changes applied in the order they were sent.
@@ -94,7 +94,7 @@ class Applier {
 
   // Every data write goes through the page cache (--cached-writes).
   void SetCachedWrites(bool on) { writer_.SetCached(on); }
-  // Whether whole pages are written uncached (see meta::StoreWriter).
+  // Whether large writes of whole pages go uncached (meta::StoreWriter).
   bool writes_uncached() const { return writer_.uncached(); }
 
  private:

@@ -1,8 +1,8 @@
 """Written data and the stores' own page caches (README, "How a write
-reaches the peers"): by default whole pages reach both stores uncached, so
-that once on disk neither store's page cache holds them, while a write of
-part of a page stays cached; with --cached-writes on both nodes every page
-stays cached. The two stores are identical either way. Page residency is
+reaches the peers"): by default large writes of whole pages reach both
+stores uncached, so that once on disk neither store's page cache holds
+them, while a write of part of a page or a small one stays cached; with
+--cached-writes on both nodes every page stays cached. The two stores are identical either way. Page residency is
 read with util-linux's fincore."""
 
 import errno
@@ -71,6 +71,10 @@ def test_whole_pages_are_not_cached_in_either_store(cluster, fincore_ok):
     with open(a.mountpoint / "disk.img", "ab") as f:
         f.write(b"tail" * 25)
         os.fsync(f.fileno())
+    # A small write of one whole page stays cached too.
+    with open(a.mountpoint / "small.img", "wb") as f:
+        f.write(b"s" * PAGE)
+        os.fsync(f.fileno())
     wait_in_sync(a.store, "backup")
 
     for node in (a, b):
@@ -81,6 +85,8 @@ def test_whole_pages_are_not_cached_in_either_store(cluster, fincore_ok):
                    f"{node.name}'s store to hold at most the last page of {image} "
                    f"(has {cached_bytes(image)} bytes cached)")
     assert cached_bytes(a.store / "disk.img") == PAGE
+    for node in (a, b):
+        assert cached_bytes(node.store / "small.img") == PAGE, node.name
     assert_same_manifest(a.store, b.store)  # reads them: last
 
 

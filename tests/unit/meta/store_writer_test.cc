@@ -1,7 +1,8 @@
-// StoreWriter on real file systems: whole pages uncached (dropped from the
-// page cache once on disk) where the kernel takes RWF_DONTCACHE, part pages
-// and --cached-writes kept cached, a refusal (tmpfs) falls back once, and
-// the bytes on disk are the same whichever way they were written.
+// StoreWriter on real file systems: large writes of whole pages uncached
+// (dropped from the page cache once on disk) where the kernel takes
+// RWF_DONTCACHE; part pages, small writes and --cached-writes kept cached;
+// a refusal (tmpfs) falls back once; and the bytes on disk are the same
+// whichever way they were written.
 #include "meta/store_writer.h"
 
 #include <fcntl.h>
@@ -73,14 +74,18 @@ class StoreWriterTest : public ::testing::Test {
   int fd_ = -1;
 };
 
-TEST(StoreWriterPagesTest, OnlyRangesOfWholePagesCount) {
+TEST(StoreWriterRuleTest, WholePagesOfAtLeastTheMinimumGoUncached) {
   const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  EXPECT_TRUE(StoreWriter::WholePages(0, page));
-  EXPECT_TRUE(StoreWriter::WholePages(3 * page, 256 * page));
-  EXPECT_FALSE(StoreWriter::WholePages(0, 0));
-  EXPECT_FALSE(StoreWriter::WholePages(0, page + 1));
-  EXPECT_FALSE(StoreWriter::WholePages(1, page));
-  EXPECT_FALSE(StoreWriter::WholePages(page, 512));
+  const size_t min = StoreWriter::kMinUncachedBytes;
+  EXPECT_TRUE(StoreWriter::Uncached(0, min));
+  EXPECT_TRUE(StoreWriter::Uncached(3 * page, 256 * page));
+  EXPECT_TRUE(StoreWriter::Uncached(page, 1u << 20));
+  EXPECT_FALSE(StoreWriter::Uncached(0, 0));
+  EXPECT_FALSE(StoreWriter::Uncached(0, page));  // whole, but small
+  EXPECT_FALSE(StoreWriter::Uncached(0, min - page));
+  EXPECT_FALSE(StoreWriter::Uncached(0, min + 1));
+  EXPECT_FALSE(StoreWriter::Uncached(1, min));
+  EXPECT_FALSE(StoreWriter::Uncached(page, min + 512));
 }
 
 TEST_F(StoreWriterTest, WholePagesGoUncachedAndPartPagesStayCached) {
@@ -96,10 +101,14 @@ TEST_F(StoreWriterTest, WholePagesGoUncachedAndPartPagesStayCached) {
   std::string tail = Pattern('t', 100);  // part of the page after them
   Write(&writer, tail, 2 * kMiB);
   Overlay(&model, tail, 2 * kMiB);
+  std::string small = Pattern('s', 4096);  // a whole page, but small
+  Write(&writer, small, 3 * kMiB);
+  Overlay(&model, small, 3 * kMiB);
   ASSERT_EQ(::fdatasync(fd_), 0);
   EXPECT_TRUE(writer.uncached());
   EXPECT_EQ(WaitCachedPages(path_, 0, 2 * kMiB, 0), 0);
   EXPECT_EQ(CachedPages(path_, 2 * kMiB, 100), 1);
+  EXPECT_EQ(CachedPages(path_, 3 * kMiB, 4096), 1);
   // An unaligned overwrite across both: read back from disk, merged.
   std::string across = Pattern('x', kMiB + 7);
   Write(&writer, across, kMiB + 5);
