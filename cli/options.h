@@ -34,8 +34,8 @@ struct NodeOptions {
   // Test-only (secondary): hold applied writes in memory until a flush, to
   // lose them honestly when killed (the peer-crash test).
   bool volatile_writes = false;
-  // Every data write goes through the store's page cache; by default whole
-  // pages go uncached (meta::StoreWriter).
+  // Every data write goes through the store's page cache; by default large
+  // writes of whole pages go uncached (meta::StoreWriter).
   bool cached_writes = false;
   // Peer link security (ZeroMQ CURVE): both files, or neither.
   std::string key_file;

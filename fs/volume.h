@@ -84,8 +84,8 @@ namespace mirrorfs::fs {
 
 struct VolumeOptions {
   std::string store_root;  // absolute path of the store directory
-  // Every write goes through the store's page cache too; by default whole
-  // pages are written uncached (see meta::StoreWriter).
+  // Every write goes through the store's page cache too; by default large
+  // writes of whole pages go uncached (see meta::StoreWriter).
   bool cached_writes = false;
 };
 

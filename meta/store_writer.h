@@ -50,8 +50,8 @@ class StoreWriter {
   Status Pwrite(int fd, const void* data, size_t length, uint64_t offset,
                 const std::string& what);
 
-  // From now on every write is cached (`cached`), or whole pages go
-  // uncached again where the kernel takes it.
+  // From now on every write is cached (`cached`), or large writes of whole
+  // pages go uncached again where the kernel takes it.
   void SetCached(bool cached) { uncached_.store(!cached); }
   // False once writes are all cached: asked to, or the kernel refused.
   bool uncached() const { return uncached_.load(std::memory_order_relaxed); }
