@@ -809,9 +809,12 @@ int Main(int argc, char** argv) {
       // a second) before refusing, so that `stop` or `demote` on the old
       // primary followed at once by `promote` here works.
       long ms = std::atol(kv["peer_timeout_ms"].c_str());
+      if (ms <= 0) ms = 2000;
+      std::cerr << "mirrorfs: primary " << kv["primary_connected"]
+                << " is connected; waiting up to " << (ms + 1000) / 1000.0
+                << " s for it to go silent (stopped or demoted)\n";
       auto deadline = std::chrono::steady_clock::now() +
-                      std::chrono::milliseconds(ms > 0 ? ms : 2000) +
-                      std::chrono::seconds(1);
+                      std::chrono::milliseconds(ms) + std::chrono::seconds(1);
       while (!kv["primary_connected"].empty() &&
              std::chrono::steady_clock::now() < deadline) {
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
