@@ -47,9 +47,10 @@ def union_blocks(offsets):
     return len(set(offsets)) * BLOCK
 
 
-def run_peer_crash(cluster, volatile, seed):
-    rng = random.Random(seed)
-    flag = ["--test-volatile-writes"] if volatile else []
+def start_pair_with_image(cluster, rng, flag):
+    """A secondary (`serve` with `flag`) and a primary mirroring to it, with
+    a random base image written and flushed by an epoch, so that the
+    secondary has it on disk. Returns (backup, primary, image path)."""
     backup = cluster.serve("backup", extra=flag)
     primary = cluster.mount("primary", peers=[backup],
                             extra=["--peer-timeout", str(PEER_TIMEOUT)])
@@ -57,8 +58,14 @@ def run_peer_crash(cluster, volatile, seed):
     img = primary.mountpoint / "vol.img"
     with open(img, "wb") as f:
         f.write(rng.randbytes(IMAGE_BYTES))
-    # An epoch flush after the base image: the secondary has it on disk.
     wait_flushed(primary.store)
+    return backup, primary, img
+
+
+def run_peer_crash(cluster, volatile, seed):
+    rng = random.Random(seed)
+    flag = ["--test-volatile-writes"] if volatile else []
+    backup, primary, img = start_pair_with_image(cluster, rng, flag)
     assert sha256_file(backup.store / "vol.img") == sha256_file(primary.store / "vol.img"), \
         "the base image did not reach the secondary's disk"
 
@@ -136,14 +143,7 @@ def test_peer_crash_right_after_a_resync_loses_nothing_it_sent(cluster):
     (guarantees 1 and 3). A volatile secondary killed right after
     `sync --wait` returns must therefore hold every byte of the resync."""
     rng = random.Random(13)
-    backup = cluster.serve("backup", extra=["--test-volatile-writes"])
-    primary = cluster.mount("primary", peers=[backup],
-                            extra=["--peer-timeout", str(PEER_TIMEOUT)])
-    wait_peer_state(primary.store, "backup", "connected")
-    img = primary.mountpoint / "vol.img"
-    with open(img, "wb") as f:
-        f.write(rng.randbytes(IMAGE_BYTES))
-    wait_flushed(primary.store)
+    backup, primary, img = start_pair_with_image(cluster, rng, ["--test-volatile-writes"])
 
     r = mirrorfs("fracture", primary.store, "backup")
     assert r.returncode == 0, f"mirrorfs fracture: exit {r.returncode}\n{r.stderr}"

@@ -2,9 +2,10 @@
 write-intent journal's promise: a crash re-sends the active regions, at most
 the intent budget).
 
-Each iteration: 2-3 threads pwrite 4 KiB blocks at random 4 KiB-aligned
-offsets of a 64 MiB image through the primary's mount (an fsync now and
-then) for a random 0.3-1.5 s; the primary is SIGKILLed at that moment while
+Each iteration: 2-3 threads pwrite at random aligned offsets of a 64 MiB
+image through the primary's mount (an fsync now and then) for a random
+0.3-1.5 s, mostly 4 KiB blocks (written to the store cached) and one in
+eight of 64-256 KiB (written uncached, meta::StoreWriter); the primary is SIGKILLed at that moment while
 they run; its dead mount is lazily unmounted; it is restarted on the same
 store (its peer is remembered). Then:
   - `status --json` reports recovered_from_crash: an object whose
@@ -39,6 +40,7 @@ KiB = 1024
 MiB = 1024 * KiB
 IMAGE_BYTES = 64 * MiB
 BLOCK = 4 * KiB
+LARGE_BLOCKS = (64 * KiB, 128 * KiB, 256 * KiB)
 EXTENT = 1 * MiB
 BUDGET = int(os.environ.get("MFS_CRASH_BUDGET_MIB", "16")) * MiB
 ITERATIONS = int(os.environ.get("MFS_CRASH_ITERATIONS", "20"))
@@ -51,7 +53,7 @@ MOUNT_EXTRA = ["--peer-timeout", str(PEER_TIMEOUT),
 
 
 class CrashWriter:
-    """Threads pwriting random 4 KiB blocks until stopped or until the mount
+    """Threads pwriting random blocks until stopped or until the mount
     dies. Errors after `killed` is set are the expected end (EIO/ENOTCONN
     from a dead FUSE mount); errors before it are failures."""
 
@@ -79,9 +81,10 @@ class CrashWriter:
             fd = os.open(self.path, os.O_WRONLY)
             n = 0
             while not self.stop.is_set():
-                off = rng.randrange(IMAGE_BYTES // BLOCK) * BLOCK
-                data = rng.randbytes(BLOCK)
-                if os.pwrite(fd, data, off) != BLOCK:
+                size = BLOCK if rng.random() < 7 / 8 else rng.choice(LARGE_BLOCKS)
+                off = rng.randrange(IMAGE_BYTES // size) * size
+                data = rng.randbytes(size)
+                if os.pwrite(fd, data, off) != size:
                     raise OSError(f"short write at {off}")
                 n += 1
                 with self.lock:

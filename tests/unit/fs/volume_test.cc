@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "tests/support/page_cache.h"
+#include "tests/support/test_files.h"
 
 namespace mirrorfs::fs {
 namespace {

@@ -7,48 +7,32 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <stdlib.h>
 #include <unistd.h>
 
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <string>
 
-#include "tests/support/page_cache.h"
+#include "tests/support/test_files.h"
 
 namespace mirrorfs::meta {
 namespace {
 
 namespace stdfs = std::filesystem;
 using testing_support::CachedPages;
+using testing_support::MakeTempDir;
+using testing_support::Pattern;
+using testing_support::ReadFile;
 using testing_support::TakesUncachedWrites;
 using testing_support::WaitCachedPages;
 
 constexpr uint64_t kMiB = 1u << 20;
 
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::string Pattern(char seed, size_t size) {
-  std::string data(size, '\0');
-  for (size_t i = 0; i < size; ++i) {
-    data[i] = static_cast<char>(seed + i * 31 / 4096);
-  }
-  return data;
-}
-
 class StoreWriterTest : public ::testing::Test {
  protected:
   // A fresh folder under `parent` with an empty file "image" open in fd_.
   bool MakeFile(const std::string& parent) {
-    std::string templ = parent + "/store_writer_test.XXXXXX";
-    if (::mkdtemp(templ.data()) == nullptr) return false;
-    dir_ = templ;
+    dir_ = MakeTempDir(parent, "store_writer_test");
+    if (dir_.empty()) return false;
     path_ = dir_ + "/image";
     fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     return fd_ >= 0;
@@ -114,7 +98,7 @@ TEST_F(StoreWriterTest, WholePagesGoUncachedAndPartPagesStayCached) {
   Write(&writer, across, kMiB + 5);
   Overlay(&model, across, kMiB + 5);
   ASSERT_EQ(::fdatasync(fd_), 0);
-  EXPECT_TRUE(ReadAll(path_) == model);
+  EXPECT_TRUE(ReadFile(path_) == model);
 }
 
 TEST_F(StoreWriterTest, CachedWritesKeepEveryPage) {
@@ -125,7 +109,7 @@ TEST_F(StoreWriterTest, CachedWritesKeepEveryPage) {
   ASSERT_EQ(::fdatasync(fd_), 0);
   EXPECT_FALSE(writer.uncached());
   EXPECT_EQ(CachedPages(path_, 0, kMiB), static_cast<long>(kMiB / 4096));
-  EXPECT_TRUE(ReadAll(path_) == whole);
+  EXPECT_TRUE(ReadFile(path_) == whole);
 }
 
 TEST_F(StoreWriterTest, FallsBackToCachedWritesWhereTheyAreRefused) {
@@ -147,7 +131,7 @@ TEST_F(StoreWriterTest, FallsBackToCachedWritesWhereTheyAreRefused) {
   EXPECT_FALSE(writer.uncached());  // refused once, written cached
   Write(&writer, whole, 2 * kMiB);
   Overlay(&model, whole, 2 * kMiB);
-  EXPECT_TRUE(ReadAll(path_) == model);
+  EXPECT_TRUE(ReadFile(path_) == model);
 }
 
 }  // namespace

@@ -6,39 +6,33 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <string>
 
-#include "tests/support/page_cache.h"
+#include "tests/support/test_files.h"
 
 namespace mirrorfs::sync {
 namespace {
 
 namespace stdfs = std::filesystem;
 using testing_support::CachedPages;
+using testing_support::MakeTempDir;
+using testing_support::Pattern;
+using testing_support::ReadFile;
 using testing_support::TakesUncachedWrites;
 using testing_support::WaitCachedPages;
 
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+constexpr size_t kUnaligned = (3u << 20) + 5;  // not a whole number of pages
 
 class ApplierWritesTest : public ::testing::Test {
  protected:
   // A fresh store folder under `parent`; false if `parent` is unusable.
   bool MakeStore(const std::string& parent) {
-    std::string templ = parent + "/applier_test.XXXXXX";
-    if (::mkdtemp(templ.data()) == nullptr) return false;
-    dir_ = templ;
+    dir_ = MakeTempDir(parent, "applier_test");
+    if (dir_.empty()) return false;
     root_fd_ = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     return root_fd_ >= 0;
   }
@@ -67,15 +61,6 @@ class ApplierWritesTest : public ::testing::Test {
     ASSERT_TRUE(written.ok()) << written.message();
   }
 
-  // `size` bytes of a pattern.
-  static std::string Pattern(char seed, size_t size = (3u << 20) + 5) {
-    std::string data(size, '\0');
-    for (size_t i = 0; i < data.size(); ++i) {
-      data[i] = static_cast<char>(seed + i * 31 / 4096);
-    }
-    return data;
-  }
-
   std::string dir_;
   int root_fd_ = -1;
 };
@@ -87,7 +72,7 @@ TEST_F(ApplierWritesTest, WritesWholePagesUncachedWhereTheFileSystemTakesIt) {
   }
   Applier applier(root_fd_);
   std::string whole = Pattern('a', 3u << 20);
-  std::string unaligned = Pattern('k');
+  std::string unaligned = Pattern('k', kUnaligned);
   ApplyWrite(&applier, "image", whole, 0);
   ASSERT_TRUE(applier.SyncAll().ok());
   EXPECT_TRUE(applier.writes_uncached());
@@ -95,7 +80,7 @@ TEST_F(ApplierWritesTest, WritesWholePagesUncachedWhereTheFileSystemTakesIt) {
   ApplyWrite(&applier, "image", unaligned, 4096 + 7);  // overlaps, extends
   ASSERT_TRUE(applier.SyncAll().ok());
   std::string expected = whole.substr(0, 4096 + 7) + unaligned;
-  EXPECT_TRUE(ReadAll(dir_ + "/image") == expected);
+  EXPECT_TRUE(ReadFile(dir_ + "/image") == expected);
 }
 
 TEST_F(ApplierWritesTest, CachedWritesKeepThePages) {
@@ -107,7 +92,7 @@ TEST_F(ApplierWritesTest, CachedWritesKeepThePages) {
   ASSERT_TRUE(applier.SyncAll().ok());
   EXPECT_FALSE(applier.writes_uncached());
   EXPECT_EQ(CachedPages(dir_ + "/image", 0, 1u << 20), (1 << 20) / 4096);
-  EXPECT_TRUE(ReadAll(dir_ + "/image") == whole);
+  EXPECT_TRUE(ReadFile(dir_ + "/image") == whole);
 }
 
 TEST_F(ApplierWritesTest, FallsBackToCachedWritesWhereTheyAreRefused) {
@@ -118,12 +103,12 @@ TEST_F(ApplierWritesTest, FallsBackToCachedWritesWhereTheyAreRefused) {
   }
   Applier applier(root_fd_);
   std::string first = Pattern('a', 3u << 20);  // whole pages: refused
-  std::string second = Pattern('k');
+  std::string second = Pattern('k', kUnaligned);
   ApplyWrite(&applier, "image", first, 0);
   EXPECT_FALSE(applier.writes_uncached());
   ApplyWrite(&applier, "image", second, 1u << 20);
   std::string expected = first.substr(0, 1u << 20) + second;
-  EXPECT_TRUE(ReadAll(dir_ + "/image") == expected);
+  EXPECT_TRUE(ReadFile(dir_ + "/image") == expected);
 }
 
 }  // namespace

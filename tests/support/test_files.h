@@ -1,6 +1,7 @@
-// Test helpers about the page cache of real files: which pages are cached
-// (mincore on a mapping), and whether a directory's file system takes
-// uncached writes (RWF_DONTCACHE).
+// Test helpers on real files: a fresh folder, a file's bytes, a byte
+// pattern, which pages of a file are in the page cache (mincore on a
+// mapping), and whether a folder's file system takes uncached writes
+// (RWF_DONTCACHE).
 #pragma once
 
 #include <fcntl.h>
@@ -9,7 +10,11 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -18,6 +23,31 @@ namespace mirrorfs::testing_support {
 
 // Linux 6.14's value, for headers that predate it.
 inline constexpr int kDontCache = 0x00000080;
+
+// A fresh folder `parent`/`prefix`.XXXXXX; "" if it cannot be made.
+inline std::string MakeTempDir(const std::string& parent,
+                               const std::string& prefix) {
+  std::string templ = parent + "/" + prefix + ".XXXXXX";
+  return ::mkdtemp(templ.data()) == nullptr ? "" : templ;
+}
+
+// The whole content of the file at `path` ("" if it cannot be read).
+inline std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// `size` bytes that change every page and differ with `seed`, so that a
+// misplaced or stale page shows.
+inline std::string Pattern(char seed, size_t size) {
+  std::string data(size, '\0');
+  for (size_t i = 0; i < size; ++i) {
+    data[i] = static_cast<char>(seed + i * 31 / 4096);
+  }
+  return data;
+}
 
 // How many of the pages of [offset, offset + length) of `path` are in the
 // page cache; -1 if the file cannot be mapped. `offset`: page-aligned.
