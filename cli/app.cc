@@ -403,6 +403,8 @@ int Main(int argc, char** argv) {
       "machines, synchronously, behind a FUSE mount."};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Show help for every command");
+  app.set_version_flag("--version", "mirrorfs " MIRRORFS_VERSION,
+                       "Print the version and exit");
 
   NodeOptions node;
   std::vector<std::string> peer_args;

@@ -47,7 +47,7 @@ _mirrorfs() {
   esac
 
   if [[ -z $verb ]]; then
-    mapfile -t COMPREPLY < <(compgen -W "$verbs --help" -- "$cur")
+    mapfile -t COMPREPLY < <(compgen -W "$verbs --help --help-all --version" -- "$cur")
     return
   fi
 

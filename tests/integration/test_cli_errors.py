@@ -3,7 +3,9 @@ the usage on stderr for a wrong command line; exit 1 with a clear message for
 an operation that fails; every verb of the contract listed in --help."""
 
 import os
+import re
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -59,6 +61,14 @@ def test_help_lists_every_verb():
     assert r.returncode == 0, r.stderr
     for sub in ("add", "remove", "list"):
         assert sub in r.stdout, f"`mirrorfs peer --help` does not list {sub}:\n{r.stdout}"
+
+
+def test_version_is_the_projects():
+    r = mirrorfs("--version")
+    assert r.returncode == 0, r.stderr
+    with open(Path(__file__).resolve().parents[2] / "CMakeLists.txt") as f:
+        version = re.search(r"project\(mirrorfs VERSION ([0-9.]+)", f.read()).group(1)
+    assert r.stdout.strip() == f"mirrorfs {version}", r.stdout
 
 
 def test_status_without_daemon_exits_1(workdir):
