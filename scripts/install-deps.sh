@@ -9,6 +9,7 @@ packages=(
   libfuse3-dev fuse3 librocksdb-dev libzmq3-dev cppzmq-dev libcli11-dev libgtest-dev libsodium-dev
   python3 python3-pytest python3-zmq tcpdump
   qemu-utils fio bc attr xxd procps psmisc iproute2 clang-format util-linux-extra
+  dpkg-dev file
   "$@"
 )
 

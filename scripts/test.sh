@@ -4,9 +4,13 @@
 #   2. build/ (RelWithDebInfo) and all its tests: unit tests (and any test
 #      not labelled "integration") in parallel, then the integration tests
 #      (real FUSE mounts and daemons) one at a time
-#   3. build-asan/ (-DMIRRORFS_SANITIZE=address,undefined) and its unit tests
+#   3. the Debian package (scripts/package.sh: build-release/, no test
+#      seams) and its tests (tests/package: fields, files, then installed
+#      with dpkg, a mirror through `mount -t mirrorfs`, and purged)
+#   4. build-asan/ (-DMIRRORFS_SANITIZE=address,undefined) and its unit tests
 # Exits non-zero if any step fails; the last line is "summary: N passed, N failed".
-# SKIP_ASAN=1 skips step 3 (local iterations only; CI runs it).
+# SKIP_PACKAGE=1 and SKIP_ASAN=1 skip steps 3 and 4 (local iterations only;
+# CI runs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +45,27 @@ run_ctest() {
   fi
 }
 
+# Runs pytest on one folder, adds its counts to the totals.
+run_pytest() {
+  local what=$1 log
+  shift
+  log=$logs/$(tr -c 'a-zA-Z0-9\n' '_' <<<"$what").log
+  echo "== $what: pytest $*"
+  local rc=0
+  /usr/bin/python3 -m pytest -v -p no:cacheprovider "$@" 2>&1 | tee "$log" || rc=$?
+  # pytest's closing line: "== 1 failed, 2 passed, 1 skipped in 3.1s ==".
+  local line p f
+  line=$(grep -E '^=+ .* in [0-9.]+s' "$log" | tail -n 1 || true)
+  p=$(grep -oE '[0-9]+ passed' <<<"$line" | cut -d' ' -f1 || true)
+  f=$(grep -oE '[0-9]+ (failed|errors?)' <<<"$line" | cut -d' ' -f1 | paste -sd+ | bc || true)
+  passed=$((passed + ${p:-0}))
+  failed=$((failed + ${f:-0}))
+  if [[ $rc -ne 0 || -z $line ]]; then
+    [[ ${f:-0} -eq 0 ]] && failed=$((failed + 1))
+    failures+=("$what")
+  fi
+}
+
 # Runs a step that is not a test run; a failure counts as one failed check.
 step() {
   local what=$1
@@ -70,6 +95,13 @@ step "packages" bash scripts/install-deps.sh || { finish; exit 1; }
 if step "build (build/)" bash scripts/build.sh build; then
   run_ctest "unit tests" --test-dir build -LE integration -j "$jobs"
   run_ctest "integration tests" --test-dir build -L integration
+fi
+
+if [[ ${SKIP_PACKAGE:-0} != 1 ]]; then
+  if step "Debian package (build-release/)" bash scripts/package.sh build-release; then
+    debs=(build-release/mirrorfs_*.deb)
+    MIRRORFS_DEB=${debs[0]} run_pytest "package tests" tests/package
+  fi
 fi
 
 if [[ ${SKIP_ASAN:-0} != 1 ]]; then
