@@ -14,11 +14,17 @@ status shows fracture_bytes covering them, and that after a restart without
 the flag and `sync --wait` the stores are identical.
 
 The control runs the same scenario without the flag: nothing is lost (the
-killed process's page cache survives), and the end state is identical too."""
+killed process's page cache survives), and the end state is identical too.
+
+Guarantee 2's half on the peer: writes followed by fsync() or fdatasync(),
+or written O_DSYNC, are all on a volatile secondary's disk when it is killed
+right after they return."""
 
 import os
 import random
 import time
+
+import pytest
 
 from conftest import (
     assert_same_manifest, assert_sync_wait, kill9, mirrorfs, peer_status,
@@ -168,3 +174,39 @@ def test_peer_crash_right_after_a_resync_loses_nothing_it_sent(cluster):
     assert_sync_wait(primary.store, timeout=60)
     assert_same_manifest(primary.store, backup.store,
                          "stores after the secondary's crash right after a resync")
+
+
+@pytest.mark.parametrize("how", ["fsync", "fdatasync", "o_dsync"])
+def test_what_the_application_made_durable_survives_a_peer_crash(cluster, how):
+    """Guarantee 2: once fsync() or fdatasync() returns, or a write to a
+    file opened O_DSYNC, the data is durable on every connected peer. A
+    volatile secondary killed right after must have every block on disk,
+    though no epoch flush (every second) had time to run: the same writes
+    without it are lost (test_peer_crash_loses_unflushed_writes_...)."""
+    rng = random.Random(14)
+    backup, primary, img = start_pair_with_image(cluster, rng, ["--test-volatile-writes"])
+    offsets = [o * BLOCK for o in sorted(rng.sample(range(IMAGE_BYTES // BLOCK), BLOCKS))]
+    patterns = {off: rng.randbytes(BLOCK) for off in offsets}
+
+    fd = os.open(img, os.O_WRONLY | (os.O_DSYNC if how == "o_dsync" else 0))
+    try:
+        t0 = time.monotonic()
+        for off in offsets:
+            assert os.pwrite(fd, patterns[off], off) == BLOCK
+        if how == "fsync":
+            os.fsync(fd)
+        elif how == "fdatasync":
+            os.fdatasync(fd)
+        kill9(backup)
+        elapsed = time.monotonic() - t0
+    finally:
+        os.close(fd)
+    print(f"\n  {how}: writes, {how} and kill in {elapsed * 1000:.0f} ms")
+    lost = [off for off in offsets
+            if read_block(backup.store / "vol.img", off) != patterns[off]]
+    assert not lost, (f"after {how} returned, a crashed secondary lost {len(lost)} "
+                      f"of the {BLOCKS} blocks")
+
+    backup = restart_serve(cluster, backup)
+    assert_sync_wait(primary.store, timeout=60)
+    assert_same_manifest(primary.store, backup.store, f"stores after {how} and a peer crash")
