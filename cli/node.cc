@@ -1073,9 +1073,13 @@ std::string Node::StatusJson() {
   j.Key("uuid").Value(identity_->node_uuid.ToString());
   j.Key("role").Value(identity_->role);
   j.Key("store").Value(options_.store);
+  sync::ReplicaSnapshot replica = ReplicaNow();
+  // A fresh secondary adopts its first primary's store UUID while it runs.
+  const meta::Uuid& store_uuid = replica_ && !options_.primary
+                                     ? replica.store_uuid
+                                     : identity_->store_uuid;
   j.Key("store_uuid")
-      .Value(identity_->store_uuid.IsZero() ? std::string()
-                                            : identity_->store_uuid.ToString());
+      .Value(store_uuid.IsZero() ? std::string() : store_uuid.ToString());
   if (options_.primary) {
     j.Key("mountpoint").Value(options_.mountpoint);
   } else {
@@ -1083,7 +1087,6 @@ std::string Node::StatusJson() {
   }
   j.Key("listen").Value(identity_->listen_endpoint);
   j.Key("mode").Value(options_.async ? "async" : "sync");
-  sync::ReplicaSnapshot replica = ReplicaNow();
   j.Key("consistent").Value(replica_ ? replica.consistent : true);
   sync::Generations gens =
       generations_

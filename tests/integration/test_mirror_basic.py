@@ -5,8 +5,9 @@ without --peer mirrors to the remembered peer."""
 import os
 import shutil
 
-from conftest import (INTENT_EXTENT_BYTES, assert_same_manifest, is_mounted, mirrorfs, run,
-                      sha256_file, status_json, wait_in_sync, wait_peer_state)
+from conftest import (INTENT_EXTENT_BYTES, assert_same_manifest, is_mounted, mirrorfs,
+                      restart_serve, run, sha256_file, status_json, wait_in_sync,
+                      wait_peer_state)
 
 PEER_STATES = {"connected", "connecting", "disconnected", "syncing", "fractured", "split-brain"}
 
@@ -119,6 +120,17 @@ def test_fusermount_stops_primary(pair):
     # The secondary is not affected and has the file.
     assert status_json(backup.store)["role"] == "secondary"
     assert_same_manifest(primary.store, backup.store)
+
+
+def test_fresh_secondary_shows_the_store_uuid_it_adopted(pair):
+    cluster, primary, backup = pair
+    store_uuid = status_json(primary.store)["store_uuid"]
+    assert store_uuid
+    # At once, not only after a restart; and it was made durable.
+    assert status_json(backup.store)["store_uuid"] == store_uuid
+    cluster.stop(backup)
+    backup = restart_serve(cluster, backup)
+    assert status_json(backup.store)["store_uuid"] == store_uuid
 
 
 def test_remount_remembers_peer(cluster):
