@@ -691,10 +691,7 @@ ControlReply Node::HandleControl(const std::vector<std::string>& words) {
   if (verb == "role-info") {
     sync::ReplicaSnapshot r;
     if (replica_) r = replica_->Snapshot();
-    bool primary_connected =
-        replica_ && !options_.primary && r.has_primary &&
-        r.last_seen_seconds_ago >= 0 &&
-        r.last_seen_seconds_ago < options_.peer_timeout.count() / 1000.0;
+    bool primary_connected = replica_ && !options_.primary && PrimaryLive(r);
     std::string out =
         "role=" + identity_->role + "\n" + "name=" + identity_->name + "\n" +
         "listen=" + identity_->listen_endpoint + "\n" +
@@ -960,6 +957,17 @@ ControlReply Node::Verify(const std::vector<std::string>& words) {
   return {code, out, summary + errors};
 }
 
+bool Node::PrimaryLive(const sync::ReplicaSnapshot& r) const {
+  return r.has_primary && !r.primary_left && r.last_seen_seconds_ago >= 0 &&
+         r.last_seen_seconds_ago < options_.peer_timeout.count() / 1000.0;
+}
+
+const char* Node::PrimaryState(const sync::ReplicaSnapshot& r) const {
+  if (r.split_brain_with == r.primary_name) return "split-brain";
+  if (!PrimaryLive(r)) return "disconnected";
+  return r.resyncing ? "syncing" : "connected";
+}
+
 sync::ReplicaSnapshot Node::ReplicaNow() {
   sync::ReplicaSnapshot r;
   if (!replica_) return r;
@@ -1193,14 +1201,8 @@ std::string Node::StatusJson() {
     j.Key("endpoint").Value(replica.primary_endpoint);
     j.Key("uuid").Value(replica.primary_uuid.ToString());
     j.Key("role").Value("primary");
-    bool live =
-        replica.last_seen_seconds_ago >= 0 &&
-        replica.last_seen_seconds_ago < options_.peer_timeout.count() / 1000.0;
-    j.Key("state").Value(replica.split_brain_with == replica.primary_name
-                             ? "split-brain"
-                         : !live             ? "disconnected"
-                         : replica.resyncing ? "syncing"
-                                             : "connected");
+    bool live = PrimaryLive(replica);
+    j.Key("state").Value(PrimaryState(replica));
     j.Key("in_sync").Value(live && replica.consistent);
     j.Key("fracture_bytes").Value(uint64_t{0});
     j.Key("fracture_extents").Value(uint64_t{0});
@@ -1277,10 +1279,10 @@ std::string Node::StatusText() {
     }
   }
   if (replica_ && replica.has_primary) {
-    rows.push_back({replica.primary_name + " (primary)",
-                    replica.resyncing ? "syncing" : "connected",
-                    replica.consistent ? "yes" : "no", "-",
-                    replica.primary_endpoint,
+    // As in status --json: in sync while connected and consistent.
+    rows.push_back({replica.primary_name + " (primary)", PrimaryState(replica),
+                    PrimaryLive(replica) && replica.consistent ? "yes" : "no",
+                    "-", replica.primary_endpoint,
                     Ago(replica.last_seen_seconds_ago), ""});
   }
   if (rows.empty()) {

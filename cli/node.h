@@ -70,6 +70,12 @@ class Node : public sync::ReplicaHost {
   // a primary, to recognise split brain and stale primaries.
   meta::Status StartListener(bool primary_mode);
   sync::ReplicaIdentity ReplicaIdentityNow(bool* ok);
+  // On a secondary: its primary has a session and spoke within the peer
+  // timeout (and did not say goodbye).
+  bool PrimaryLive(const sync::ReplicaSnapshot& r) const;
+  // The primary's state as a secondary sees it: split-brain, disconnected,
+  // syncing or connected.
+  const char* PrimaryState(const sync::ReplicaSnapshot& r) const;
 
   // sync::ReplicaHost (called on the replica thread).
   meta::Status AdoptStore(const meta::Uuid& store_uuid) override;

@@ -106,6 +106,9 @@ void PeerSession::Stop() {
 
 namespace {
 
+// How long a stopping primary's socket may hold its goodbye for the peer.
+constexpr std::chrono::milliseconds kGoodbyeLinger{500};
+
 void Signal(int event_fd) {
   uint64_t one = 1;
   ssize_t ignored = ::write(event_fd, &one, sizeof(one));
@@ -993,6 +996,7 @@ void PeerSession::Serve() {
     receiver_ = Receiver::kNone;
     zmq_fd_ = -1;
   }
+  if (lost.empty() && stopping_) SayGoodbye();
   if (lost == "resync requested") {
     meta::LogInfo("peer " + name_ + ": resync requested; reconnecting");
     TearDown(next, lost);
@@ -1003,6 +1007,27 @@ void PeerSession::Serve() {
                    "; its changes are logged from now on (fracture log " +
                    Size(log_->bytes()) + ")");
     TearDown(next, lost);
+  }
+}
+
+void PeerSession::SayGoodbye() {
+  if (!Push(
+          [](const FrameHeader& h, std::string* out) {
+            EncodeGoodbye(h, Goodbye{"the primary is stopping"}, out);
+          },
+          nullptr, nullptr, nullptr)) {
+    return;
+  }
+  std::lock_guard<std::mutex> lock(socket_mu_);
+  // Behind what is still queued (seq order). The socket is closed next;
+  // lingering lets the goodbye leave before the context ends, bounded so
+  // that an unreachable peer does not hold up the stop.
+  if (SendQueuedLocked()) {
+    try {
+      socket_->set(zmq::sockopt::linger,
+                   static_cast<int>(kGoodbyeLinger.count()));
+    } catch (const zmq::error_t&) {
+    }
   }
 }
 

@@ -154,7 +154,8 @@ class PeerSession {
   PeerSession& operator=(const PeerSession&) = delete;
 
   void Start();
-  // Stops the thread; unanswered changes go to the log, durably.
+  // Stops the thread; unanswered changes go to the log, durably. A live
+  // peer is told with a goodbye (WIRE_FORMAT.md) that this primary is gone.
   void Stop();
 
   // The application's path (via FanOut). Queues `change` when the peer is
@@ -258,6 +259,9 @@ class PeerSession {
   // Drops the link: unanswered and queued changes are logged (durably)
   // before their completions are released; the resync is cancelled.
   void TearDown(PeerState next, const std::string& reason);
+  // Session thread, link up, the socket its own: tells the peer that this
+  // primary ends the session on purpose (a clean stop).
+  void SayGoodbye();
   void SetState(PeerState state, const std::string& reason);
   // Sends `frame` and, if it holds one, `data` as the second part; takes
   // ownership of both (freed or released either way).

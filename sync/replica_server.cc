@@ -214,11 +214,12 @@ ReplicaSnapshot ReplicaServer::Snapshot() const {
   ReplicaSnapshot s;
   s.endpoint = endpoint_;
   s.store_uuid = identity_.store_uuid;
-  s.has_primary = session_ != 0;
+  s.has_primary = session_ != 0 || primary_left_;
+  s.primary_left = primary_left_;
   s.primary_name = primary_name_;
   s.primary_uuid = primary_uuid_;
   s.primary_endpoint = primary_endpoint_;
-  if (session_ != 0) {
+  if (s.has_primary) {
     s.last_seen_seconds_ago =
         std::chrono::duration<double>(Clock::now() - last_seen_).count();
   }
@@ -484,6 +485,7 @@ void ReplicaServer::HandleHello(const std::string& routing_id,
       identity_.store_uuid = store;
       identity_.generations = gens;
       session_ = h.session;
+      primary_left_ = false;
       primary_routing_id_ = routing_id;
       primary_name_ = hello.node_name;
       primary_uuid_ = hello.node_uuid;
@@ -713,6 +715,15 @@ void ReplicaServer::Handle(const std::string& routing_id,
     Reply(routing_id, scratch_);
   } else if (std::holds_alternative<Pong>(decoded->body)) {
     // Liveness only.
+  } else if (auto* bye = std::get_if<Goodbye>(&decoded->body)) {
+    // The primary stopped on purpose: it is gone now, not after a timeout
+    // (a promote need not wait). Its next hello opens a new session.
+    std::lock_guard<std::mutex> lock(mu_);
+    session_ = 0;
+    primary_left_ = true;
+    meta::LogInfo(
+        "primary " + primary_name_ + " left: " +
+        (bye->reason.empty() ? std::string("no reason given") : bye->reason));
   } else {
     BadFrame("an unexpected " + std::string(FrameTypeName(h.type)) + " frame");
   }

@@ -86,7 +86,10 @@ struct ReplicaIdentity {
 struct ReplicaSnapshot {
   std::string endpoint;
   meta::Uuid store_uuid;
+  // A primary has a session with this node, or had one and ended it with a
+  // goodbye (primary_left; it stopped or was demoted).
   bool has_primary = false;
+  bool primary_left = false;
   std::string primary_name;
   meta::Uuid primary_uuid;
   std::string primary_endpoint;
@@ -214,6 +217,7 @@ class ReplicaServer {
   mutable std::mutex mu_;  // guards everything below
   ReplicaIdentity identity_;
   uint64_t session_ = 0;       // current primary session, 0 = none
+  bool primary_left_ = false;  // it said goodbye; no session until a hello
   uint64_t expected_seq_ = 0;  // seq of the primary's next frame
   uint64_t reply_seq_ = 0;     // seq of our next frame in the session
   std::string primary_routing_id_;

@@ -477,6 +477,12 @@ Status DecodeError(std::string_view payload, ErrorFrame* m) {
   return r.End();
 }
 
+Status DecodeGoodbye(std::string_view payload, Goodbye* m) {
+  PayloadReader r(payload);
+  MFS_RETURN_IF_ERROR(r.String("reason", kMaxWireString, &m->reason));
+  return r.End();
+}
+
 // Which Change::flags bits each kind may carry.
 uint32_t AllowedFlags(ChangeKind kind) {
   switch (kind) {
@@ -707,6 +713,8 @@ std::string_view FrameTypeName(FrameType type) {
       return "block-sums";
     case FrameType::kBlockDiff:
       return "block-diff";
+    case FrameType::kGoodbye:
+      return "goodbye";
   }
   return "unknown";
 }
@@ -820,6 +828,13 @@ void EncodeError(const FrameHeader& header, const ErrorFrame& m,
   BeginFrame(header, FrameType::kError, 4 + StringBytes(m.message), out);
   PutI32(out, m.err);
   PutString(out, m.message);
+  FinishFrame(out);
+}
+
+void EncodeGoodbye(const FrameHeader& header, const Goodbye& m,
+                   std::string* out) {
+  BeginFrame(header, FrameType::kGoodbye, StringBytes(m.reason), out);
+  PutString(out, m.reason);
   FinishFrame(out);
 }
 
@@ -1032,6 +1047,9 @@ meta::Result<DecodedFrame> DecodeFrame(std::string_view bytes,
       break;
     case FrameType::kBlockDiff:
       s = DecodeBlockDiff(payload, &f.body.emplace<BlockDiff>());
+      break;
+    case FrameType::kGoodbye:
+      s = DecodeGoodbye(payload, &f.body.emplace<Goodbye>());
       break;
     default:
       return Proto("unknown frame type " +

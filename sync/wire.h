@@ -38,7 +38,7 @@ namespace mirrorfs::sync {
 // "MFSW" as little-endian bytes 'M','F','S','W'.
 inline constexpr uint32_t kWireMagic = 0x5753464du;
 // The only version this build speaks; see "Versioning" in WIRE_FORMAT.md.
-inline constexpr uint16_t kWireVersion = 2;
+inline constexpr uint16_t kWireVersion = 3;
 inline constexpr size_t kFrameHeaderSize = 48;
 
 // Limits enforced by the decoder (and to be respected by senders).
@@ -66,6 +66,7 @@ enum class FrameType : uint16_t {
   kResyncMark = 9,  // primary -> secondary, a resync begins or ends
   kBlockSums = 10,  // primary -> secondary, checksums of blocks to compare
   kBlockDiff = 11,  // secondary -> primary, which of them differ
+  kGoodbye = 12,    // primary -> secondary, it ends the session on purpose
 };
 
 // Returns "hello", "hello-reply", "change", ... or "unknown" for logs.
@@ -176,6 +177,12 @@ struct ErrorFrame {
   std::string message;
 };
 
+// The primary stops (or is demoted) and ends the session: the secondary
+// knows at once that its primary is gone, instead of after its timeout.
+struct Goodbye {
+  std::string reason;  // for the secondary's log
+};
+
 // Part of the primary's namespace; the secondary reconciles to the union
 // of the parts once it has the last one (a large store spans several).
 struct Manifest {
@@ -233,6 +240,8 @@ void EncodeHelloReply(const FrameHeader& header, const HelloReply& reply,
 void EncodeAck(const FrameHeader& header, const Ack& ack, std::string* out);
 void EncodePing(const FrameHeader& header, const Ping& ping, std::string* out);
 void EncodePong(const FrameHeader& header, const Pong& pong, std::string* out);
+void EncodeGoodbye(const FrameHeader& header, const Goodbye& goodbye,
+                   std::string* out);
 void EncodeError(const FrameHeader& header, const ErrorFrame& error,
                  std::string* out);
 void EncodeManifest(const FrameHeader& header, const Manifest& manifest,
@@ -267,7 +276,7 @@ struct DecodedFrame {
   // the data part given to DecodeFrame (zero copy): that buffer must outlive
   // the use of the Change.
   std::variant<Hello, HelloReply, meta::Change, Ack, Ping, Pong, ErrorFrame,
-               Manifest, ResyncMark, BlockSums, BlockDiff>
+               Manifest, ResyncMark, BlockSums, BlockDiff, Goodbye>
       body;
 };
 

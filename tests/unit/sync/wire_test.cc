@@ -233,6 +233,8 @@ std::vector<Message> SampleMessages() {
   messages.push_back({f, std::nullopt});
   EncodeError(TestHeader(), ErrorFrame{EPROTO, "wrong store"}, &f);
   messages.push_back({f, std::nullopt});
+  EncodeGoodbye(TestHeader(), Goodbye{"the primary is stopping"}, &f);
+  messages.push_back({f, std::nullopt});
   return messages;
 }
 
@@ -262,6 +264,8 @@ std::string Reencode(const DecodedFrame& d) {
           EncodeBlockSums(d.header, body, &out);
         } else if constexpr (std::is_same_v<T, BlockDiff>) {
           EncodeBlockDiff(d.header, body, &out);
+        } else if constexpr (std::is_same_v<T, Goodbye>) {
+          EncodeGoodbye(d.header, body, &out);
         } else {
           EncodeError(d.header, body, &out);
         }
@@ -332,7 +336,7 @@ TEST(WireTest, HeaderLayoutIsFixedLittleEndian) {
              &f);
   ASSERT_EQ(f.size(), kFrameHeaderSize + 8);
   EXPECT_EQ(f.substr(0, 4), "MFSW");
-  EXPECT_EQ(f[4], 2);  // version
+  EXPECT_EQ(f[4], 3);  // version
   EXPECT_EQ(f[5], 0);
   EXPECT_EQ(f[6], 5);  // type kPing
   EXPECT_EQ(f[7], 0);
@@ -548,6 +552,16 @@ TEST(WireTest, AckPingPongErrorRoundTrip) {
   ExpectSameHeader(TestHeader(6), FrameType::kError, r->header);
   EXPECT_EQ(std::get<ErrorFrame>(r->body).err, ESTALE);
   EXPECT_EQ(std::get<ErrorFrame>(r->body).message, "frame of an old session");
+
+  EncodeGoodbye(TestHeader(7), Goodbye{"the primary is stopping"}, &f);
+  r = DecodeFrame(f);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  ExpectSameHeader(TestHeader(7), FrameType::kGoodbye, r->header);
+  EXPECT_EQ(std::get<Goodbye>(r->body).reason, "the primary is stopping");
+  EncodeGoodbye(TestHeader(7), Goodbye{""}, &f);
+  r = DecodeFrame(f);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ(std::get<Goodbye>(r->body).reason, "");
 }
 
 TEST(WireTest, LongStringsAreCutToTheWireLimit) {
@@ -630,12 +644,12 @@ TEST(WireTest, WrongMagicVersionAndTypeAreRejected) {
   ExpectRejected(g, "not a mirrorfs frame: magic");
 
   g = f;
-  g[4] = 3;  // version 3
+  g[4] = 4;  // version 4
   Reseal(&g);
-  ExpectRejected(g, "frame version 3 is newer than this node's wire version 2");
+  ExpectRejected(g, "frame version 4 is newer than this node's wire version 3");
   auto h = DecodeFrameHeader(g);  // the header is still readable
   ASSERT_TRUE(h.ok()) << h.status().message();
-  EXPECT_EQ(h->version, 3);
+  EXPECT_EQ(h->version, 4);
   EXPECT_EQ(h->seq, 42u);
   EXPECT_EQ(h->session, TestHeader().session);
 
@@ -644,7 +658,12 @@ TEST(WireTest, WrongMagicVersionAndTypeAreRejected) {
   Reseal(&g);
   ExpectRejected(g, "frame version 1 is not supported");
 
-  for (uint16_t type : {0, 12, 300, 65535}) {
+  g = f;
+  g[4] = 2;  // version 2 had no goodbye
+  Reseal(&g);
+  ExpectRejected(g, "frame version 2 is not supported");
+
+  for (uint16_t type : {0, 13, 300, 65535}) {
     g = f;
     g[6] = static_cast<char>(type & 0xFF);
     g[7] = static_cast<char>(type >> 8);
