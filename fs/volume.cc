@@ -600,10 +600,13 @@ meta::Result<size_t> Volume::Write(Handle fh, const char* data, size_t size,
   }
   // Submitted before the local write so that the network send overlaps it.
   // If the local write fails now, a peer may hold data the primary lacks:
-  // the region stays covered by the write-intent journal until an epoch
-  // flush, and is re-sent from the primary's data after a crash.
+  // the range goes to every peer's fracture log (the write-intent journal
+  // covers it until then) and a resync sends the primary's data there.
   meta::Status s = writer_.Pwrite(of.fd, data, size, offset, Label(inode));
   WaitAll(waits);
+  if (!s.ok() && !change.path.empty() && mirror_ != nullptr) {
+    mirror_->Diverged(change);
+  }
   Finished(change);
   if (!s.ok()) return s;
   return size;

@@ -165,6 +165,13 @@ class Mirror {
     return Status::Ok();
   }
   virtual void Finished(const Change& change) { (void)change; }
+
+  // A change reached the peers but failed here (a write is sent while the
+  // local write runs): the peers' copies of its range may now hold what
+  // this node's does not. The Mirror records the range for every peer, so
+  // that it is not reported in sync until a resync has sent it this node's
+  // data (guarantee 1). Called after Wait(), before Finished().
+  virtual void Diverged(const Change& change) { (void)change; }
 };
 
 }  // namespace mirrorfs::meta

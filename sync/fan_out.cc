@@ -80,6 +80,11 @@ void FanOut::Finished(const meta::Change& change) {
                   std::max<uint64_t>(change.length, 1));
 }
 
+void FanOut::Diverged(const meta::Change& change) {
+  std::shared_lock<std::shared_mutex> lock(sessions_mu_);
+  for (const auto& session : sessions_) session->Diverged(change);
+}
+
 void FanOut::AddSession(std::unique_ptr<PeerSession> session) {
   std::unique_lock<std::shared_mutex> lock(sessions_mu_);
   sessions_.push_back(std::move(session));

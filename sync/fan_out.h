@@ -72,6 +72,7 @@ class FanOut : public meta::Mirror {
   void Wait(const std::shared_ptr<meta::Completion>& completion) override;
   meta::Status Prepare(const meta::Change& change) override;
   void Finished(const meta::Change& change) override;
+  void Diverged(const meta::Change& change) override;
 
   std::vector<PeerSnapshot> Snapshot() const;
   // The session named `name`, or nullptr. Sessions live until RemoveSession

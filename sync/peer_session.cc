@@ -563,6 +563,32 @@ void PeerSession::DiscardPeerChanges() {
   Rejoin();
 }
 
+void PeerSession::Diverged(const meta::Change& change) {
+  meta::Change record = change;
+  record.data = nullptr;
+  meta::Status s = log_->Record(record);
+  if (s.ok()) s = log_->MakeDurable();
+  if (!s.ok()) {
+    meta::LogError("peer " + name_ + ": " + s.message());
+    return;
+  }
+  bool live;
+  bool requested;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    live = up_ && !fractured_;
+    requested = resync_requested_;
+  }
+  meta::LogWarning("peer " + name_ + ": " + record.path + " [" +
+                   std::to_string(record.offset) + ", +" +
+                   std::to_string(record.length) +
+                   ") failed here after it was sent; " +
+                   (live ? "a resync sends this node's data there now"
+                         : "the next resync sends this node's data there"));
+  // One restart at a time: a full disk fails every write that follows.
+  if (live && !requested) Resync();
+}
+
 void PeerSession::Rejoin() {
   {
     std::lock_guard<std::mutex> lock(mu_);

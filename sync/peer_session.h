@@ -179,6 +179,11 @@ class PeerSession {
   // does. Any thread may call it, for any completion.
   void Await(meta::Completion* completion);
 
+  // `change` was sent (or logged) but failed on this node: its range goes
+  // to the log, durably, and a live peer is resynced, which sends it this
+  // node's data there (FanOut::Diverged).
+  void Diverged(const meta::Change& change);
+
   // Blocks until the first connection attempt ended or `timeout` passed.
   // Returns true if the peer is mirrored live.
   bool WaitConnected(std::chrono::milliseconds timeout);

@@ -5,7 +5,9 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <linux/falloc.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -48,14 +50,25 @@ class RecordingMirror : public meta::Mirror {
     completion->Done();
     return completion;
   }
+  void Diverged(const meta::Change& c) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    diverged_.push_back(Recorded{c.kind, c.path, c.target, c.offset, c.length,
+                                 c.mode, c.uid, c.gid, c.flags, c.atime,
+                                 c.mtime, ""});
+  }
   std::vector<Recorded> Take() {
     std::lock_guard<std::mutex> lock(mu_);
     return std::exchange(changes_, {});
+  }
+  std::vector<Recorded> TakeDiverged() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return std::exchange(diverged_, {});
   }
 
  private:
   std::mutex mu_;
   std::vector<Recorded> changes_;
+  std::vector<Recorded> diverged_;
 };
 
 class VolumeTest : public ::testing::Test {
@@ -251,6 +264,37 @@ TEST_F(VolumeTest, DataChangesAndFlags) {
   EXPECT_EQ(changes[i].kind, meta::ChangeKind::kFsync);
   EXPECT_EQ(changes[i].path, "img");
   EXPECT_EQ(changes[i].flags, meta::kDataSync);
+}
+
+// A write goes to the mirror while the local write runs; when the local
+// one fails, the mirror hears that the peers may hold what this node lacks.
+TEST_F(VolumeTest, AWriteThatFailsHereIsReportedAsDiverged) {
+  auto [e, fh] = CreateFile(kRootIno, "img");
+  mirror_.Take();
+  // A file size limit makes the local write fail (EFBIG) on any file system.
+  struct rlimit old_limit;
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old_limit), 0);
+  struct rlimit limit = old_limit;
+  limit.rlim_cur = 1 << 20;
+  auto old_handler = signal(SIGXFSZ, SIG_IGN);
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &limit), 0);
+  auto failed = volume_->Write(fh, "abcd", 4, 2 << 20);
+  auto fine = volume_->Write(fh, "efgh", 4, 0);
+  setrlimit(RLIMIT_FSIZE, &old_limit);
+  signal(SIGXFSZ, old_handler);
+  volume_->Release(fh);
+
+  EXPECT_EQ(failed.status().err(), EFBIG);
+  EXPECT_TRUE(fine.ok()) << fine.status().ToString();
+  auto sent = mirror_.Take();
+  ASSERT_EQ(sent.size(), 2u);
+  EXPECT_EQ(sent[0].offset, 2u << 20);
+  auto diverged = mirror_.TakeDiverged();
+  ASSERT_EQ(diverged.size(), 1u);
+  EXPECT_EQ(diverged[0].kind, meta::ChangeKind::kWrite);
+  EXPECT_EQ(diverged[0].path, "img");
+  EXPECT_EQ(diverged[0].offset, 2u << 20);
+  EXPECT_EQ(diverged[0].length, 4u);
 }
 
 TEST_F(VolumeTest, WholePagesAreNotCachedTwiceUnlessAsked) {
