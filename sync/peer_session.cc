@@ -227,6 +227,14 @@ bool PeerSession::SendQueuedLocked() {
   return ok;
 }
 
+bool PeerSession::InputWaitingLocked() {
+  try {
+    return (socket_->get(zmq::sockopt::events) & ZMQ_POLLIN) != 0;
+  } catch (const zmq::error_t&) {
+    return false;  // the next send or receive finds the socket broken
+  }
+}
+
 void PeerSession::WakeReceiverIfReadable() {
   bool readable = true;
   try {
@@ -369,6 +377,15 @@ std::string PeerSession::DrainLocked(int max_frames) {
              std::to_string(decoded->header.seq);
     }
     ++next_reply_seq_;
+    if (auto* bye = std::get_if<Goodbye>(&decoded->body)) {
+      // A clean stop of the peer: lost now, not after the peer timeout,
+      // so that no application write waits for it. Answered (Serve).
+      peer_left_ = true;
+      return "it left (" +
+             (bye->reason.empty() ? std::string("no reason given")
+                                  : bye->reason) +
+             ")";
+    }
     std::map<uint64_t, InFlight>::iterator it;
     if (auto* ack = std::get_if<Ack>(&decoded->body)) {
       it = in_flight_.find(ack->seq);
@@ -910,6 +927,7 @@ void PeerSession::Serve() {
       lost = std::string("no socket descriptor: ") + e.what();
     }
     rx_lost_.clear();
+    peer_left_ = false;
     awaiting_pong_ = false;
     receiver_ = Receiver::kNone;
     // Writers that queued frames while the link was coming up wait for a
@@ -941,6 +959,11 @@ void PeerSession::Serve() {
     }
     std::unique_lock<std::mutex> socket_lock(socket_mu_);
     if (lost.empty() && !rx_lost_.empty()) lost = rx_lost_;
+    // What the peer said unasked (its goodbye), before sending it more: a
+    // peer that left makes the next send fail, for a less useful reason.
+    if (lost.empty() && receiver_ == Receiver::kNone && InputWaitingLocked()) {
+      lost = DrainLocked();
+    }
     if (lost.empty() && !SendQueuedLocked()) {
       lost = "connection lost (could not send)";
     }
@@ -1022,7 +1045,11 @@ void PeerSession::Serve() {
     receiver_ = Receiver::kNone;
     zmq_fd_ = -1;
   }
-  if (lost.empty() && stopping_) SayGoodbye();
+  if (lost.empty() && stopping_) {
+    SayGoodbye("the primary is stopping");
+  } else if (peer_left_) {
+    SayGoodbye("goodbye");  // the peer waits for it before it closes
+  }
   if (lost == "resync requested") {
     meta::LogInfo("peer " + name_ + ": resync requested; reconnecting");
     TearDown(next, lost);
@@ -1036,10 +1063,10 @@ void PeerSession::Serve() {
   }
 }
 
-void PeerSession::SayGoodbye() {
+void PeerSession::SayGoodbye(const std::string& reason) {
   if (!Push(
-          [](const FrameHeader& h, std::string* out) {
-            EncodeGoodbye(h, Goodbye{"the primary is stopping"}, out);
+          [&reason](const FrameHeader& h, std::string* out) {
+            EncodeGoodbye(h, Goodbye{reason}, out);
           },
           nullptr, nullptr, nullptr)) {
     return;

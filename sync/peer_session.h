@@ -265,8 +265,13 @@ class PeerSession {
   // before their completions are released; the resync is cancelled.
   void TearDown(PeerState next, const std::string& reason);
   // Session thread, link up, the socket its own: tells the peer that this
-  // primary ends the session on purpose (a clean stop).
-  void SayGoodbye();
+  // primary ends the session on purpose (a clean stop), or answers the
+  // peer's goodbye (it keeps its socket open until it has the answer: this
+  // side's ZMQ_IMMEDIATE socket drops what it has not read once the link
+  // closes).
+  void SayGoodbye(const std::string& reason);
+  // ZMQ_EVENTS says a frame is waiting. REQUIRES: socket_mu_ held.
+  bool InputWaitingLocked();
   void SetState(PeerState state, const std::string& reason);
   // Sends `frame` and, if it holds one, `data` as the second part; takes
   // ownership of both (freed or released either way).
@@ -360,6 +365,7 @@ class PeerSession {
   size_t unattended_ = 0;        // in_flight_ entries not attended
   uint64_t next_reply_seq_ = 1;  // seq the peer's next answer must carry
   bool awaiting_pong_ = false;   // a ping was sent; nothing heard since
+  bool peer_left_ = false;       // the peer said goodbye in this session
   Receiver receiver_ = Receiver::kNone;
   // Writers in Await() that are not the receiver (kicked on a hand-over
   // and when their frames are answered).

@@ -190,6 +190,11 @@ meta::Status ReplicaServer::FinishResync(uint64_t resync_begun) {
 
 void ReplicaServer::Stop() {
   stopping_ = true;
+  if (flushed_fd_ >= 0) {
+    uint64_t one = 1;  // wakes the server thread's poll: it says goodbye now
+    ssize_t ignored = ::write(flushed_fd_, &one, sizeof(one));
+    (void)ignored;
+  }
   if (thread_.joinable()) thread_.join();
   if (flushed_fd_ >= 0) {
     ::close(flushed_fd_);
@@ -321,6 +326,9 @@ void ReplicaServer::Run() {
           data_part);
     } while (false);
   }
+  // First, so that the primary stops waiting for this node at once, not
+  // once a store flush under way has ended.
+  if (uint64_t ended = SayGoodbye(); ended != 0) AwaitGoodbye(ended);
   {
     // Flushes queued still run (their answers no longer go out).
     std::lock_guard<std::mutex> lock(flush_mu_);
@@ -352,6 +360,60 @@ void ReplicaServer::BadFrame(const std::string& what) {
   if (++logs_in_window_ <= kMaxBadFrameLogsPerSecond) {
     meta::LogWarning("replication port " + endpoint_ + ": dropped " + what);
   }
+}
+
+uint64_t ReplicaServer::SayGoodbye() {
+  FrameHeader h;
+  std::string routing_id;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (session_ == 0) return 0;
+    h.store_uuid = identity_.store_uuid;
+    h.session = session_;
+    h.seq = reply_seq_++;
+    routing_id = primary_routing_id_;
+    session_ = 0;
+  }
+  EncodeGoodbye(h, Goodbye{"the secondary is stopping"}, &scratch_);
+  Reply(routing_id, scratch_);
+  return h.session;
+}
+
+void ReplicaServer::AwaitGoodbye(uint64_t session) {
+  // The primary's socket drops what it has not read once the link closes
+  // (ZMQ_IMMEDIATE), so the link stays up until the primary answers. What
+  // else arrives meanwhile is not applied: the primary logs it.
+  const auto deadline = Clock::now() + kGoodbyeWait;
+  try {
+    while (Clock::now() < deadline) {
+      zmq::pollitem_t item{socket_->handle(), 0, ZMQ_POLLIN, 0};
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - Clock::now());
+      zmq::poll(&item, 1, std::max(left, std::chrono::milliseconds(1)));
+      zmq::message_t id, body;
+      if (!socket_->recv(id, zmq::recv_flags::dontwait)) continue;
+      bool more = id.more();
+      bool first = true;
+      while (more) {
+        zmq::message_t part;
+        (void)socket_->recv(part);
+        more = part.more();
+        if (first) body = std::move(part);
+        first = false;
+      }
+      auto decoded = DecodeFrame(
+          std::string_view(static_cast<const char*>(body.data()), body.size()));
+      if (decoded.ok() && decoded->header.session == session &&
+          std::holds_alternative<Goodbye>(decoded->body)) {
+        return;
+      }
+    }
+  } catch (const zmq::error_t& e) {
+    meta::LogWarning(std::string("replication socket at stop: ") + e.what());
+    return;
+  }
+  meta::LogWarning("the primary did not answer this node's goodbye within " +
+                   std::to_string(kGoodbyeWait.count()) + " ms");
 }
 
 void ReplicaServer::Reply(const std::string& routing_id,

@@ -111,6 +111,9 @@ struct ReplicaSnapshot {
 class ReplicaServer {
  public:
   static constexpr int kMaxBadFrameLogsPerSecond = 10;
+  // How long a stopping secondary waits for its primary to answer its
+  // goodbye.
+  static constexpr std::chrono::milliseconds kGoodbyeWait{500};
 
   // `*context` must outlive the server. `store_root_fd` is the store's
   // directory, owned by the caller and open for the server's lifetime.
@@ -177,6 +180,12 @@ class ReplicaServer {
   void HandleHello(const std::string& routing_id, const FrameHeader& header,
                    const Hello& hello);
   void Reply(const std::string& routing_id, const std::string& frame);
+  // At a clean stop, tells the primary of the current session that this
+  // node leaves (wire frame goodbye), so that it drops this peer at once.
+  // Returns that session, or 0 if there was none.
+  uint64_t SayGoodbye();
+  // Then waits (at most kGoodbyeWait) for the primary's goodbye in answer.
+  void AwaitGoodbye(uint64_t session);
   void BadFrame(const std::string& what);
 
   zmq::context_t* context_;

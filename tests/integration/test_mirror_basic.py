@@ -6,8 +6,8 @@ import os
 import shutil
 
 from conftest import (INTENT_EXTENT_BYTES, assert_same_manifest, is_mounted, mirrorfs,
-                      restart_serve, run, sha256_file, status_json, wait_in_sync,
-                      wait_peer_state)
+                      peer_status, restart_serve, run, sha256_file, status_json,
+                      wait_in_sync, wait_peer_state)
 
 PEER_STATES = {"connected", "connecting", "disconnected", "syncing", "fractured", "split-brain"}
 
@@ -119,6 +119,24 @@ def test_fusermount_stops_primary(pair):
     assert r.stderr.strip()
     # The secondary is not affected and has the file.
     assert status_json(backup.store)["role"] == "secondary"
+    assert_same_manifest(primary.store, backup.store)
+
+
+def test_a_secondary_that_stops_says_goodbye(pair):
+    """A clean stop of the secondary tells the primary (wire frame goodbye):
+    the primary drops it at once, with that reason, rather than finding the
+    link gone when a send fails or the peer timeout passes; its changes
+    are logged and a restart brings it back in sync."""
+    cluster, primary, backup = pair
+    (primary.mountpoint / "a.img").write_bytes(os.urandom(1 << 20))
+    wait_in_sync(primary.store, "backup")
+    cluster.stop(backup)
+    wait_peer_state(primary.store, "backup", ("disconnected", "connecting"), timeout=5)
+    assert "it left (the secondary is stopping)" in primary.log(), primary.log()[-2000:]
+    (primary.mountpoint / "b.img").write_bytes(os.urandom(1 << 20))
+    assert peer_status(primary.store, "backup")["fracture_bytes"] > 0
+    backup = restart_serve(cluster, backup)
+    wait_in_sync(primary.store, "backup")
     assert_same_manifest(primary.store, backup.store)
 
 
