@@ -596,14 +596,15 @@ void PeerSession::Diverged(const meta::Change& change) {
     live = up_ && !fractured_;
     requested = resync_requested_;
   }
+  // A peer not mirrored live has it logged as missed already; one restart
+  // at a time (a full disk fails every write that follows), one log line.
+  if (!live || requested) return;
   meta::LogWarning("peer " + name_ + ": " + record.path + " [" +
                    std::to_string(record.offset) + ", +" +
                    std::to_string(record.length) +
-                   ") failed here after it was sent; " +
-                   (live ? "a resync sends this node's data there now"
-                         : "the next resync sends this node's data there"));
-  // One restart at a time: a full disk fails every write that follows.
-  if (live && !requested) Resync();
+                   ") failed here after it was sent; a resync sends this "
+                   "node's data there now");
+  Resync();
 }
 
 void PeerSession::Rejoin() {
