@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <optional>
 #include <random>
 #include <zmq.hpp>
@@ -108,6 +109,67 @@ namespace {
 
 // How long a stopping primary's socket may hold its goodbye for the peer.
 constexpr std::chrono::milliseconds kGoodbyeLinger{500};
+
+// A socket monitor on a connecting socket that reports a failed TCP
+// connection attempt (refused: ZeroMQ retries it silently), so that the
+// first attempt, which a mount waits for, ends at once when the peer's
+// node is down instead of after the peer timeout. Destroy it before the
+// socket.
+class RefusalWatch {
+ public:
+  RefusalWatch(zmq::context_t* context, zmq::socket_t* socket, uint64_t session)
+      : socket_(socket) {
+    const std::string address =
+        "inproc://mirrorfs-connect-" + std::to_string(session);
+    if (zmq_socket_monitor(socket->handle(), address.c_str(),
+                           ZMQ_EVENT_CONNECT_RETRIED) != 0) {
+      return;  // no watch: the attempt waits its timeout, as before
+    }
+    watching_ = true;
+    try {
+      monitor_ =
+          std::make_unique<zmq::socket_t>(*context, zmq::socket_type::pair);
+      monitor_->set(zmq::sockopt::linger, 0);
+      monitor_->connect(address);
+    } catch (const zmq::error_t&) {
+      monitor_.reset();
+    }
+  }
+  ~RefusalWatch() {
+    if (watching_) zmq_socket_monitor(socket_->handle(), nullptr, 0);
+  }
+  RefusalWatch(const RefusalWatch&) = delete;
+  RefusalWatch& operator=(const RefusalWatch&) = delete;
+
+  // For zmq::poll; null without a monitor.
+  void* handle() const { return monitor_ ? monitor_->handle() : nullptr; }
+
+  // True once ZeroMQ reported a failed attempt. Never blocks.
+  bool Refused() {
+    if (!monitor_) return false;
+    bool refused = false;
+    try {
+      zmq::message_t event;
+      while (monitor_->recv(event, zmq::recv_flags::dontwait)) {
+        uint16_t id = 0;  // part 1: u16 event, u32 value; part 2: endpoint
+        if (event.size() >= sizeof(id)) std::memcpy(&id, event.data(), 2);
+        refused = refused || id == ZMQ_EVENT_CONNECT_RETRIED;
+        while (event.more()) {
+          zmq::message_t rest;
+          (void)monitor_->recv(rest);
+          event = std::move(rest);
+        }
+      }
+    } catch (const zmq::error_t&) {
+    }
+    return refused;
+  }
+
+ private:
+  zmq::socket_t* socket_;
+  bool watching_ = false;
+  std::unique_ptr<zmq::socket_t> monitor_;
+};
 
 void Signal(int event_fd) {
   uint64_t one = 1;
@@ -705,6 +767,12 @@ bool PeerSession::Connect() {
     next_reply_seq_ = 1;  // the hello-reply is seq 0
   }
   uint64_t session = NewSessionEpoch();
+  bool first_attempt;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    first_attempt = !first_attempt_done_;
+  }
+  std::optional<RefusalWatch> watch;
   try {
     socket_ =
         std::make_unique<zmq::socket_t>(*context_, zmq::socket_type::dealer);
@@ -726,8 +794,10 @@ bool PeerSession::Connect() {
         return false;
       }
     }
+    if (first_attempt) watch.emplace(context_, socket_.get(), session);
     socket_->connect(endpoint_);
   } catch (const zmq::error_t& e) {
+    watch.reset();
     socket_.reset();
     SetState(PeerState::kDisconnected,
              std::string("cannot connect: ") + e.what());
@@ -760,16 +830,25 @@ bool PeerSession::Connect() {
   try {
     zmq::message_t msg(scratch_.data(), scratch_.size());
     bool sent = false;
+    bool refused = false;
     while (!stopping_ && Clock::now() < deadline) {
       if (socket_->send(msg, zmq::send_flags::dontwait)) {
         sent = true;
         break;
       }
-      zmq::pollitem_t items[] = {{socket_->handle(), 0, ZMQ_POLLOUT, 0}};
-      zmq::poll(items, 1, milliseconds(50));
+      if (watch && watch->Refused()) {
+        refused = true;
+        break;
+      }
+      zmq::pollitem_t items[] = {
+          {socket_->handle(), 0, ZMQ_POLLOUT, 0},
+          {watch ? watch->handle() : nullptr, 0, ZMQ_POLLIN, 0}};
+      zmq::poll(items, watch && watch->handle() ? 2 : 1, milliseconds(50));
     }
+    watch.reset();
     if (!sent) {
-      SetState(PeerState::kConnecting, "no connection to " + endpoint_);
+      SetState(PeerState::kConnecting,
+               "no connection to " + endpoint_ + (refused ? " (refused)" : ""));
       socket_.reset();
       return false;
     }
@@ -889,6 +968,7 @@ bool PeerSession::Connect() {
   }
   SetState(PeerState::kConnecting, "no answer from " + endpoint_ + " within " +
                                        Seconds(options_.peer_timeout));
+  watch.reset();  // before its socket
   socket_.reset();
   return false;
 }

@@ -4,9 +4,10 @@ without --peer mirrors to the remembered peer."""
 
 import os
 import shutil
+import time
 
-from conftest import (INTENT_EXTENT_BYTES, assert_same_manifest, is_mounted, mirrorfs,
-                      peer_status, restart_serve, run, sha256_file, status_json,
+from conftest import (INTENT_EXTENT_BYTES, assert_same_manifest, free_endpoint, is_mounted,
+                      mirrorfs, peer_status, restart_serve, run, sha256_file, status_json,
                       wait_in_sync, wait_peer_state)
 
 PEER_STATES = {"connected", "connecting", "disconnected", "syncing", "fractured", "split-brain"}
@@ -137,6 +138,26 @@ def test_a_secondary_that_stops_says_goodbye(pair):
     assert peer_status(primary.store, "backup")["fracture_bytes"] > 0
     backup = restart_serve(cluster, backup)
     wait_in_sync(primary.store, "backup")
+    assert_same_manifest(primary.store, backup.store)
+
+
+def test_mount_does_not_wait_for_a_peer_whose_node_is_down(cluster):
+    """A mount waits for its peers' first connection attempt, so that the
+    first write is mirrored. A peer whose node is down refuses the
+    connection, and the mount comes up at once rather than after the peer
+    timeout (20 s here); the peer joins when it starts."""
+    endpoint = free_endpoint()
+    started = time.monotonic()
+    primary = cluster.mount("primary", peers=[("backup", endpoint)], foreground=False,
+                            extra=["--peer-timeout", "20"])
+    took = time.monotonic() - started
+    assert took < 10, f"mount took {took:.1f} s with its peer down"
+    peer = peer_status(primary.store, "backup")
+    assert peer["state"] == "connecting" and not peer["in_sync"], peer
+    (primary.mountpoint / "early.img").write_bytes(os.urandom(1 << 20))
+
+    backup = cluster.serve("backup", listen=endpoint)
+    wait_in_sync(primary.store, "backup", timeout=60)
     assert_same_manifest(primary.store, backup.store)
 
 
