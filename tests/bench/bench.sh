@@ -78,7 +78,6 @@ runtime=${BENCH_RUNTIME:-3}
 reps=${BENCH_REPS:-3}
 results=$repo/tests/bench/results
 gvol=benchvol
-pll_tunables=${BENCH_PLL_TUNABLES-glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=67108864}
 
 read -r -a rows <<<"${BENCH_ROWS:-store passthrough_ll gluster mirrorfs mirrorfs-peer mirrorfs-2peers mirrorfs-wb mirrorfs-down}"
 read -r -a tests <<<"${BENCH_TESTS:-seqwrite_1M seqread_1M randwrite_4k_fsync32 randwrite_4k_fsync1 randread_4k}"
@@ -245,23 +244,9 @@ mount_mirrorfs() {
   for ((c = 1; c <= n; c++)); do wait_connected "$store" "copy$c"; done
 }
 
-# Compiles libfuse's passthrough_ll example (maybe shipped gzipped) and mounts it.
+# Compiles libfuse's passthrough_ll example and mounts it.
 setup_passthrough_ll() {
-  local ex=/usr/share/doc/libfuse3-dev/examples f
-  mkdir -p "$work/pll-build"
-  for f in passthrough_ll.c passthrough_helpers.h; do
-    if [[ -f $ex/$f ]]; then
-      cp "$ex/$f" "$work/pll-build/$f"
-    elif [[ -f $ex/$f.gz ]]; then
-      gzip -dc "$ex/$f.gz" >"$work/pll-build/$f"
-    else
-      echo "bench: $ex/$f(.gz) missing (libfuse3-dev)" >&2
-      return 1
-    fi
-  done
-  # shellcheck disable=SC2046 # pkg-config's flags are words
-  (cd "$work/pll-build" && gcc -O2 -Wall passthrough_ll.c $(pkg-config fuse3 --cflags --libs) \
-    -o "$work/passthrough_ll")
+  build_passthrough_ll "$work"
   GLIBC_TUNABLES=$pll_tunables "$work/passthrough_ll" \
     -o "source=$work/pll-src,default_permissions,allow_other" "$work/pll-mnt"
   remember_pids "^$work/passthrough_ll "

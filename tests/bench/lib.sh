@@ -32,3 +32,29 @@ while time.monotonic() < deadline:
 sys.exit(f"{name}: peer {peer} of {store} not connected after 30 s")
 PY
 }
+
+# passthrough_ll's allocator settings (BENCH_PLL_TUNABLES; empty: stock).
+# libfuse allocates every read reply's buffer, and glibc's default mmaps
+# and unmaps each one of 128 KiB or more.
+# shellcheck disable=SC2034 # used by the sourcing scripts
+pll_tunables=${BENCH_PLL_TUNABLES-glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=67108864}
+
+# Compiles libfuse's passthrough_ll example (maybe shipped gzipped) into
+# $1/passthrough_ll.
+build_passthrough_ll() {
+  local out=$1 ex=/usr/share/doc/libfuse3-dev/examples f
+  mkdir -p "$out/pll-build"
+  for f in passthrough_ll.c passthrough_helpers.h; do
+    if [[ -f $ex/$f ]]; then
+      cp "$ex/$f" "$out/pll-build/$f"
+    elif [[ -f $ex/$f.gz ]]; then
+      gzip -dc "$ex/$f.gz" >"$out/pll-build/$f"
+    else
+      echo "$bench_name: $ex/$f(.gz) missing (libfuse3-dev)" >&2
+      return 1
+    fi
+  done
+  # shellcheck disable=SC2046 # pkg-config's flags are words
+  (cd "$out/pll-build" && gcc -O2 -Wall passthrough_ll.c $(pkg-config fuse3 --cflags --libs) \
+    -o "$out/passthrough_ll")
+}
