@@ -21,49 +21,56 @@ failed=0
 failures=()
 start=$SECONDS
 
-# Runs one ctest invocation, adds its counts to the totals.
-run_ctest() {
-  local what=$1 log
-  shift
+# Runs one test command ($3...), named $1, logging its output; $2 names
+# the function that prints "PASSED FAILED" from that log (nothing when it
+# finds no summary). Adds them to the totals; a run that fails, or ends
+# without a summary, without counting a failure counts as one.
+run_tests() {
+  local what=$1 counts_of=$2 log rc=0 counts p f
+  shift 2
   log=$logs/$(tr -c 'a-zA-Z0-9\n' '_' <<<"$what").log
-  echo "== $what: ctest $*"
-  local rc=0
-  ctest --no-tests=error --output-on-failure "$@" 2>&1 | tee "$log" || rc=$?
-  # ctest's closing line: "NN% tests passed, F tests failed out of T".
-  local line p=0 f=0 t=0
-  line=$(grep -E '^[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -n 1 || true)
-  if [[ -n $line ]]; then
-    f=$(sed -E 's/.* ([0-9]+) tests? failed out of.*/\1/' <<<"$line")
-    t=$(sed -E 's/.*out of ([0-9]+).*/\1/' <<<"$line")
-    p=$((t - f))
-  fi
+  echo "== $what: $*"
+  "$@" 2>&1 | tee "$log" || rc=$?
+  counts=$("$counts_of" "$log")
+  read -r p f <<<"${counts:-0 0}"
   passed=$((passed + p))
   failed=$((failed + f))
-  if [[ $rc -ne 0 || -z $line ]]; then
+  if [[ $rc -ne 0 || -z $counts ]]; then
     [[ $f -eq 0 ]] && failed=$((failed + 1))
     failures+=("$what")
   fi
 }
 
-# Runs pytest on one folder, adds its counts to the totals.
-run_pytest() {
-  local what=$1 log
-  shift
-  log=$logs/$(tr -c 'a-zA-Z0-9\n' '_' <<<"$what").log
-  echo "== $what: pytest $*"
-  local rc=0
-  /usr/bin/python3 -m pytest -v -p no:cacheprovider "$@" 2>&1 | tee "$log" || rc=$?
-  # pytest's closing line: "== 1 failed, 2 passed, 1 skipped in 3.1s ==".
+# ctest's closing line: "NN% tests passed, F tests failed out of T".
+ctest_counts() {
+  local line f t
+  line=$(grep -E '^[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$1" | tail -n 1 || true)
+  [[ -n $line ]] || return 0
+  f=$(sed -E 's/.* ([0-9]+) tests? failed out of.*/\1/' <<<"$line")
+  t=$(sed -E 's/.*out of ([0-9]+).*/\1/' <<<"$line")
+  echo "$((t - f)) $f"
+}
+
+# pytest's closing line: "== 1 failed, 2 passed, 1 skipped in 3.1s ==".
+pytest_counts() {
   local line p f
-  line=$(grep -E '^=+ .* in [0-9.]+s' "$log" | tail -n 1 || true)
+  line=$(grep -E '^=+ .* in [0-9.]+s' "$1" | tail -n 1 || true)
+  [[ -n $line ]] || return 0
   p=$(grep -oE '[0-9]+ passed' <<<"$line" | cut -d' ' -f1 || true)
   f=$(grep -oE '[0-9]+ (failed|errors?)' <<<"$line" | cut -d' ' -f1 | paste -sd+ | bc || true)
-  passed=$((passed + ${p:-0}))
-  failed=$((failed + ${f:-0}))
-  if [[ $rc -ne 0 || -z $line ]]; then
-    [[ ${f:-0} -eq 0 ]] && failed=$((failed + 1))
-    failures+=("$what")
-  fi
+  echo "${p:-0} ${f:-0}"
+}
+
+run_ctest() {
+  local what=$1
+  shift
+  run_tests "$what" ctest_counts ctest --no-tests=error --output-on-failure "$@"
+}
+
+run_pytest() {
+  local what=$1
+  shift
+  run_tests "$what" pytest_counts /usr/bin/python3 -m pytest -v -p no:cacheprovider "$@"
 }
 
 # Runs a step that is not a test run; a failure counts as one failed check.

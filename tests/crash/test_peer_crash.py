@@ -49,6 +49,27 @@ def read_block(path, off):
         return f.read(BLOCK)
 
 
+def random_blocks(rng):
+    """BLOCKS distinct 4 KiB blocks of the image, each with random bytes:
+    {offset: bytes}."""
+    offsets = sorted(rng.sample(range(IMAGE_BYTES // BLOCK), BLOCKS))
+    return {o * BLOCK: rng.randbytes(BLOCK) for o in offsets}
+
+
+def missing_blocks(path, patterns):
+    """The offsets of `patterns` whose block in `path` differs."""
+    return [off for off, want in patterns.items() if read_block(path, off) != want]
+
+
+def restart_and_resync(cluster, primary, backup, what):
+    """Restarts the killed secondary without test flags, resyncs, and
+    checks the stores are identical. Returns the new Node."""
+    backup = restart_serve(cluster, backup)
+    assert_sync_wait(primary.store, timeout=60)
+    assert_same_manifest(primary.store, backup.store, what)
+    return backup
+
+
 def union_blocks(offsets):
     return len(set(offsets)) * BLOCK
 
@@ -90,8 +111,7 @@ def run_peer_crash(cluster, volatile, seed):
             elapsed = time.monotonic() - t0
         finally:
             os.close(fd)  # after the kill: its flush must not reach the peer
-        on_peer = {off: read_block(backup.store / "vol.img", off) for off in offsets}
-        lost = [off for off in offsets if on_peer[off] != patterns[off]]
+        lost = missing_blocks(backup.store / "vol.img", patterns)
 
         _, peer = time.monotonic(), wait_peer_state(primary.store, "backup", DOWN_STATES,
                                                     timeout=PEER_TIMEOUT + 10)
@@ -117,9 +137,8 @@ def run_peer_crash(cluster, volatile, seed):
         assert peer["in_sync"] is True and peer["fracture_bytes"] == 0, peer
         assert_same_manifest(primary.store, backup.store,
                              f"stores after the secondary's crash (attempt {attempt})")
-        for off in offsets:
-            assert read_block(backup.store / "vol.img", off) == patterns[off], \
-                f"block {off} was not re-sent to the restarted secondary"
+        unsent = missing_blocks(backup.store / "vol.img", patterns)
+        assert not unsent, f"blocks {unsent} were not re-sent to the restarted secondary"
 
         if not volatile or (lost and elapsed <= KILL_WITHIN):
             return outcomes
@@ -154,26 +173,22 @@ def test_peer_crash_right_after_a_resync_loses_nothing_it_sent(cluster):
     r = mirrorfs("fracture", primary.store, "backup")
     assert r.returncode == 0, f"mirrorfs fracture: exit {r.returncode}\n{r.stderr}"
     wait_peer_state(primary.store, "backup", "fractured", timeout=10)
-    offsets = [o * BLOCK for o in sorted(rng.sample(range(IMAGE_BYTES // BLOCK), BLOCKS))]
-    patterns = {off: rng.randbytes(BLOCK) for off in offsets}
+    patterns = random_blocks(rng)
     fd = os.open(img, os.O_WRONLY)
     try:
-        for off in offsets:
-            assert os.pwrite(fd, patterns[off], off) == BLOCK
+        for off, block in patterns.items():
+            assert os.pwrite(fd, block, off) == BLOCK
     finally:
         os.close(fd)
 
     assert_sync_wait(primary.store, "backup", timeout=60)
     kill9(backup)  # within the epoch that follows: nothing flushed since
-    lost = [off for off in offsets
-            if read_block(backup.store / "vol.img", off) != patterns[off]]
+    lost = missing_blocks(backup.store / "vol.img", patterns)
     assert not lost, (f"a secondary killed right after its resync ended lost "
                       f"{len(lost)} of the {BLOCKS} blocks the resync sent")
 
-    backup = restart_serve(cluster, backup)
-    assert_sync_wait(primary.store, timeout=60)
-    assert_same_manifest(primary.store, backup.store,
-                         "stores after the secondary's crash right after a resync")
+    restart_and_resync(cluster, primary, backup,
+                       "stores after the secondary's crash right after a resync")
 
 
 @pytest.mark.parametrize("how", ["fsync", "fdatasync", "o_dsync"])
@@ -185,14 +200,13 @@ def test_what_the_application_made_durable_survives_a_peer_crash(cluster, how):
     without it are lost (test_peer_crash_loses_unflushed_writes_...)."""
     rng = random.Random(14)
     backup, primary, img = start_pair_with_image(cluster, rng, ["--test-volatile-writes"])
-    offsets = [o * BLOCK for o in sorted(rng.sample(range(IMAGE_BYTES // BLOCK), BLOCKS))]
-    patterns = {off: rng.randbytes(BLOCK) for off in offsets}
+    patterns = random_blocks(rng)
 
     fd = os.open(img, os.O_WRONLY | (os.O_DSYNC if how == "o_dsync" else 0))
     try:
         t0 = time.monotonic()
-        for off in offsets:
-            assert os.pwrite(fd, patterns[off], off) == BLOCK
+        for off, block in patterns.items():
+            assert os.pwrite(fd, block, off) == BLOCK
         if how == "fsync":
             os.fsync(fd)
         elif how == "fdatasync":
@@ -202,11 +216,8 @@ def test_what_the_application_made_durable_survives_a_peer_crash(cluster, how):
     finally:
         os.close(fd)
     print(f"\n  {how}: writes, {how} and kill in {elapsed * 1000:.0f} ms")
-    lost = [off for off in offsets
-            if read_block(backup.store / "vol.img", off) != patterns[off]]
+    lost = missing_blocks(backup.store / "vol.img", patterns)
     assert not lost, (f"after {how} returned, a crashed secondary lost {len(lost)} "
                       f"of the {BLOCKS} blocks")
 
-    backup = restart_serve(cluster, backup)
-    assert_sync_wait(primary.store, timeout=60)
-    assert_same_manifest(primary.store, backup.store, f"stores after {how} and a peer crash")
+    restart_and_resync(cluster, primary, backup, f"stores after {how} and a peer crash")

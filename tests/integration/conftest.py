@@ -172,6 +172,22 @@ def wait_peer_state(store, name, states, timeout=READY_SECONDS):
         raise AssertionError(f"{e}; last seen: {last.get('peer')}") from None
 
 
+def check_mirror_then_umount(store, mnt, backup, name, size):
+    """For a primary mounted outside the harness (mount(8), the helper):
+    peer `backup` connects, a file of `size` random bytes written through
+    `mnt` reaches it, and umount(8) stops the primary cleanly."""
+    wait_peer_state(store, backup.name, "connected")
+    data = os.urandom(size)
+    (mnt / name).write_bytes(data)
+    wait_in_sync(store, backup.name)
+    wait_same_manifest(store, backup.store)
+    r = run(["umount", mnt])
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: mirrorfs("status", store).returncode == 1, READY_SECONDS,
+               "the primary to exit after umount")
+    assert (backup.store / name).read_bytes() == data
+
+
 def wait_in_sync(store, name, timeout=READY_SECONDS):
     def check():
         peer = peer_status(store, name)
@@ -444,6 +460,17 @@ class Cluster:
         """Creates and returns root/name."""
         path = self.root / name
         path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def tmpfs_dir(self, name, size):
+        """Creates root/name as a tmpfs of `size` (mount's syntax, "24m"): a
+        disk that fills up. Teardown unmounts it once the daemons are
+        stopped. Skips the test when no tmpfs can be mounted."""
+        path = self.dir(name)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                            str(path)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
         return path
 
     # -- starting ----------------------------------------------------------

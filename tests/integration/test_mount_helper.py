@@ -3,9 +3,8 @@ options in, the `mirrorfs mount` command line out, a real mount."""
 
 import os
 
-from conftest import (REPO, free_endpoint, is_mounted, mirrorfs, mirrorfs_bin,
-                      run, status_json, wait_in_sync, wait_peer_state,
-                      wait_same_manifest, wait_until, READY_SECONDS)
+from conftest import (REPO, check_mirror_then_umount, free_endpoint, is_mounted,
+                      mirrorfs_bin, run, status_json)
 
 HELPER = REPO / "packaging" / "mount.mirrorfs"
 
@@ -50,18 +49,8 @@ def test_fstab_options_become_a_mirrored_mount(cluster):
     assert "allow_other" in opts, opts
     assert not any(o.startswith(("_netdev", "x-", "nofail")) for o in opts), opts
 
-    wait_peer_state(store, "backup", "connected")
-    data = os.urandom(3 << 20)
-    (mnt / "disk.img").write_bytes(data)
-    wait_in_sync(store, "backup")
-    wait_same_manifest(store, backup.store)
-
     # umount(8) stops the primary cleanly.
-    r = run(["umount", mnt])
-    assert r.returncode == 0, r.stderr
-    wait_until(lambda: mirrorfs("status", store).returncode == 1, READY_SECONDS,
-               "the primary to exit after umount")
-    assert (backup.store / "disk.img").read_bytes() == data
+    check_mirror_then_umount(store, mnt, backup, "disk.img", 3 << 20)
     cluster.stop(backup)
 
 

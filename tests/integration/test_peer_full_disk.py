@@ -8,30 +8,14 @@ back and the stores are identical."""
 import os
 import subprocess
 
-import pytest
-
 from conftest import (assert_sync_wait, peer_status, status_json, wait_in_sync,
                       wait_same_manifest, wait_until)
 
 MIB = 1 << 20
 
 
-@pytest.fixture
-def small_store(cluster):
-    path = cluster.dir("backup.store")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs",
-                        str(path)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
-    yield path
-    # The cluster fixture stops the daemons first only at its own teardown,
-    # which runs after ours: stop the one on this store before unmounting.
-    subprocess.run([os.environ.get("MIRRORFS_BIN", "mirrorfs"), "stop",
-                    str(path)], capture_output=True, timeout=60)
-    subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
-def test_full_peer_disk_never_fails_the_application(cluster, small_store):
+def test_full_peer_disk_never_fails_the_application(cluster):
+    small_store = cluster.tmpfs_dir("backup.store", "24m")
     b = cluster.serve("backup", store=small_store)
     a = cluster.mount("primary", peers=[b], extra=["--peer-timeout", "1"])
     wait_in_sync(a.store, "backup")

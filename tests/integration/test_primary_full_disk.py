@@ -8,9 +8,6 @@ full (24 of 48 here), each resent the same way."""
 
 import errno
 import os
-import subprocess
-
-import pytest
 
 from conftest import (assert_sync_wait, peer_status, wait_in_sync,
                       wait_same_manifest, wait_until)
@@ -18,24 +15,10 @@ from conftest import (assert_sync_wait, peer_status, wait_in_sync,
 MIB = 1 << 20
 
 
-@pytest.fixture
-def small_store(cluster):
-    path = cluster.dir("primary.store")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs",
-                        str(path)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
-    yield path
-    # The cluster fixture stops the daemons only at its own teardown, which
-    # runs after ours: stop the one on this store before unmounting.
-    subprocess.run([os.environ.get("MIRRORFS_BIN", "mirrorfs"), "stop",
-                    str(path)], capture_output=True, timeout=60)
-    subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
-def test_a_write_that_fails_here_is_resent_to_the_peer(cluster, small_store):
+def test_a_write_that_fails_here_is_resent_to_the_peer(cluster):
     b = cluster.serve("backup")
-    a = cluster.mount("primary", store=small_store, peers=[b])
+    a = cluster.mount("primary", store=cluster.tmpfs_dir("primary.store", "24m"),
+                      peers=[b])
     wait_in_sync(a.store, "backup")
 
     block = os.urandom(MIB)

@@ -18,9 +18,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
-from conftest import (cluster, workdir, free_endpoint, is_mounted, mirrorfs,  # noqa: E402,F401
-                      run, status_json, wait_in_sync, wait_peer_state,
-                      wait_same_manifest, wait_until, READY_SECONDS)
+from conftest import (cluster, workdir, check_mirror_then_umount,  # noqa: E402,F401
+                      free_endpoint, is_mounted, run, status_json)
 
 DEB = os.environ.get("MIRRORFS_DEB", "")
 INSTALLED_BIN = "/usr/bin/mirrorfs"
@@ -114,15 +113,5 @@ def test_installed_package_mirrors_through_mount_t(installed, cluster, monkeypat
     assert is_mounted(mnt)
     assert status_json(store)["node"] == "a"
 
-    wait_peer_state(store, "backup", "connected")
-    data = os.urandom(5 << 20)
-    (mnt / "vm.img").write_bytes(data)
-    wait_in_sync(store, "backup")
-    wait_same_manifest(store, backup.store)
-
-    r = run(["umount", mnt])
-    assert r.returncode == 0, r.stderr
-    wait_until(lambda: mirrorfs("status", store).returncode == 1, READY_SECONDS,
-               "the primary to exit after umount")
+    check_mirror_then_umount(store, mnt, backup, "vm.img", 5 << 20)
     cluster.stop(backup)
-    assert (backup.store / "vm.img").read_bytes() == data
