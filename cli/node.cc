@@ -380,6 +380,7 @@ meta::Status Node::AddSession(const meta::PeerRecord& record) {
   session_options.heartbeat =
       std::max(std::chrono::milliseconds(100), options_.peer_timeout / 4);
   session_options.resync_rate = options_.resync_rate;
+  session_options.busy_poll = std::chrono::microseconds(options_.busy_poll_us);
   if (zap_) {
     session_options.curve = [this] {
       std::lock_guard<std::mutex> lock(curve_mu_);
@@ -443,6 +444,7 @@ meta::Status Node::StartListener(bool primary_mode) {
       primary_mode, curve);
   MFS_RETURN_IF_ERROR(replica_->Bind());
   replica_->SetCachedWrites(options_.cached_writes);
+  replica_->SetBusyPoll(std::chrono::microseconds(options_.busy_poll_us));
   if (options_.volatile_writes) {
     meta::LogWarning(
         "TEST MODE: applied writes are held in memory until a "
@@ -703,6 +705,7 @@ ControlReply Node::HandleControl(const std::vector<std::string>& words) {
         "authorized=" + options_.authorized_file + "\n" +
         "insecure=" + (options_.insecure ? "1" : "0") + "\n" +
         "cached_writes=" + (options_.cached_writes ? "1" : "0") + "\n" +
+        "busy_poll_us=" + std::to_string(options_.busy_poll_us) + "\n" +
         "control_group=" + options_.control_group + "\n" +
         "peer_timeout_ms=" + std::to_string(options_.peer_timeout.count()) +
         "\n";

@@ -37,6 +37,10 @@ struct NodeOptions {
   // Every data write goes through the store's page cache; by default large
   // writes of whole pages go uncached (meta::StoreWriter).
   bool cached_writes = false;
+  // Microseconds a thread waiting on the peer link (a writer for its
+  // answer, a secondary for the next frame) spins before it sleeps, while
+  // answers come that fast (sync/busy_poll.h); zero never spins.
+  uint32_t busy_poll_us = 200;
   // Peer link security (ZeroMQ CURVE): both files, or neither.
   std::string key_file;
   std::string authorized_file;

@@ -84,7 +84,8 @@ PeerSession::PeerSession(zmq::context_t* context, std::string name,
       log_(std::move(log)),
       source_(source),
       generations_(generations),
-      on_hello_(std::move(on_hello)) {
+      on_hello_(std::move(on_hello)),
+      writer_poll_(options_.busy_poll) {
   wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   writer_wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 }
@@ -269,8 +270,9 @@ bool PeerSession::SendQueuedLocked() {
     if (!SendFrame(frame, &out.data)) break;  // frees them either way
     if (out.completion) {
       in_flight_[out.seq] =
-          InFlight{std::move(out.completion), now, std::move(out.on_diff),
-                   out.attended, out.store_flush};
+          InFlight{std::move(out.completion), now,
+                   std::move(out.on_diff),    out.attended,
+                   out.store_flush,           size > kBusyPollMaxBytes};
       if (!out.attended) ++unattended_;
       ++changes;
       bytes += size;
@@ -311,9 +313,13 @@ void PeerSession::WakeReceiverIfReadable() {
   }
 }
 
-bool PeerSession::PendingLocked(const meta::Completion* completion) {
+bool PeerSession::PendingLocked(const meta::Completion* completion,
+                                bool* bulky) {
   for (const auto& [seq, f] : in_flight_) {
-    if (f.completion.get() == completion) return true;
+    if (f.completion.get() == completion) {
+      if (bulky) *bulky = f.bulky;
+      return true;
+    }
   }
   // sending_ is empty whenever socket_mu_ is free.
   std::lock_guard<std::mutex> lock(mu_);
@@ -368,13 +374,16 @@ void PeerSession::ReceiveLocked(const meta::Completion* completion,
       Wake();
       return;
     }
-    if (!PendingLocked(completion)) return;
+    bool bulky = false;
+    if (!PendingLocked(completion, &bulky)) return;
     if (readable) continue;
     struct pollfd fds[2] = {{zmq_fd_, POLLIN, 0}, {writer_wake_fd_, POLLIN, 0}};
     lock->unlock();
     // Bounded: the session thread watches for timeouts meanwhile and wakes
-    // this thread through writer_wake_fd_ when it drops the link.
-    ::poll(fds, 2, 100);
+    // this thread through writer_wake_fd_ when it drops the link. A large
+    // write's answer waits for its bytes to be copied on both nodes: the
+    // CPUs are busy then, and a spinning thread would only take from them.
+    writer_poll_.Wait(fds, 2, 100, /*may_spin=*/!bulky);
     if (fds[1].revents & POLLIN) Drain(writer_wake_fd_);
     lock->lock();
   }

@@ -64,6 +64,7 @@
 #include "meta/change.h"
 #include "meta/source.h"
 #include "meta/uuid.h"
+#include "sync/busy_poll.h"
 #include "sync/curve.h"
 #include "sync/fracture_log.h"
 #include "sync/frame_data.h"
@@ -109,6 +110,9 @@ struct SessionOptions {
   // waits for get peer_timeout.)
   std::chrono::milliseconds flush_timeout{30000};
   uint64_t resync_rate = 0;  // bytes per second, 0 = unlimited
+  // How long a writer waiting for its peer's answer spins before it
+  // sleeps (sync/busy_poll.h); zero never spins.
+  std::chrono::microseconds busy_poll{0};
   // The node's CURVE keys as of now (reloaded on SIGHUP), or null for plain
   // links; called at every connection attempt.
   std::function<std::shared_ptr<const CurveConfig>()> curve;
@@ -241,6 +245,7 @@ class PeerSession {
     std::function<void(const BlockDiff&)> on_diff;
     bool attended;
     bool store_flush;
+    bool bulky;  // larger than kBusyPollMaxBytes: its writer does not spin
   };
   // Who sleeps on the socket for input (see the class comment).
   enum class Receiver { kNone, kSession, kWriter };
@@ -299,8 +304,9 @@ class PeerSession {
   // and hands it on to whoever needs it next.
   void ReleaseReceiverLocked();
   // REQUIRES: socket_mu_ held. True if a frame of `completion` is queued or
-  // unanswered here.
-  bool PendingLocked(const meta::Completion* completion);
+  // unanswered here; then `*bulky` (if given) says whether an unanswered
+  // one is larger than kBusyPollMaxBytes.
+  bool PendingLocked(const meta::Completion* completion, bool* bulky = nullptr);
   // REQUIRES: socket_mu_ held. The session thread must receive: frames are
   // in flight that no writer Await()s, or a ping awaits its pong.
   bool SessionMustReceiveLocked() const {
@@ -373,6 +379,9 @@ class PeerSession {
   std::string rx_lost_;  // a writer found the link broken; Serve drops it
   std::condition_variable rx_cv_;  // the receiver role was given up
   int writer_wake_fd_ = -1;        // eventfd: wakes a writer that receives
+  // The receiving writer's wait (its spin rule carries over between
+  // writers: it is about the peer's pace, not the thread's).
+  BusyPoll writer_poll_;
   std::thread::id session_thread_;
 
   // Session-thread only.

@@ -274,7 +274,7 @@ void ReplicaServer::Run() {
     }
     if (!readable) {
       struct pollfd p[2] = {{flushed_fd_, POLLIN, 0}, {fd, POLLIN, 0}};
-      ::poll(p, fd >= 0 ? 2 : 1, 100);
+      frame_poll_.Wait(p, fd >= 0 ? 2 : 1, 100);
       continue;  // a finished flush is answered at the top
     }
     do {  // one message; `continue` ends the turn

@@ -42,6 +42,7 @@
 #include "meta/status.h"
 #include "meta/uuid.h"
 #include "sync/applier.h"
+#include "sync/busy_poll.h"
 #include "sync/curve.h"
 #include "sync/generation.h"
 #include "sync/wire.h"
@@ -138,6 +139,11 @@ class ReplicaServer {
   // Every applied write is cached (--cached-writes). REQUIRES: before
   // Start().
   void SetCachedWrites(bool on) { applier_.SetCachedWrites(on); }
+  // How long the server thread spins for the next frame before it sleeps
+  // (sync/busy_poll.h); zero never spins. REQUIRES: before Start().
+  void SetBusyPoll(std::chrono::microseconds budget) {
+    frame_poll_ = BusyPoll(budget);
+  }
   // Test seam: while paused the server takes no frame (a hung peer, as
   // seen by its primary: the connection stays up, nothing is answered).
   void PauseForTest(bool on) { paused_ = on; }
@@ -215,6 +221,7 @@ class ReplicaServer {
   };
   std::thread flusher_;
   int flushed_fd_ = -1;                     // eventfd: a flush is done
+  BusyPoll frame_poll_;                     // server thread only
   std::atomic<bool> flushes_done_{false};   // flushed_ has news
   std::atomic<int64_t> flush_delay_ms_{0};  // test seam
   std::mutex flush_mu_;  // guards the three below; after mu_ if both

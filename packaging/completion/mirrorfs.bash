@@ -53,8 +53,8 @@ _mirrorfs() {
 
   local opts=""
   case $verb in
-    mount) opts="--name --listen --peer --mode --peer-timeout -f --foreground -o --key --authorized-keys --insecure --control-group --cached-writes --help" ;;
-    serve) opts="--listen --name --peer-timeout -f --foreground --key --authorized-keys --insecure --control-group --cached-writes --help" ;;
+    mount) opts="--name --listen --peer --mode --peer-timeout -f --foreground -o --key --authorized-keys --insecure --control-group --cached-writes --busy-poll --help" ;;
+    serve) opts="--listen --name --peer-timeout -f --foreground --key --authorized-keys --insecure --control-group --cached-writes --busy-poll --help" ;;
     stop | demote) opts="--help" ;;
     status) opts="--json --help" ;;
     sync) opts="--peer --wait --timeout --help" ;;

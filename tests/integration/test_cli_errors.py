@@ -38,6 +38,9 @@ def assert_failed(r, *mentions):
     ["status"],
     ["stop"],
     ["status", "/tmp/x", "--no-such-flag"],
+    ["serve", "/tmp/some-store", "--listen", "tcp://127.0.0.1:7790", "--busy-poll", "-1"],
+    ["serve", "/tmp/some-store", "--listen", "tcp://127.0.0.1:7790", "--busy-poll", "20000"],
+    ["serve", "/tmp/some-store", "--listen", "tcp://127.0.0.1:7790", "--busy-poll", "soon"],
 ])
 def test_wrong_command_line_exits_2(args):
     assert_usage_error(mirrorfs(*args))

@@ -58,10 +58,10 @@ def test_fake_mount_prints_the_command_and_mounts_nothing(cluster):
     store = cluster.dir("primary.store")
     mnt = cluster.dir("primary.mnt")
     r = helper(store, mnt, "-f", "-o",
-               "name=a,peer=b=tcp://127.0.0.1:7790,cached-writes,ro,noauto")
+               "name=a,peer=b=tcp://127.0.0.1:7790,cached-writes,busy-poll=50,ro,noauto")
     assert r.returncode == 0, r.stderr
     assert (f"mount.mirrorfs: {mirrorfs_bin()} mount {store} {mnt} --name a "
-            f"--peer b=tcp://127.0.0.1:7790 --cached-writes -o ro") in r.stderr, r.stderr
+            f"--peer b=tcp://127.0.0.1:7790 --cached-writes --busy-poll 50 -o ro") in r.stderr, r.stderr
     assert not is_mounted(mnt)
     assert not (store / ".mirrorfs").exists(), "a fake mount must not touch the store"
 

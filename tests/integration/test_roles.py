@@ -186,11 +186,12 @@ def test_demote_refuses_a_busy_mount_then_works(cluster):
 
 def test_role_changes_keep_the_nodes_options(cluster):
     """promote and demote restart the daemon: what `serve` was told
-    (--control-group, --cached-writes, --peer-timeout) still holds for the
-    primary it becomes, and for the secondary it becomes again."""
+    (--control-group, --cached-writes, --peer-timeout, --busy-poll) still
+    holds for the primary it becomes, and for the secondary it becomes
+    again."""
     gid = grp.getgrnam("daemon").gr_gid  # in every Debian base system
     b = cluster.serve("b", extra=["--control-group", "daemon", "--cached-writes",
-                                  "--peer-timeout", "7.5"])
+                                  "--peer-timeout", "7.5", "--busy-poll", "0"])
     sock = b.store / ".mirrorfs" / "control.sock"
     assert os.stat(sock).st_gid == gid
 
@@ -202,6 +203,7 @@ def test_role_changes_keep_the_nodes_options(cluster):
     assert os.stat(sock).st_gid == gid, "the promoted node lost --control-group"
     argv = open(f"/proc/{min(b.pids)}/cmdline", "rb").read().split(b"\0")
     assert b"--peer-timeout" in argv and b"7.500000" in argv, argv
+    assert argv[argv.index(b"--busy-poll") + 1] == b"0", argv
     # --cached-writes: whole pages written through the mount stay in the
     # store's page cache (by default they are dropped once on disk).
     with open(b_mnt / "disk.img", "wb") as f:
@@ -218,6 +220,8 @@ def test_role_changes_keep_the_nodes_options(cluster):
     b = adopt(cluster, "b", "demote", b.store, None, b.endpoint)
     assert status_json(b.store)["role"] == "secondary"
     assert os.stat(sock).st_gid == gid, "the demoted node lost --control-group"
+    argv = open(f"/proc/{min(b.pids)}/cmdline", "rb").read().split(b"\0")
+    assert argv[argv.index(b"--busy-poll") + 1] == b"0", argv
 
 
 def test_demote_without_an_endpoint_needs_listen(cluster):
