@@ -266,13 +266,13 @@ bool PeerSession::SendQueuedLocked() {
     std::string* frame = out.frame;
     if (frame == nullptr) break;  // an earlier send of it failed
     size_t size = frame->size() + out.data.size;
+    const bool bulky = out.data.size > kBusyPollMaxBytes;
     out.frame = nullptr;
     if (!SendFrame(frame, &out.data)) break;  // frees them either way
     if (out.completion) {
-      in_flight_[out.seq] =
-          InFlight{std::move(out.completion), now,
-                   std::move(out.on_diff),    out.attended,
-                   out.store_flush,           size > kBusyPollMaxBytes};
+      in_flight_[out.seq] = InFlight{std::move(out.completion), now,
+                                     std::move(out.on_diff),    out.attended,
+                                     out.store_flush,           bulky};
       if (!out.attended) ++unattended_;
       ++changes;
       bytes += size;

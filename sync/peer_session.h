@@ -245,7 +245,7 @@ class PeerSession {
     std::function<void(const BlockDiff&)> on_diff;
     bool attended;
     bool store_flush;
-    bool bulky;  // larger than kBusyPollMaxBytes: its writer does not spin
+    bool bulky;  // data over kBusyPollMaxBytes: its writer does not spin
   };
   // Who sleeps on the socket for input (see the class comment).
   enum class Receiver { kNone, kSession, kWriter };
