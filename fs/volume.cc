@@ -577,7 +577,7 @@ meta::Result<std::pair<Entry, Handle>> Volume::Create(Ino parent_ino,
 meta::Result<size_t> Volume::Read(Handle fh, char* buf, size_t size,
                                   uint64_t offset) {
   OpenFile& of = FileOf(fh);
-  return file_io::Pread(of.fd, buf, size, offset, Label(*of.inode));
+  return writer_.Pread(of.fd, buf, size, offset, Label(*of.inode));
 }
 
 meta::Result<size_t> Volume::Write(Handle fh, const char* data, size_t size,

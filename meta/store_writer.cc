@@ -52,4 +52,29 @@ Status StoreWriter::Pwrite(int fd, const void* data, size_t length,
   return Status::Ok();
 }
 
+Result<size_t> StoreWriter::Pread(int fd, void* buf, size_t length,
+                                  uint64_t offset, const std::string& what) {
+  int flags = uncached() ? RWF_DONTCACHE : 0;
+  size_t done = 0;
+  while (done < length) {
+    struct iovec iov;
+    iov.iov_base = static_cast<char*>(buf) + done;
+    iov.iov_len = length - done;
+    ssize_t n =
+        ::preadv2(fd, &iov, 1, static_cast<off_t>(offset + done), flags);
+    if (n < 0) {
+      int err = errno;
+      if (err == EINTR) continue;
+      if (flags != 0 && (err == EOPNOTSUPP || err == EINVAL || err == ENOSYS)) {
+        flags = 0;  // the next writes find out too, and log it once
+        continue;
+      }
+      return Status::Error(err, "read " + what + ": " + std::strerror(err));
+    }
+    if (n == 0) break;  // end of file
+    done += static_cast<size_t>(n);
+  }
+  return done;
+}
+
 }  // namespace mirrorfs::meta

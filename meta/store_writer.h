@@ -22,6 +22,12 @@
 // the first write finds out, logs it once, and every later write is cached.
 // `cached` (the --cached-writes option) keeps every write cached.
 //
+// Reads of the store (Pread) go uncached too, whatever their size: the
+// mount's cache keeps what was read. Cached, a read left the file's range
+// in large folios (readahead), and every later small write then dirtied a
+// whole folio: an fsync after 32 random 4 KiB writes took 0.85 ms instead
+// of 0.39 ms, because it wrote back the folios instead of the pages.
+//
 // Only caching changes: a write is applied once Pwrite returns, and durable
 // only after an fsync, either way.
 //
@@ -49,6 +55,12 @@ class StoreWriter {
   // takes it. Errors name `what`.
   Status Pwrite(int fd, const void* data, size_t length, uint64_t offset,
                 const std::string& what);
+
+  // Reads up to `length` bytes at `offset` of `fd` into `buf`, retrying
+  // short reads and EINTR; fewer only at the end of the file. Uncached
+  // while uncached(). Returns the bytes read, or an error naming `what`.
+  Result<size_t> Pread(int fd, void* buf, size_t length, uint64_t offset,
+                       const std::string& what);
 
   // From now on every write is cached (`cached`), or large writes of whole
   // pages go uncached again where the kernel takes it.

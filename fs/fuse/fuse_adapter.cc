@@ -105,6 +105,11 @@ void OpInit(void* userdata, fuse_conn_info* conn) {
   // Let the kernel clear set-user-ID bits with a setattr we mirror, rather
   // than expecting us to do it on write.
   conn->want &= ~FUSE_CAP_HANDLE_KILLPRIV;
+  // Files keep their cache across opens (CacheModeOf); a size or mtime
+  // that changed beneath the mount still drops it.
+  if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA) {
+    conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
+  }
   conn->max_write = kMaxWrite;
 }
 
@@ -222,12 +227,22 @@ int OpenFlagsFor(fuse_req_t req, int flags) {
   return flags;
 }
 
+// O_DIRECT bypasses the mount's cache. Otherwise the cache is kept across
+// opens: the mount is the only writer of a primary's store, and the store
+// is read uncached (meta::StoreWriter), so this cache is the one that
+// serves re-reads. (A file changed beneath the mount anyway is caught by
+// the kernel's size and mtime check, FUSE_CAP_AUTO_INVAL_DATA.)
+void CacheModeOf(fuse_file_info* fi) {
+  fi->direct_io = (fi->flags & O_DIRECT) ? 1 : 0;
+  fi->keep_cache = fi->direct_io ? 0 : 1;
+}
+
 void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Guarded(req, [&] {
     auto r = VolumeOf(req).Open(ino, OpenFlagsFor(req, fi->flags));
     if (!r.ok()) return ReplyErr(req, r.status());
     fi->fh = *r;
-    fi->direct_io = (fi->flags & O_DIRECT) ? 1 : 0;
+    CacheModeOf(fi);
     if (fuse_reply_open(req, fi) != 0) VolumeOf(req).Release(*r);
   });
 }
@@ -239,7 +254,7 @@ void OpCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
                                   OpenFlagsFor(req, fi->flags), CallerOf(req));
     if (!r.ok()) return ReplyErr(req, r.status());
     fi->fh = r->second;
-    fi->direct_io = (fi->flags & O_DIRECT) ? 1 : 0;
+    CacheModeOf(fi);
     fuse_entry_param e = EntryParam(r->first);
     if (fuse_reply_create(req, &e, fi) != 0) {
       // The kernel will not forget or release what it never got.

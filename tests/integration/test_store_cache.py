@@ -2,8 +2,9 @@
 reaches the peers"): by default large writes of whole pages reach both
 stores uncached, so that once on disk neither store's page cache holds
 them, while a write of part of a page or a small one stays cached; with
---cached-writes on both nodes every page stays cached. The two stores are identical either way. Page residency is
-read with util-linux's fincore."""
+--cached-writes on both nodes every page stays cached. The two stores are
+identical either way. Reads through the mount are cached in the mount
+alone, across opens. Page residency is read with util-linux's fincore."""
 
 import errno
 import os
@@ -103,3 +104,32 @@ def test_cached_writes_keep_every_page(cluster, fincore_ok):
     assert_same_manifest(a.store, b.store)
     with open(b.store / "disk.img", "rb") as f:
         assert f.read() == data
+
+
+def test_reads_are_cached_in_the_mount_alone(cluster, fincore_ok):
+    """What is read through the mount stays in the mount's page cache, also
+    after the file is closed and opened again (fincore itself opens it),
+    and not in the store's: there, read-ahead's large folios would make
+    every later small write dirty and write back a whole folio."""
+    a = cluster.mount("primary")
+    data = write_image(a.mountpoint / "disk.img", 8 * MIB)
+    image = a.store / "disk.img"
+    subprocess.run(["sync"], check=True)
+    os.posix_fadvise(os.open(image, os.O_RDONLY), 0, 0, os.POSIX_FADV_DONTNEED)
+    subprocess.run(["sh", "-c", "echo 1 >/proc/sys/vm/drop_caches"], check=True)
+    assert cached_bytes(a.mountpoint / "disk.img") == 0
+    with open(a.mountpoint / "disk.img", "rb") as f:
+        assert f.read() == data
+    assert cached_bytes(a.mountpoint / "disk.img") == len(data), \
+        "reopening the file dropped the mount's cache"
+    # The kernel drops an uncached read's pages as best effort (not a page
+    # it cannot lock at once, as when the mount's threads read side by
+    # side): a few may stay, seen as up to 256 KiB of 8 MiB here.
+    residue = MIB
+    wait_until(lambda: cached_bytes(image) <= residue, 10,
+               f"the store to hold at most {residue} bytes of {image} "
+               f"(has {cached_bytes(image)} bytes cached)")
+    left = cached_bytes(image)
+    with open(a.mountpoint / "disk.img", "rb") as f:  # from the mount's cache
+        assert f.read() == data
+    assert cached_bytes(image) == left, "a second read went to the store"

@@ -134,5 +134,51 @@ TEST_F(StoreWriterTest, FallsBackToCachedWritesWhereTheyAreRefused) {
   EXPECT_TRUE(ReadFile(path_) == model);
 }
 
+TEST_F(StoreWriterTest, ReadsLeaveNoPagesBehindButKeepCachedOnes) {
+  ASSERT_TRUE(MakeFile("/var/tmp"));
+  if (!TakesUncachedWrites(dir_)) {
+    GTEST_SKIP() << "this kernel or file system has no RWF_DONTCACHE";
+  }
+  std::string data = Pattern('r', 2 * kMiB);
+  ASSERT_EQ(::pwrite(fd_, data.data(), data.size(), 0),
+            static_cast<ssize_t>(data.size()));
+  ASSERT_EQ(::fdatasync(fd_), 0);
+  ASSERT_EQ(::posix_fadvise(fd_, 0, 0, POSIX_FADV_DONTNEED), 0);
+  ASSERT_EQ(WaitCachedPages(path_, 0, 2 * kMiB, 0), 0);
+  std::string page = Pattern('d', 4096);  // a small write: stays cached
+  StoreWriter writer;
+  Write(&writer, page, kMiB);
+  data.replace(kMiB, page.size(), page);
+
+  std::string got(3 * kMiB, '\0');  // past the end: the file's bytes only
+  auto n = writer.Pread(fd_, got.data(), got.size(), 0, "image");
+  ASSERT_TRUE(n.ok()) << n.status().message();
+  ASSERT_EQ(*n, data.size());
+  got.resize(*n);
+  EXPECT_TRUE(got == data);
+  // What the read brought in is dropped: later small writes dirty single
+  // pages, not the read-ahead's large folios.
+  EXPECT_EQ(WaitCachedPages(path_, 0, kMiB, 0), 0);
+  EXPECT_EQ(CachedPages(path_, kMiB, 4096), 1);  // the written page stays
+  EXPECT_EQ(WaitCachedPages(path_, kMiB + 4096, kMiB - 4096, 0), 0);
+}
+
+TEST_F(StoreWriterTest, ReadsWorkWhereUncachedIOIsRefused) {
+  if (!MakeFile("/dev/shm")) GTEST_SKIP() << "no /dev/shm";
+  std::string data = Pattern('m', 100000);
+  ASSERT_EQ(::pwrite(fd_, data.data(), data.size(), 0),
+            static_cast<ssize_t>(data.size()));
+  StoreWriter writer;
+  std::string got(data.size() + 10, '\0');
+  auto n = writer.Pread(fd_, got.data(), got.size(), 0, "image");
+  ASSERT_TRUE(n.ok()) << n.status().message();
+  ASSERT_EQ(*n, data.size());
+  got.resize(*n);
+  EXPECT_TRUE(got == data);
+  auto bad = writer.Pread(-1, got.data(), 1, 0, "image");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("read image"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace mirrorfs::meta
