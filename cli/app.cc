@@ -460,8 +460,9 @@ int Main(int argc, char** argv) {
     cmd->add_option("--control-group", o->control_group,
                     "Group allowed on the control socket besides root");
     cmd->add_flag("--cached-writes", o->cached_writes,
-                  "Keep written data in the store's page cache too (by "
-                  "default large writes of whole pages go uncached)");
+                  "Keep written and read data in the store's page cache "
+                  "too (by default large writes of whole pages, and reads "
+                  "through the mount, go uncached)");
     cmd->add_option("--busy-poll", o->busy_poll_us,
                     "Microseconds a thread waiting on the peer link spins "
                     "before it sleeps, while answers come that fast: "
