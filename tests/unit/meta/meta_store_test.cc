@@ -807,6 +807,61 @@ TEST_F(MetaStoreTest, UnsyncedLogSurvivesProcessDeath) {
   }
 }
 
+// The newest write-ahead log of the database in `dir`.
+std::string NewestWal(const std::string& dir) {
+  std::string newest;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (name.size() > 4 && name.substr(name.size() - 4) == ".log" &&
+        e.path().string() > newest) {
+      newest = e.path().string();
+    }
+  }
+  return newest;
+}
+
+TEST_F(MetaStoreTest, DamageInsideTheLogIsReportedNotSkipped) {
+  {
+    auto store = OpenOrDie();
+    ASSERT_TRUE(store->PutPeer({"b", "tcp://h:1", Uuid()}).ok());
+  }
+  RunChildWriter(db_dir_, "kill");  // its records are in the log alone
+  const std::string wal = NewestWal(db_dir_);
+  ASSERT_FALSE(wal.empty());
+  const auto size = std::filesystem::file_size(wal);
+  ASSERT_GT(size, 64u * 1024);
+  {
+    std::fstream f(wal, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(size / 2));
+    const std::string garbage(300, '\x5a');
+    f.write(garbage.data(), static_cast<std::streamsize>(garbage.size()));
+  }
+  auto r = MetaStore::Open(db_dir_);
+  ASSERT_FALSE(r.ok()) << "a damaged log opened, and records after the "
+                          "damage would be lost without a word";
+  EXPECT_EQ(r.status().err(), EUCLEAN);
+  EXPECT_THAT(r.status().message(), HasSubstr("is corrupt"));
+  EXPECT_THAT(r.status().message(), HasSubstr("move it aside"));
+}
+
+TEST_F(MetaStoreTest, ALogCutShortByACrashStillOpens) {
+  {
+    auto store = OpenOrDie();
+    ASSERT_TRUE(store->PutPeer({"b", "tcp://h:1", Uuid()}).ok());
+  }
+  RunChildWriter(db_dir_, "kill");
+  const std::string wal = NewestWal(db_dir_);
+  ASSERT_FALSE(wal.empty());
+  // Cut inside the last record, as a crash in the middle of its write.
+  std::filesystem::resize_file(wal, std::filesystem::file_size(wal) - 7);
+  auto store = OpenOrDie();
+  ASSERT_NE(store, nullptr);
+  auto log = store->LoadFracture("b");
+  ASSERT_TRUE(log.ok()) << log.status().message();
+  ASSERT_TRUE(log->count("img"));
+  EXPECT_GT(log->at("img").TotalBytes(), 0u);  // the records before the cut
+}
+
 // --- Cost ------------------------------------------------------------------
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
