@@ -1116,8 +1116,8 @@ meta::Status Volume::ReadRangeLocked(
       uint64_t filled = 0;
       for (const auto& p : pieces) {
         if (!p.data) continue;
-        auto read = file_io::Pread(fd, &buffer[filled], p.length, p.offset,
-                                   "read " + path + " for resync");
+        auto read = writer_.Pread(fd, &buffer[filled], p.length, p.offset,
+                                  path + " for resync");
         if (!read.ok()) {
           result = read.status();
           break;
@@ -1127,6 +1127,16 @@ meta::Status Volume::ReadRangeLocked(
           std::memset(&buffer[filled + *read], 0, p.length - *read);
         }
         filled += p.length;
+      }
+      if (writer_.uncached() && data_bytes > 0) {
+        // What the resync read (and its Prefetch brought in) leaves the
+        // store's cache, as a read through the mount does (StoreWriter):
+        // the damaged ranges are where the application writes, and large
+        // folios there would make its small writes write back whole
+        // folios. Dirty pages are not dropped.
+        (void)::posix_fadvise(fd, static_cast<off_t>(offset),
+                              static_cast<off_t>(end - offset),
+                              POSIX_FADV_DONTNEED);
       }
       ::close(fd);
       if (result.ok()) {

@@ -4,7 +4,8 @@ stores uncached, so that once on disk neither store's page cache holds
 them, while a write of part of a page or a small one stays cached; with
 --cached-writes on both nodes every page stays cached. The two stores are
 identical either way. Reads through the mount are cached in the mount
-alone, across opens. Page residency is read with util-linux's fincore."""
+alone, across opens, and what a resync reads leaves the store's cache.
+Page residency is read with util-linux's fincore."""
 
 import errno
 import os
@@ -13,7 +14,8 @@ import subprocess
 
 import pytest
 
-from conftest import assert_same_manifest, wait_in_sync, wait_until
+from conftest import (assert_same_manifest, mirrorfs, wait_in_sync,
+                      wait_peer_state, wait_until)
 
 MIB = 1 << 20
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -133,3 +135,36 @@ def test_reads_are_cached_in_the_mount_alone(cluster, fincore_ok):
     with open(a.mountpoint / "disk.img", "rb") as f:  # from the mount's cache
         assert f.read() == data
     assert cached_bytes(image) == left, "a second read went to the store"
+
+
+def test_a_resync_leaves_the_store_uncached(cluster, fincore_ok):
+    """The ranges a resync reads are where the application writes: left in
+    the store's cache (read-ahead's large folios), they would make its small
+    writes write back whole folios."""
+    b = cluster.serve("backup")
+    a = cluster.mount("primary", peers=[b])
+    wait_in_sync(a.store, "backup")
+    write_image(a.mountpoint / "disk.img", 16 * MIB)
+    wait_in_sync(a.store, "backup")
+    r = mirrorfs("fracture", a.store, "backup")
+    assert r.returncode == 0, r.stderr
+    wait_peer_state(a.store, "backup", "fractured", timeout=10)
+    fd = os.open(a.mountpoint / "disk.img", os.O_WRONLY)
+    try:
+        for i in range(64):  # 4 MiB of damage scattered over the file
+            off = (i * 4099 * 61) % (16 * MIB - 64 * 1024) & ~4095
+            os.pwrite(fd, os.urandom(64 * 1024), off)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    image = a.store / "disk.img"
+    store_fd = os.open(image, os.O_RDONLY)
+    os.posix_fadvise(store_fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(store_fd)
+    wait_until(lambda: cached_bytes(image) <= MIB, 10, f"{image} to leave the cache")
+
+    r = mirrorfs("sync", a.store, "--peer", "backup", "--wait", "--timeout", "60")
+    assert r.returncode == 0, r.stderr
+    assert cached_bytes(image) <= MIB, \
+        f"the resync left {cached_bytes(image)} bytes of {image} in the store's cache"
+    assert_same_manifest(a.store, b.store)
