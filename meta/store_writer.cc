@@ -22,6 +22,16 @@ bool StoreWriter::Uncached(uint64_t offset, size_t length) {
          length % page == 0;
 }
 
+bool StoreWriter::Refused(int err) {
+  if (err != EOPNOTSUPP && err != EINVAL && err != ENOSYS) return false;
+  if (uncached_.exchange(false)) {
+    LogInfo(std::string("uncached I/O (RWF_DONTCACHE) is not supported "
+                        "here (") +
+            std::strerror(err) + "); data goes through the page cache");
+  }
+  return true;
+}
+
 Status StoreWriter::Pwrite(int fd, const void* data, size_t length,
                            uint64_t offset, const std::string& what) {
   int flags = uncached() && Uncached(offset, length) ? RWF_DONTCACHE : 0;
@@ -35,13 +45,8 @@ Status StoreWriter::Pwrite(int fd, const void* data, size_t length,
     if (n < 0) {
       int err = errno;
       if (err == EINTR) continue;
-      if (flags != 0 && (err == EOPNOTSUPP || err == EINVAL || err == ENOSYS)) {
+      if (flags != 0 && Refused(err)) {
         flags = 0;  // nothing was written: write it cached
-        if (uncached_.exchange(false)) {
-          LogInfo(std::string("uncached writes (RWF_DONTCACHE) are not "
-                              "supported here (") +
-                  std::strerror(err) + "); data goes through the page cache");
-        }
         continue;
       }
       return Status::Error(err, "write " + what + ": " + std::strerror(err));
@@ -65,8 +70,8 @@ Result<size_t> StoreWriter::Pread(int fd, void* buf, size_t length,
     if (n < 0) {
       int err = errno;
       if (err == EINTR) continue;
-      if (flags != 0 && (err == EOPNOTSUPP || err == EINVAL || err == ENOSYS)) {
-        flags = 0;  // the next writes find out too, and log it once
+      if (flags != 0 && Refused(err)) {
+        flags = 0;  // nothing was read: read it cached
         continue;
       }
       return Status::Error(err, "read " + what + ": " + std::strerror(err));

@@ -19,7 +19,8 @@
 //   small random writes are cheaper written back together at the next
 //   flush.
 // Where the kernel or file system refuses the flag (older kernels, tmpfs),
-// the first write finds out, logs it once, and every later write is cached.
+// the first uncached read or write finds out, logs it once, and every later
+// read and write is cached.
 // `cached` (the --cached-writes option) keeps every write cached.
 //
 // Reads of the store (Pread) go uncached too, whatever their size: the
@@ -72,6 +73,10 @@ class StoreWriter {
   static bool Uncached(uint64_t offset, size_t length);
 
  private:
+  // Whether `err` from an uncached read or write means the flag is
+  // refused here; then every later read and write is cached (logged once).
+  bool Refused(int err);
+
   std::atomic<bool> uncached_;
 };
 

@@ -169,10 +169,12 @@ TEST_F(StoreWriterTest, ReadsWorkWhereUncachedIOIsRefused) {
   ASSERT_EQ(::pwrite(fd_, data.data(), data.size(), 0),
             static_cast<ssize_t>(data.size()));
   StoreWriter writer;
+  const bool refused = !TakesUncachedWrites(dir_);
   std::string got(data.size() + 10, '\0');
   auto n = writer.Pread(fd_, got.data(), got.size(), 0, "image");
   ASSERT_TRUE(n.ok()) << n.status().message();
   ASSERT_EQ(*n, data.size());
+  EXPECT_EQ(writer.uncached(), !refused);  // refused once: cached from now
   got.resize(*n);
   EXPECT_TRUE(got == data);
   auto bad = writer.Pread(-1, got.data(), 1, 0, "image");
