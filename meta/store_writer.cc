@@ -32,54 +32,49 @@ bool StoreWriter::Refused(int err) {
   return true;
 }
 
-Status StoreWriter::Pwrite(int fd, const void* data, size_t length,
-                           uint64_t offset, const std::string& what) {
-  int flags = uncached() && Uncached(offset, length) ? RWF_DONTCACHE : 0;
+Result<size_t> StoreWriter::Transfer(bool write, int fd, char* buf,
+                                     size_t length, uint64_t offset, int flags,
+                                     const std::string& what) {
+  const char* verb = write ? "write " : "read ";
   size_t done = 0;
   while (done < length) {
     struct iovec iov;
-    iov.iov_base = const_cast<char*>(static_cast<const char*>(data) + done);
+    iov.iov_base = buf + done;
     iov.iov_len = length - done;
-    ssize_t n =
-        ::pwritev2(fd, &iov, 1, static_cast<off_t>(offset + done), flags);
+    const off_t at = static_cast<off_t>(offset + done);
+    ssize_t n = write ? ::pwritev2(fd, &iov, 1, at, flags)
+                      : ::preadv2(fd, &iov, 1, at, flags);
     if (n < 0) {
       int err = errno;
       if (err == EINTR) continue;
       if (flags != 0 && Refused(err)) {
-        flags = 0;  // nothing was written: write it cached
+        flags = 0;  // nothing was transferred: do it cached
         continue;
       }
-      return Status::Error(err, "write " + what + ": " + std::strerror(err));
+      return Status::Error(err, verb + what + ": " + std::strerror(err));
     }
-    if (n == 0) return Status::Error(EIO, "write " + what + ": no progress");
+    if (n == 0) {
+      if (!write) break;  // end of file
+      return Status::Error(EIO, verb + what + ": no progress");
+    }
     done += static_cast<size_t>(n);
   }
-  return Status::Ok();
+  return done;
+}
+
+Status StoreWriter::Pwrite(int fd, const void* data, size_t length,
+                           uint64_t offset, const std::string& what) {
+  int flags = uncached() && Uncached(offset, length) ? RWF_DONTCACHE : 0;
+  return Transfer(/*write=*/true, fd,
+                  const_cast<char*>(static_cast<const char*>(data)), length,
+                  offset, flags, what)
+      .status();
 }
 
 Result<size_t> StoreWriter::Pread(int fd, void* buf, size_t length,
                                   uint64_t offset, const std::string& what) {
-  int flags = uncached() ? RWF_DONTCACHE : 0;
-  size_t done = 0;
-  while (done < length) {
-    struct iovec iov;
-    iov.iov_base = static_cast<char*>(buf) + done;
-    iov.iov_len = length - done;
-    ssize_t n =
-        ::preadv2(fd, &iov, 1, static_cast<off_t>(offset + done), flags);
-    if (n < 0) {
-      int err = errno;
-      if (err == EINTR) continue;
-      if (flags != 0 && Refused(err)) {
-        flags = 0;  // nothing was read: read it cached
-        continue;
-      }
-      return Status::Error(err, "read " + what + ": " + std::strerror(err));
-    }
-    if (n == 0) break;  // end of file
-    done += static_cast<size_t>(n);
-  }
-  return done;
+  return Transfer(/*write=*/false, fd, static_cast<char*>(buf), length, offset,
+                  uncached() ? RWF_DONTCACHE : 0, what);
 }
 
 }  // namespace mirrorfs::meta

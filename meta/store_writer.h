@@ -76,6 +76,12 @@ class StoreWriter {
   // Whether `err` from an uncached read or write means the flag is
   // refused here; then every later read and write is cached (logged once).
   bool Refused(int err);
+  // Writes (`write`) or reads `length` bytes between `buf` and `offset` of
+  // `fd` with `flags`, retrying short transfers and EINTR, and once without
+  // the flag where it is refused. A read stops early at the end of the
+  // file. Returns the bytes transferred, or an error naming `what`.
+  Result<size_t> Transfer(bool write, int fd, char* buf, size_t length,
+                          uint64_t offset, int flags, const std::string& what);
 
   std::atomic<bool> uncached_;
 };

@@ -452,10 +452,7 @@ std::string PeerSession::DrainLocked(int max_frames) {
       // A clean stop of the peer: lost now, not after the peer timeout,
       // so that no application write waits for it. Answered (Serve).
       peer_left_ = true;
-      return "it left (" +
-             (bye->reason.empty() ? std::string("no reason given")
-                                  : bye->reason) +
-             ")";
+      return "it left (" + bye->Said() + ")";
     }
     std::map<uint64_t, InFlight>::iterator it;
     if (auto* ack = std::get_if<Ack>(&decoded->body)) {

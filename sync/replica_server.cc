@@ -783,9 +783,7 @@ void ReplicaServer::Handle(const std::string& routing_id,
     std::lock_guard<std::mutex> lock(mu_);
     session_ = 0;
     primary_left_ = true;
-    meta::LogInfo(
-        "primary " + primary_name_ + " left: " +
-        (bye->reason.empty() ? std::string("no reason given") : bye->reason));
+    meta::LogInfo("primary " + primary_name_ + " left: " + bye->Said());
   } else {
     BadFrame("an unexpected " + std::string(FrameTypeName(h.type)) + " frame");
   }

@@ -180,7 +180,11 @@ struct ErrorFrame {
 // The primary stops (or is demoted) and ends the session: the secondary
 // knows at once that its primary is gone, instead of after its timeout.
 struct Goodbye {
-  std::string reason;  // for the secondary's log
+  std::string reason;  // for the receiver's log
+  // The reason as logged: "no reason given" when empty.
+  std::string Said() const {
+    return reason.empty() ? std::string("no reason given") : reason;
+  }
 };
 
 // Part of the primary's namespace; the secondary reconciles to the union
