@@ -1,5 +1,6 @@
 #include "meta/store_writer.h"
 
+#include <fcntl.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -73,8 +74,20 @@ Status StoreWriter::Pwrite(int fd, const void* data, size_t length,
 
 Result<size_t> StoreWriter::Pread(int fd, void* buf, size_t length,
                                   uint64_t offset, const std::string& what) {
-  return Transfer(/*write=*/false, fd, static_cast<char*>(buf), length, offset,
-                  uncached() ? RWF_DONTCACHE : 0, what);
+  const bool drop_behind = uncached() && length >= kMinUncachedBytes;
+  const int flags = uncached() && !drop_behind ? RWF_DONTCACHE : 0;
+  auto read = Transfer(/*write=*/false, fd, static_cast<char*>(buf), length,
+                       offset, flags, what);
+  if (read.ok() && drop_behind) {
+    // Behind the read: from the boundary before the previous one, so that
+    // a folio straddling it is whole in the range. Dirty pages stay.
+    uint64_t from = offset - offset % kDropBehindBytes;
+    from = from >= kDropBehindBytes ? from - kDropBehindBytes : 0;
+    (void)::posix_fadvise(fd, static_cast<off_t>(from),
+                          static_cast<off_t>(offset + *read - from),
+                          POSIX_FADV_DONTNEED);
+  }
+  return read;
 }
 
 }  // namespace mirrorfs::meta

@@ -126,7 +126,7 @@ def test_reads_are_cached_in_the_mount_alone(cluster, fincore_ok):
         assert f.read() == data
     assert cached_bytes(a.mountpoint / "disk.img") == len(data), \
         "reopening the file dropped the mount's cache"
-    # The kernel drops an uncached read's pages as best effort (not a page
+    # The kernel drops the pages behind a read as best effort (not a page
     # it cannot lock at once, as when the mount's threads read side by
     # side): a few may stay, seen as up to 256 KiB of 8 MiB here.
     residue = MIB

@@ -2,7 +2,8 @@
 // (dropped from the page cache once on disk) where the kernel takes
 // RWF_DONTCACHE; part pages, small writes and --cached-writes kept cached;
 // a refusal (tmpfs) falls back once; and the bytes on disk are the same
-// whichever way they were written.
+// whichever way they were written. Reads leave the store's cache: small
+// ones uncached, large ones dropped behind.
 #include "meta/store_writer.h"
 
 #include <fcntl.h>
@@ -134,7 +135,7 @@ TEST_F(StoreWriterTest, FallsBackToCachedWritesWhereTheyAreRefused) {
   EXPECT_TRUE(ReadFile(path_) == model);
 }
 
-TEST_F(StoreWriterTest, ReadsLeaveNoPagesBehindButKeepCachedOnes) {
+TEST_F(StoreWriterTest, ReadsLeaveNoPagesBehindButSmallOnesKeepCachedOnes) {
   ASSERT_TRUE(MakeFile("/var/tmp"));
   if (!TakesUncachedWrites(dir_)) {
     GTEST_SKIP() << "this kernel or file system has no RWF_DONTCACHE";
@@ -145,12 +146,10 @@ TEST_F(StoreWriterTest, ReadsLeaveNoPagesBehindButKeepCachedOnes) {
   ASSERT_EQ(::fdatasync(fd_), 0);
   ASSERT_EQ(::posix_fadvise(fd_, 0, 0, POSIX_FADV_DONTNEED), 0);
   ASSERT_EQ(WaitCachedPages(path_, 0, 2 * kMiB, 0), 0);
-  std::string page = Pattern('d', 4096);  // a small write: stays cached
   StoreWriter writer;
-  Write(&writer, page, kMiB);
-  data.replace(kMiB, page.size(), page);
 
-  std::string got(3 * kMiB, '\0');  // past the end: the file's bytes only
+  // A large read (dropped behind), past the end: the file's bytes only.
+  std::string got(3 * kMiB, '\0');
   auto n = writer.Pread(fd_, got.data(), got.size(), 0, "image");
   ASSERT_TRUE(n.ok()) << n.status().message();
   ASSERT_EQ(*n, data.size());
@@ -158,9 +157,83 @@ TEST_F(StoreWriterTest, ReadsLeaveNoPagesBehindButKeepCachedOnes) {
   EXPECT_TRUE(got == data);
   // What the read brought in is dropped: later small writes dirty single
   // pages, not the read-ahead's large folios.
+  EXPECT_EQ(WaitCachedPages(path_, 0, 2 * kMiB, 0), 0);
+
+  // A small read (uncached) around a page a small write left cached: the
+  // page stays, its neighbours are not brought in.
+  std::string page = Pattern('d', 4096);
+  Write(&writer, page, kMiB);
+  data.replace(kMiB, page.size(), page);
+  got.assign(3 * 4096, '\0');
+  n = writer.Pread(fd_, got.data(), got.size(), kMiB - 4096, "image");
+  ASSERT_TRUE(n.ok()) << n.status().message();
+  ASSERT_EQ(*n, got.size());
+  EXPECT_TRUE(got == data.substr(kMiB - 4096, got.size()));
+  EXPECT_EQ(CachedPages(path_, kMiB, 4096), 1);
   EXPECT_EQ(WaitCachedPages(path_, 0, kMiB, 0), 0);
-  EXPECT_EQ(CachedPages(path_, kMiB, 4096), 1);  // the written page stays
   EXPECT_EQ(WaitCachedPages(path_, kMiB + 4096, kMiB - 4096, 0), 0);
+
+  // A large read over it starts its write-back and drops it once clean:
+  // the bytes are the same either way.
+  got.assign(kMiB, '\0');
+  n = writer.Pread(fd_, got.data(), got.size(), kMiB / 2, "image");
+  ASSERT_TRUE(n.ok()) << n.status().message();
+  EXPECT_TRUE(got == data.substr(kMiB / 2, kMiB));
+  ASSERT_EQ(::fdatasync(fd_), 0);
+  EXPECT_TRUE(ReadFile(path_) == data);
+}
+
+TEST_F(StoreWriterTest, SequentialReadsDropWhatLiesBehindThem) {
+  ASSERT_TRUE(MakeFile("/var/tmp"));
+  if (!TakesUncachedWrites(dir_)) {
+    GTEST_SKIP() << "this kernel or file system has no RWF_DONTCACHE";
+  }
+  // Long enough for the read-ahead to grow to folios larger than a step.
+  constexpr uint64_t kSize = 64 * kMiB;
+  std::string data = Pattern('s', kSize);
+  ASSERT_EQ(::pwrite(fd_, data.data(), data.size(), 0),
+            static_cast<ssize_t>(data.size()));
+  ASSERT_EQ(::fdatasync(fd_), 0);
+  ASSERT_EQ(::posix_fadvise(fd_, 0, 0, POSIX_FADV_DONTNEED), 0);
+  ASSERT_EQ(WaitCachedPages(path_, 0, kSize, 0), 0);
+
+  // A reader in the mount's read-ahead steps (256 KiB, from the middle of
+  // a 2 MiB block): the store reads ahead of it (perhaps in folios larger
+  // than a step), and what it passed is dropped, folios that straddled
+  // its steps included.
+  StoreWriter writer;
+  constexpr size_t kStep = 256 * 1024;
+  std::string got(kStep, '\0');
+  uint64_t at = 3 * kMiB;
+  for (; at + kStep <= kSize; at += kStep) {
+    auto n = writer.Pread(fd_, got.data(), kStep, at, "image");
+    ASSERT_TRUE(n.ok()) << n.status().message();
+    ASSERT_EQ(*n, kStep);
+    ASSERT_TRUE(got == data.substr(at, kStep)) << "at " << at;
+    // Folios are naturally aligned and at most kDropBehindBytes: every
+    // block before the one the read ended in is whole behind it, and gone.
+    const uint64_t end = at + kStep;
+    const uint64_t passed = end - end % StoreWriter::kDropBehindBytes;
+    ASSERT_EQ(WaitCachedPages(path_, 0, passed, 0), 0) << "read at " << at;
+  }
+  // The last read ended at the end of the file: nothing of it stays.
+  ASSERT_EQ(at, kSize);
+  EXPECT_EQ(WaitCachedPages(path_, 0, kSize, 0), 0);
+
+  // A small read goes uncached: nothing of it stays.
+  ASSERT_EQ(::posix_fadvise(fd_, 0, 0, POSIX_FADV_DONTNEED), 0);
+  ASSERT_EQ(WaitCachedPages(path_, 0, kSize, 0), 0);
+  std::string small(4096, '\0');
+  auto n = writer.Pread(fd_, small.data(), small.size(), kMiB, "image");
+  ASSERT_TRUE(n.ok()) << n.status().message();
+  EXPECT_TRUE(small == data.substr(kMiB, 4096));
+  EXPECT_EQ(WaitCachedPages(path_, 0, kSize, 0), 0);
+
+  // --cached-writes: reads stay cached.
+  StoreWriter cached(/*cached=*/true);
+  n = cached.Pread(fd_, got.data(), kStep, 0, "image");
+  ASSERT_TRUE(n.ok()) << n.status().message();
+  EXPECT_EQ(CachedPages(path_, 0, kStep), kStep / 4096);
 }
 
 TEST_F(StoreWriterTest, ReadsWorkWhereUncachedIOIsRefused) {
@@ -170,8 +243,18 @@ TEST_F(StoreWriterTest, ReadsWorkWhereUncachedIOIsRefused) {
             static_cast<ssize_t>(data.size()));
   StoreWriter writer;
   const bool refused = !TakesUncachedWrites(dir_);
+  // A large read asks for no flag (it drops behind): nothing to refuse.
   std::string got(data.size() + 10, '\0');
   auto n = writer.Pread(fd_, got.data(), got.size(), 0, "image");
+  ASSERT_TRUE(n.ok()) << n.status().message();
+  ASSERT_EQ(*n, data.size());
+  EXPECT_TRUE(writer.uncached());
+  EXPECT_TRUE(got.substr(0, *n) == data);
+  // A small one asks for uncached I/O.
+  data.resize(10000);
+  got.assign(data.size() + 10, '\0');
+  ASSERT_EQ(::ftruncate(fd_, static_cast<off_t>(data.size())), 0);
+  n = writer.Pread(fd_, got.data(), got.size(), 0, "image");
   ASSERT_TRUE(n.ok()) << n.status().message();
   ASSERT_EQ(*n, data.size());
   EXPECT_EQ(writer.uncached(), !refused);  // refused once: cached from now
