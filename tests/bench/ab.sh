@@ -12,7 +12,8 @@
 #        tests/bench/ab.sh /tmp/old-build/cli/mirrorfs build/cli/mirrorfs
 #
 # Environment: AB_TEST (randwrite_4k_fsync32, randwrite_4k_fsync1,
-# randwrite_4k or seqwrite_1M; default randwrite_4k_fsync32), AB_ROUNDS (5),
+# randwrite_4k, seqwrite_1M or seqread_1M (cold: caches dropped first);
+# default randwrite_4k_fsync32), AB_ROUNDS (5),
 # AB_PEERS (serve peers on loopback per mount, sync mode; 1), AB_SIZE (fio
 # file size, 256M), AB_RUNTIME (seconds of a random test, 3),
 # BENCH_PLL_TUNABLES (see bench.sh), BENCH_DIR (parent of the scratch
@@ -35,8 +36,13 @@ rounds=${AB_ROUNDS:-5}
 peers=${AB_PEERS:-1}
 size=${AB_SIZE:-256M}
 runtime=${AB_RUNTIME:-3}
+section="write"  # fio's result section
 case $test_name in
   seqwrite_1M) fio_args=(--rw=write --bs=1M --end_fsync=1) ;;
+  seqread_1M)
+    fio_args=(--rw=read --bs=1M)
+    section="read"
+    ;;
   randwrite_4k) fio_args=(--rw=randwrite --bs=4k --time_based "--runtime=$runtime") ;;
   randwrite_4k_fsync1) fio_args=(--rw=randwrite --bs=4k --fsync=1 --time_based "--runtime=$runtime") ;;
   randwrite_4k_fsync32) fio_args=(--rw=randwrite --bs=4k --fsync=32 --time_based "--runtime=$runtime") ;;
@@ -110,10 +116,10 @@ for ((r = 1; r <= rounds; r++)); do
     if [[ $test_name != seqwrite_1M ]]; then  # random writes into a laid-out file
       dd if=/dev/zero of="$mnt/ab.dat" bs=1M count="${size%M}" status=none
     fi
-    sync
+    if [[ $section == read ]]; then drop_caches; else sync; fi
     mbps=$(fio --name=ab --filename="$mnt/ab.dat" --ioengine=psync --iodepth=1 --size="$size" \
       --output-format=json "${fio_args[@]}" |
-      "$python" -c 'import json, sys; w = json.load(sys.stdin)["jobs"][0]["write"]; print("%.1f" % (w["bw_bytes"] / 1e6))')
+      "$python" -c 'import json, sys; w = json.load(sys.stdin)["jobs"][0][sys.argv[1]]; print("%.1f" % (w["bw_bytes"] / 1e6))' "$section")
     echo "  round $r: $row $mbps MB/s"
     echo "$r $row $mbps" >>"$work/results"
     down "$row" "$r"

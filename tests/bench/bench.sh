@@ -223,8 +223,6 @@ cpu_ticks() {
   done
   echo "$total"
 }
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-
 
 # A mirrorfs row: mount ${mstore[$1]} with a serve peer per copy; more mount
 # options in $2...

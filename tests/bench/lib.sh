@@ -6,6 +6,9 @@
 python=/usr/bin/python3  # Debian's, with the modules the scripts use
 [[ -x $python ]] || python=python3
 
+# Writes back and drops the page cache: the next read is cold.
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+
 # A TCP port on 127.0.0.1 free right now.
 free_port() {
   "$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
