@@ -80,7 +80,8 @@ Result<size_t> StoreWriter::Pread(int fd, void* buf, size_t length,
                        offset, flags, what);
   if (read.ok() && drop_behind) {
     // Behind the read: from the boundary before the previous one, so that
-    // a folio straddling it is whole in the range. Dirty pages stay.
+    // a folio straddling it is whole in the range. Dirty pages are written
+    // back first (without waiting) and stay until they are clean.
     uint64_t from = offset - offset % kDropBehindBytes;
     from = from >= kDropBehindBytes ? from - kDropBehindBytes : 0;
     (void)::posix_fadvise(fd, static_cast<off_t>(from),
