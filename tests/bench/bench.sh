@@ -61,11 +61,12 @@
 # five, in the order above; the read tests read the file seqwrite_1M wrote),
 # BENCH_PLL_TUNABLES (see passthrough_ll above),
 # BENCH_DIR (parent of the scratch folder, default /var/tmp),
+# BENCH_RESULTS (where the results go, default tests/bench/results),
 # MIRRORFS_BIN (default build/cli/mirrorfs; built if missing).
 # If GlusterFS cannot be installed or started, the gluster row is skipped
 # (said on stdout) and the ratios against it are empty.
-# Output: a table on stdout and tests/bench/results/bench.json (plus the raw
-# fio JSON in tests/bench/results/fio/).
+# Output: a table on stdout and BENCH_RESULTS/bench.json (plus the raw fio
+# JSON in BENCH_RESULTS/fio/).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$(pwd)
@@ -76,7 +77,7 @@ source "$repo/tests/bench/lib.sh"
 size=${BENCH_SIZE:-512M}
 runtime=${BENCH_RUNTIME:-3}
 reps=${BENCH_REPS:-3}
-results=$repo/tests/bench/results
+results=${BENCH_RESULTS:-$repo/tests/bench/results}
 gvol=benchvol
 
 read -r -a rows <<<"${BENCH_ROWS:-store passthrough_ll gluster mirrorfs mirrorfs-peer mirrorfs-2peers mirrorfs-wb mirrorfs-down}"
@@ -101,7 +102,9 @@ for test in "${tests[@]}"; do
   esac
 done
 
-bash scripts/install-deps.sh bindfs >/dev/null
+extra_packages=()
+if has_row bindfs; then extra_packages+=(bindfs); fi
+bash scripts/install-deps.sh ${extra_packages[@]+"${extra_packages[@]}"} >/dev/null
 bin=${MIRRORFS_BIN:-$repo/build/cli/mirrorfs}
 if [[ ! -x $bin && " ${rows[*]}" == *" mirrorfs"* ]]; then
   bash scripts/build.sh >/dev/null

@@ -19,8 +19,9 @@
 #
 # Environment: BENCH_IMAGES (100), BENCH_IDLE (5), BENCH_IO_SIZE (1g, fio
 # syntax), BENCH_DIR (parent of the scratch folder, default /var/tmp),
+# BENCH_RESULTS (where the results go, default tests/bench/results),
 # MIRRORFS_BIN (default build/cli/mirrorfs; built if missing).
-# Output: a table on stdout and tests/bench/results/memory.json.
+# Output: a table on stdout and BENCH_RESULTS/memory.json.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$(pwd)
@@ -31,7 +32,7 @@ source "$repo/tests/bench/lib.sh"
 images=${BENCH_IMAGES:-100}
 idle=${BENCH_IDLE:-5}
 io_size=${BENCH_IO_SIZE:-1g}
-results=$repo/tests/bench/results
+results=${BENCH_RESULTS:-$repo/tests/bench/results}
 
 bash scripts/install-deps.sh >/dev/null
 bin=${MIRRORFS_BIN:-$repo/build/cli/mirrorfs}
