@@ -6,6 +6,7 @@
 // Thread-safety: Change is a value. Completion and Mirror are thread-safe.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -100,6 +101,13 @@ class Completion {
   void Wait() {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [this] { return pending_ <= 0 && holds_ == 0; });
+  }
+  // As Wait(), for at most `timeout`; true if done.
+  template <typename Rep, typename Period>
+  bool WaitFor(std::chrono::duration<Rep, Period> timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, timeout,
+                        [this] { return pending_ <= 0 && holds_ == 0; });
   }
   // The transport holds the caller's bytes (sent without a copy) until it
   // has sent them: one hold per message that references them. Wait() and

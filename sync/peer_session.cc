@@ -625,6 +625,15 @@ bool PeerSession::WaitConnected(std::chrono::milliseconds timeout) {
 }
 
 void PeerSession::Fracture() {
+  meta::Change flush;
+  flush.kind = meta::ChangeKind::kFsync;  // no path: the whole store
+  auto flushed = std::make_shared<meta::Completion>(1);
+  if (Enqueue(flush, flushed)) {
+    // Answered or not, the fracture goes on: what is still unflushed then
+    // (a slow peer's, or writes queued meanwhile) is logged by TearDown.
+    (void)flushed->WaitFor(std::min<std::chrono::milliseconds>(
+        options_.peer_timeout, std::chrono::seconds(10)));
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     fractured_ = true;

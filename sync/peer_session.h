@@ -192,7 +192,10 @@ class PeerSession {
   // Returns true if the peer is mirrored live.
   bool WaitConnected(std::chrono::milliseconds timeout);
   // Stops mirroring on purpose: the peer's changes are logged (fractured)
-  // until Rejoin().
+  // until Rejoin(). A live peer first makes durable what it applied (one
+  // store flush, waited for up to the peer timeout, 10 s at most), so that
+  // its log holds what it misses from then on rather than also the writes
+  // since its last flush, which guarantee 3 logs when they may be lost.
   void Fracture();
   // Ends a fracture, or retries a disconnected peer now (no backoff).
   void Rejoin();

@@ -73,3 +73,35 @@ def test_fracture_then_rejoin(cluster):
     applied = bytes_applied(backup.store) - applied_before
     assert damage <= applied <= fracture_bytes, \
         f"rejoin applied {applied} bytes; the log held {fracture_bytes}, damage {damage}"
+
+
+def test_a_fracture_right_after_writes_logs_only_what_follows(cluster):
+    """A fracture is planned: the peer first makes durable what it applied,
+    so its log starts empty rather than holding the last second of writes
+    (which guarantee 3 logs for a peer that may lose them), and the rejoin
+    sends exactly what was written meanwhile (guarantee 6)."""
+    backup = cluster.serve("backup")
+    primary = cluster.mount("primary", peers=[backup])
+    wait_peer_state(primary.store, "backup", "connected")
+    m = primary.mountpoint
+    with open(m / "db.img", "wb") as f:  # no wait for an epoch: fracture at once
+        f.write(os.urandom(8 * MiB))
+    r = mirrorfs("fracture", primary.store, "backup")
+    assert r.returncode == 0, f"mirrorfs fracture: exit {r.returncode}\n{r.stderr}"
+    peer = wait_peer_state(primary.store, "backup", "fractured", timeout=10)
+    assert peer["fracture_bytes"] == 0, \
+        f"the peer's log holds writes it had before the fracture: {peer}"
+
+    applied_before = bytes_applied(backup.store)
+    fd = os.open(m / "db.img", os.O_WRONLY)
+    try:
+        os.pwrite(fd, os.urandom(MiB), 2 * MiB)
+    finally:
+        os.close(fd)
+    peer = peer_status(primary.store, "backup")
+    assert peer["fracture_bytes"] == MiB, peer
+
+    assert_sync_wait(primary.store, peer="backup", timeout=60)
+    assert_same_manifest(primary.store, backup.store, "stores after the rejoin")
+    applied = bytes_applied(backup.store) - applied_before
+    assert applied == MiB, f"the rejoin applied {applied} bytes for 1 MiB written"
