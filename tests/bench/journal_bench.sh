@@ -12,7 +12,8 @@
 #
 # Environment: BENCH_SIZE (default 256M), BENCH_RUNTIME (3), BENCH_REPS (3),
 # BENCH_DIR (parent of the scratch folder, default /var/tmp), MIRRORFS_BIN
-# (default build/cli/mirrorfs; must be a test build).
+# (default build/cli/mirrorfs; a build with the tests, as scripts/build.sh
+# makes: the flag exists only there).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$(pwd)

@@ -7,16 +7,25 @@
 # step. Also reported: bytes the primary daemon read (/proc/PID/io rchar)
 # during the resync, and bytes the peer applied.
 # Median of BENCH_REPS (default 3) repetitions. Prints a table; writes
-# tests/bench/results/resync.json.
+# BENCH_RESULTS/resync.json (default tests/bench/results).
+# Smaller runs (the test suite's): BENCH_IMAGE_MIB (1024) and
+# BENCH_DAMAGE_MIB (256, in distinct 1 MiB blocks).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$(pwd)
 reps=${BENCH_REPS:-3}
+image_mib=${BENCH_IMAGE_MIB:-1024}
+damage_mib=${BENCH_DAMAGE_MIB:-256}
+results=${BENCH_RESULTS:-$repo/tests/bench/results}
+if ((damage_mib < 1 || damage_mib > image_mib)); then
+  echo "resync_bench: BENCH_DAMAGE_MIB must be 1..BENCH_IMAGE_MIB" >&2
+  exit 2
+fi
 bin=${MIRRORFS_BIN:-$repo/build/cli/mirrorfs}
 bash scripts/install-deps.sh >/dev/null
 [[ -x $bin ]] || bash scripts/build.sh >/dev/null
 work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/mirrorfs-resync.XXXXXX")
-mkdir -p "$repo/tests/bench/results"
+mkdir -p "$results"
 port=$((20000 + RANDOM % 20000))
 
 cleanup() {
@@ -35,17 +44,17 @@ mkdir -p "$work"/{a,b,mnt}
 "$bin" serve "$work/b" --listen "tcp://127.0.0.1:$port" --name b
 "$bin" mount "$work/a" "$work/mnt" --name a --peer "b=tcp://127.0.0.1:$port"
 "$bin" sync "$work/a" --wait --timeout 60 >/dev/null
-echo "writing the 1 GiB image through the mount..."
-dd if=/dev/urandom of="$work/mnt/image" bs=1M count=1024 status=none conv=fsync
+echo "writing the $image_mib MiB image through the mount..."
+dd if=/dev/urandom of="$work/mnt/image" bs=1M count="$image_mib" status=none conv=fsync
 "$bin" sync "$work/a" --wait --timeout 120 >/dev/null
-dd if=/dev/urandom of="$work/damage" bs=1M count=256 status=none conv=fsync
+dd if=/dev/urandom of="$work/damage" bs=1M count="$damage_mib" status=none conv=fsync
 
 pid=$("$bin" status "$work/a" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
 declare -a resync_s cp_s read_mb applied_mb
 for rep in $(seq 1 "$reps"); do
   "$bin" fracture "$work/a" b >/dev/null
   fio --name=damage --filename="$work/mnt/image" --rw=randwrite --bs=1M \
-      --size=1G --io_size=256M --refill_buffers --randrepeat=0 \
+      --size="${image_mib}M" --io_size="${damage_mib}M" --refill_buffers --randrepeat=0 \
       --norandommap=0 --ioengine=psync --end_fsync=1 >/dev/null
   before_applied=$("$bin" status "$work/b" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["peers"][0]["bytes_applied"] if d["peers"] else 0)')
   drop
@@ -75,10 +84,16 @@ rs=$(median "${resync_s[@]}"); cs=$(median "${cp_s[@]}")
 rm_=$(median "${read_mb[@]}"); am=$(median "${applied_mb[@]}")
 ratio=$(echo "$cs / $rs" | bc -l)
 printf '\n| test | median s | MB/s of damage | ratio to cp |\n|---|---|---|---|\n'
-printf '| resync 256 MiB scattered in 1 GiB | %.2f | %.0f | %.2f |\n' "$rs" "$(echo "268.435456 / $rs" | bc -l)" "$ratio"
-printf '| cp --sparse=always 256 MiB | %.2f | %.0f | 1.00 |\n' "$cs" "$(echo "268.435456 / $cs" | bc -l)"
-printf '\nprimary daemon read %s MiB, peer applied %s MiB (damage: 256 MiB); copies identical\n' "$rm_" "$am"
-cat > "$repo/tests/bench/results/resync.json" <<JSON
-{"resync_seconds": $rs, "cp_seconds": $cs, "ratio_to_cp": $ratio,
- "primary_read_mib": $rm_, "peer_applied_mib": $am, "reps": $reps}
+damage_mb=$(echo "$damage_mib * 1.048576" | bc -l)
+printf '| resync %s MiB scattered in %s MiB | %.2f | %.0f | %.2f |\n' "$damage_mib" "$image_mib" "$rs" "$(echo "$damage_mb / $rs" | bc -l)" "$ratio"
+printf '| cp --sparse=always %s MiB | %.2f | %.0f | 1.00 |\n' "$damage_mib" "$cs" "$(echo "$damage_mb / $cs" | bc -l)"
+printf '\nprimary daemon read %s MiB, peer applied %s MiB (damage: %s MiB); copies identical\n' "$rm_" "$am" "$damage_mib"
+# bc prints ".3" for 0.3: JSON needs the leading zero.
+printf -v rs_json '%.4f' "$rs"
+printf -v cs_json '%.4f' "$cs"
+printf -v ratio_json '%.3f' "$ratio"
+cat > "$results/resync.json" <<JSON
+{"resync_seconds": $rs_json, "cp_seconds": $cs_json, "ratio_to_cp": $ratio_json,
+ "primary_read_mib": $rm_, "peer_applied_mib": $am, "reps": $reps,
+ "image_mib": $image_mib, "damage_mib": $damage_mib}
 JSON

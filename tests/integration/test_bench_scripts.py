@@ -105,3 +105,30 @@ def test_memory_bench_reports_both_measures(bench_env):
     assert 1024 - 16 <= frac["fracture_extents"] <= 1024
     assert "VmRSS < 100 MiB" in out and "VmHWM < 200 MiB" in out
     assert_scratch_cleaned(env)
+
+
+def test_resync_bench_resyncs_the_damage_alone(bench_env):
+    env = dict(bench_env, BENCH_IMAGE_MIB="64", BENCH_DAMAGE_MIB="16", BENCH_REPS="1")
+    out = run_script("resync_bench.sh", env)
+    doc = json.loads((Path(env["BENCH_RESULTS"]) / "resync.json").read_text())
+    assert (doc["image_mib"], doc["damage_mib"], doc["reps"]) == (64, 16, 1)
+    # Guarantee 6: the resync sends the damage and nothing else.
+    assert doc["peer_applied_mib"] == 16, out
+    assert 16 <= doc["primary_read_mib"] <= 17, out
+    assert doc["resync_seconds"] > 0 and doc["cp_seconds"] > 0
+    assert "| resync 16 MiB scattered in 64 MiB |" in out
+    assert "copies identical" in out
+    assert_scratch_cleaned(env)
+
+
+def test_journal_bench_compares_with_and_without_the_journal(bench_env):
+    env = dict(bench_env, BENCH_SIZE="8M", BENCH_REPS="1", BENCH_RUNTIME="1")
+    out = run_script("journal_bench.sh", env)
+    rows = [line for line in out.splitlines()
+            if line.startswith(("| seqwrite_1M |", "| randwrite_4k_fsync32 |"))]
+    assert len(rows) == 2, out
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert float(cells[3]) > 0 and float(cells[4]) > 0, line  # the ratios
+    assert "peer copies identical to their primaries: true" in out
+    assert_scratch_cleaned(env)
