@@ -74,7 +74,8 @@ for rep in $(seq 1 "$reps"); do
   sync "$work/copy"
   t1=$(now)
   cp_s+=("$(echo "$t1 - $t0" | bc -l)")
-  echo "rep $rep: resync ${resync_s[-1]} s (primary read ${read_mb[-1]} MiB, peer applied ${applied_mb[-1]} MiB), cp ${cp_s[-1]} s"
+  printf 'rep %s: resync %.3f s (primary read %s MiB, peer applied %s MiB), cp %.3f s\n' \
+    "$rep" "${resync_s[-1]}" "${read_mb[-1]}" "${applied_mb[-1]}" "${cp_s[-1]}"
 done
 sha_a=$(sha256sum < "$work/a/image"); sha_b=$(sha256sum < "$work/b/image")
 [[ $sha_a == "$sha_b" ]] || { echo "FAIL: the copies differ after resync"; exit 1; }
