@@ -50,6 +50,22 @@ bool Loggable(const meta::Change& c) {
   return c.kind != meta::ChangeKind::kFsync && !(c.flags & meta::kReplay);
 }
 
+// Changes to a file's data or size: an fsync of the file makes them durable.
+bool FileData(meta::ChangeKind kind) {
+  using meta::ChangeKind;
+  return kind == ChangeKind::kWrite || kind == ChangeKind::kPunchHole ||
+         kind == ChangeKind::kZeroRange || kind == ChangeKind::kAllocate ||
+         kind == ChangeKind::kTruncate;
+}
+
+// Changes after which a path may name another file than before.
+bool NameChange(meta::ChangeKind kind) {
+  using meta::ChangeKind;
+  return kind == ChangeKind::kCreate || kind == ChangeKind::kMkdir ||
+         kind == ChangeKind::kSymlink || kind == ChangeKind::kUnlink ||
+         kind == ChangeKind::kRmdir || kind == ChangeKind::kRename;
+}
+
 }  // namespace
 
 const char* PeerStateName(PeerState state) {
@@ -216,10 +232,14 @@ bool PeerSession::Push(
     // Guarantee 3: what the peer applies stays at risk (its page cache)
     // until a later store flush of the peer completes.
     if (record != nullptr && Loggable(*record)) {
-      unflushed_.push_back(*record);
-      unflushed_.back().data = nullptr;
+      unflushed_.push_back(Unflushed{header.seq, *record});
+      unflushed_.back().change.data = nullptr;
+      if (NameChange(record->kind)) last_name_change_seq_ = header.seq;
     } else if (store_flush && !unflushed_.empty()) {
       flushing_[header.seq].swap(unflushed_);
+    } else if (record != nullptr && record->kind == meta::ChangeKind::kFsync &&
+               !record->path.empty()) {
+      file_flushes_[header.seq] = FileFlush{record->path, last_name_change_seq_};
     }
   }
   if (std::this_thread::get_id() == session_thread_) {
@@ -472,8 +492,20 @@ std::string PeerSession::DrainLocked(int max_frames) {
       }
       {
         // A completed store flush: what it covered is on the peer's disk.
+        // A completed fsync of a file: that file's data changes before it.
         std::lock_guard<std::mutex> lock(mu_);
         flushing_.erase(ack->seq);
+        auto file = file_flushes_.find(ack->seq);
+        if (file != file_flushes_.end()) {
+          const FileFlush& f = file->second;
+          auto durable = [&](const Unflushed& u) {
+            return u.seq > f.since && u.seq < ack->seq &&
+                   FileData(u.change.kind) && u.change.path == f.path;
+          };
+          std::erase_if(unflushed_, durable);
+          for (auto& [seq, changes] : flushing_) std::erase_if(changes, durable);
+          file_flushes_.erase(file);
+        }
       }
     } else if (auto* diff = std::get_if<BlockDiff>(&decoded->body)) {
       it = in_flight_.find(diff->seq);
@@ -947,6 +979,8 @@ bool PeerSession::Connect() {
         hello_.node_uuid = r->node_uuid;
         session_ = session;
         next_seq_ = 1;  // the hello was seq 0
+        last_name_change_seq_ = 0;
+        file_flushes_.clear();
         last_seen_ = Clock::now();
         seen_ = true;
         up_ = true;
@@ -1207,16 +1241,17 @@ void PeerSession::TearDown(PeerState next, const std::string& reason) {
   // unanswered, or applied since its last completed flush — is logged, in
   // the order it was queued, durably, before any waiting application
   // write is released.
-  std::map<uint64_t, std::vector<meta::Change>> at_risk;
+  std::map<uint64_t, std::vector<Unflushed>> at_risk;
   {
     std::lock_guard<std::mutex> lock(mu_);
     at_risk.swap(flushing_);
     at_risk[UINT64_MAX].swap(unflushed_);
+    file_flushes_.clear();
   }
   bool logged = false;
   for (auto& [seq, changes] : at_risk) {
-    for (const auto& c : changes) {
-      auto s = log_->Record(c);
+    for (const auto& u : changes) {
+      auto s = log_->Record(u.change);
       if (!s.ok()) meta::LogError("peer " + name_ + ": " + s.message());
       logged = true;
     }

@@ -356,10 +356,24 @@ class PeerSession {
   uint64_t bytes_sent_ = 0;
   std::unique_ptr<ResyncWorker> worker_;
   // Changes queued since the last store flush was queued (data without its
-  // bytes), in order; and per store flush in flight (by its seq), what it
-  // covers. Logged if the peer is lost (guarantee 3).
-  std::vector<meta::Change> unflushed_;
-  std::map<uint64_t, std::vector<meta::Change>> flushing_;
+  // bytes), in order, with their seq; and per store flush in flight (by its
+  // seq), what it covers. Logged if the peer is lost (guarantee 3), less
+  // what an answered fsync of a file made durable there.
+  struct Unflushed {
+    uint64_t seq;
+    meta::Change change;
+  };
+  std::vector<Unflushed> unflushed_;
+  std::map<uint64_t, std::vector<Unflushed>> flushing_;
+  // An fsync of one file in flight, by its seq: once answered, the data
+  // changes of `path` queued after `since` (the last change before it that
+  // may have given the path to another file) are durable on the peer.
+  struct FileFlush {
+    std::string path;
+    uint64_t since;
+  };
+  std::map<uint64_t, FileFlush> file_flushes_;
+  uint64_t last_name_change_seq_ = 0;  // in this session
   ResyncProgress last_resync_;
 
   // The socket and what was sent on it. The socket is used by the session

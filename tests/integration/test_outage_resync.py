@@ -252,6 +252,36 @@ def test_kill9_secondary_mid_workload_logs_exact_damage_and_resyncs_it(cluster):
     assert sha256_file(img) == sha256_file(backup.store / "disk.img")
 
 
+def test_what_an_fsync_made_durable_on_the_peer_is_not_sent_again(cluster):
+    """Guarantees 3 and 6 together: when a peer dies, what it may have lost
+    (applied since its last flush) is logged for it, but not what an fsync
+    of its file made durable there; after a kill -9 right after an fsync,
+    the resync sends what was written during the outage, plus whatever was
+    written unsynced just before it, and not the fsynced file again."""
+    primary, backup = start_pair(cluster)
+    img = primary.mountpoint / "db.img"
+    fd = os.open(img, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, os.urandom(8 * MiB), 0)
+        os.fdatasync(fd)
+        os.pwrite(fd, os.urandom(64 * KiB), 9 * MiB)  # and a second flush
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    write_file(primary.mountpoint / "other.img", os.urandom(MiB))  # never synced
+    kill9(backup)
+    notice_down(primary)
+    write_file(img, os.urandom(MiB), 2 * MiB)  # during the outage
+
+    peer = peer_status(primary.store, "backup")
+    # The outage's 1 MiB, and other.img's 1 MiB unless an epoch flushed it
+    # in time; never db.img's fsynced 8 MiB + 64 KiB.
+    assert peer["fracture_bytes"] in (MiB, 2 * MiB), peer
+    backup, at_restart, applied = resync_and_check(primary, backup, cluster)
+    assert applied == at_restart, (applied, at_restart)
+    assert sha256_file(img) == sha256_file(backup.store / "db.img")
+
+
 # ------------------------------------------------------------------ 2 ----
 
 def test_namespace_changes_during_outage_are_replayed(cluster):
