@@ -230,7 +230,8 @@ bool PeerSession::Push(
                               attended, data ? data->Take() : FrameData::Ref{},
                               store_flush});
     // Guarantee 3: what the peer applies stays at risk (its page cache)
-    // until a later store flush of the peer completes.
+    // until a later store flush of the peer completes, or for a file's
+    // data, a later fsync of that file (DrainLocked).
     if (record != nullptr && Loggable(*record)) {
       unflushed_.push_back(Unflushed{header.seq, *record});
       unflushed_.back().change.data = nullptr;
