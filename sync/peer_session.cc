@@ -231,11 +231,17 @@ bool PeerSession::Push(
                               store_flush});
     // Guarantee 3: what the peer applies stays at risk (its page cache)
     // until a later store flush of the peer completes, or for a file's
-    // data, a later fsync of that file (DrainLocked).
+    // data, a later fsync of that file (DrainLocked). An O_DSYNC write is
+    // one: the peer fdatasyncs the file after it.
     if (record != nullptr && Loggable(*record)) {
       unflushed_.push_back(Unflushed{header.seq, *record});
       unflushed_.back().change.data = nullptr;
       if (NameChange(record->kind)) last_name_change_seq_ = header.seq;
+      if (record->kind == meta::ChangeKind::kWrite &&
+          (record->flags & meta::kDsyncWrite)) {
+        file_flushes_[header.seq] =
+            FileFlush{record->path, last_name_change_seq_};
+      }
     } else if (store_flush && !unflushed_.empty()) {
       flushing_[header.seq].swap(unflushed_);
     } else if (record != nullptr && record->kind == meta::ChangeKind::kFsync &&
@@ -493,14 +499,15 @@ std::string PeerSession::DrainLocked(int max_frames) {
       }
       {
         // A completed store flush: what it covered is on the peer's disk.
-        // A completed fsync of a file: that file's data changes before it.
+        // A completed fsync of a file (or O_DSYNC write): that file's data
+        // changes up to it.
         std::lock_guard<std::mutex> lock(mu_);
         flushing_.erase(ack->seq);
         auto file = file_flushes_.find(ack->seq);
         if (file != file_flushes_.end()) {
           const FileFlush& f = file->second;
           auto durable = [&](const Unflushed& u) {
-            return u.seq > f.since && u.seq < ack->seq &&
+            return u.seq > f.since && u.seq <= ack->seq &&
                    FileData(u.change.kind) && u.change.path == f.path;
           };
           std::erase_if(unflushed_, durable);

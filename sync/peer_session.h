@@ -365,9 +365,10 @@ class PeerSession {
   };
   std::vector<Unflushed> unflushed_;
   std::map<uint64_t, std::vector<Unflushed>> flushing_;
-  // An fsync of one file in flight, by its seq: once answered, the data
-  // changes of `path` queued after `since` (the last change before it that
-  // may have given the path to another file) are durable on the peer.
+  // An fsync of one file (or an O_DSYNC write to it) in flight, by its seq:
+  // once answered, the data changes of `path` queued after `since` (the
+  // last change before it that may have given the path to another file)
+  // and up to it are durable on the peer.
   struct FileFlush {
     std::string path;
     uint64_t since;

@@ -282,6 +282,29 @@ def test_what_an_fsync_made_durable_on_the_peer_is_not_sent_again(cluster):
     assert sha256_file(img) == sha256_file(backup.store / "db.img")
 
 
+def test_o_dsync_writes_are_not_sent_again_after_a_peer_crash(cluster):
+    """An O_DSYNC write is applied and fdatasync'ed on the peer before it is
+    answered (qemu's cache=writethrough opens images so): durable there, it
+    is not logged again when the peer dies right after it."""
+    primary, backup = start_pair(cluster)
+    img = primary.mountpoint / "vm.img"
+    fd = os.open(img, os.O_WRONLY | os.O_CREAT | os.O_DSYNC, 0o644)
+    try:
+        for i in range(16):
+            os.pwrite(fd, os.urandom(256 * KiB), i * 256 * KiB)
+    finally:
+        os.close(fd)
+    kill9(backup)
+    notice_down(primary)
+    write_file(img, os.urandom(MiB), MiB)  # during the outage
+
+    peer = peer_status(primary.store, "backup")
+    assert peer["fracture_bytes"] == MiB, peer
+    backup, at_restart, applied = resync_and_check(primary, backup, cluster)
+    assert applied == MiB, (applied, at_restart)
+    assert sha256_file(img) == sha256_file(backup.store / "vm.img")
+
+
 # ------------------------------------------------------------------ 2 ----
 
 def test_namespace_changes_during_outage_are_replayed(cluster):
