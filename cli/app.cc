@@ -461,8 +461,9 @@ int Main(int argc, char** argv) {
                     "Group allowed on the control socket besides root");
     cmd->add_flag("--cached-writes", o->cached_writes,
                   "Keep written and read data in the store's page cache "
-                  "too (by default large writes of whole pages, and reads "
-                  "through the mount, go uncached)");
+                  "too (by default large writes of whole pages go "
+                  "uncached, and reads through the mount leave nothing "
+                  "there)");
     cmd->add_option("--busy-poll", o->busy_poll_us,
                     "Microseconds a thread waiting on the peer link spins "
                     "before it sleeps, while answers come that fast: "

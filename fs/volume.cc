@@ -1133,7 +1133,8 @@ meta::Status Volume::ReadRangeLocked(
         // store's cache, as a read through the mount does (StoreWriter):
         // the damaged ranges are where the application writes, and large
         // folios there would make its small writes write back whole
-        // folios. Dirty pages are not dropped.
+        // folios. Dirty pages are written back first (without waiting) and
+        // stay until they are clean.
         (void)::posix_fadvise(fd, static_cast<off_t>(offset),
                               static_cast<off_t>(end - offset),
                               POSIX_FADV_DONTNEED);

@@ -246,7 +246,8 @@ bool PeerSession::Push(
       flushing_[header.seq].swap(unflushed_);
     } else if (record != nullptr && record->kind == meta::ChangeKind::kFsync &&
                !record->path.empty()) {
-      file_flushes_[header.seq] = FileFlush{record->path, last_name_change_seq_};
+      file_flushes_[header.seq] =
+          FileFlush{record->path, last_name_change_seq_};
     }
   }
   if (std::this_thread::get_id() == session_thread_) {
@@ -511,7 +512,8 @@ std::string PeerSession::DrainLocked(int max_frames) {
                    FileData(u.change.kind) && u.change.path == f.path;
           };
           std::erase_if(unflushed_, durable);
-          for (auto& [seq, changes] : flushing_) std::erase_if(changes, durable);
+          for (auto& [seq, changes] : flushing_)
+            std::erase_if(changes, durable);
           file_flushes_.erase(file);
         }
       }

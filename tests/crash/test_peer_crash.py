@@ -191,6 +191,41 @@ def test_peer_crash_right_after_a_resync_loses_nothing_it_sent(cluster):
                        "stores after the secondary's crash right after a resync")
 
 
+def test_peer_crash_right_after_a_fracture_loses_nothing_unlogged(cluster):
+    """A fracture first has the peer flush its store, and then logs only
+    what follows (guarantees 3 and 6). A volatile secondary that got writes
+    without any flush, was fractured at once and then killed must either
+    hold those writes on disk or have them in its fracture log: after the
+    rejoin, the stores are identical and the blocks are there."""
+    rng = random.Random(15)
+    backup, primary, img = start_pair_with_image(cluster, rng, ["--test-volatile-writes"])
+    patterns = random_blocks(rng)
+    fd = os.open(img, os.O_WRONLY)
+    try:
+        for off, block in patterns.items():
+            assert os.pwrite(fd, block, off) == BLOCK
+        r = mirrorfs("fracture", primary.store, "backup")
+        assert r.returncode == 0, f"mirrorfs fracture: exit {r.returncode}\n{r.stderr}"
+        kill9(backup)
+    finally:
+        os.close(fd)
+    peer = wait_peer_state(primary.store, "backup", "fractured", timeout=10)
+    lost = missing_blocks(backup.store / "vol.img", patterns)
+    assert peer["fracture_bytes"] >= union_blocks(lost), \
+        (f"the fractured secondary lost {len(lost)} blocks the primary did not log "
+         f"for it: {peer}")
+    # The flush before the fracture was answered: nothing was lost, and
+    # nothing of it is logged.
+    assert not lost and peer["fracture_bytes"] == 0, (lost, peer)
+
+    backup = restart_serve(cluster, backup)
+    r = mirrorfs("sync", primary.store, "--peer", "backup", "--wait", "--timeout", "60")
+    assert r.returncode == 0, f"mirrorfs sync: exit {r.returncode}\n{r.stderr}"
+    assert_same_manifest(primary.store, backup.store,
+                         "stores after a fracture and the peer's crash")
+    assert not missing_blocks(backup.store / "vol.img", patterns)
+
+
 @pytest.mark.parametrize("how", ["fsync", "fdatasync", "o_dsync"])
 def test_what_the_application_made_durable_survives_a_peer_crash(cluster, how):
     """Guarantee 2: once fsync() or fdatasync() returns, or a write to a
