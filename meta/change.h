@@ -37,6 +37,14 @@ enum class ChangeKind : uint8_t {
   kFsync = 15,     // path ("" = the whole store), flags & kDataSync
 };
 
+// Changes to a file's data or size: what the write-intent journal covers,
+// and what an fsync of the file makes durable.
+inline bool ChangesFileData(ChangeKind kind) {
+  return kind == ChangeKind::kWrite || kind == ChangeKind::kPunchHole ||
+         kind == ChangeKind::kZeroRange || kind == ChangeKind::kAllocate ||
+         kind == ChangeKind::kTruncate;
+}
+
 // Flag bits of Change::flags (meaning depends on kind, see above).
 inline constexpr uint32_t kKeepSize = 1u << 0;  // fallocate FALLOC_FL_KEEP_SIZE
 inline constexpr uint32_t kDataSync = 1u << 1;  // fdatasync instead of fsync

@@ -13,18 +13,6 @@ namespace mirrorfs::sync {
 
 FanOut::~FanOut() { StopAll(); }
 
-namespace {
-
-bool IsDataChange(meta::ChangeKind kind) {
-  return kind == meta::ChangeKind::kWrite ||
-         kind == meta::ChangeKind::kPunchHole ||
-         kind == meta::ChangeKind::kZeroRange ||
-         kind == meta::ChangeKind::kAllocate ||
-         kind == meta::ChangeKind::kTruncate;
-}
-
-}  // namespace
-
 void FanOut::StartEpochs(IntentJournal* journal, int store_fd,
                          std::chrono::milliseconds period) {
   journal_ = journal;
@@ -67,7 +55,7 @@ void FanOut::FlushEpoch(bool final) {
 }
 
 meta::Status FanOut::Prepare(const meta::Change& change) {
-  if (journal_ == nullptr || !IsDataChange(change.kind)) {
+  if (journal_ == nullptr || !meta::ChangesFileData(change.kind)) {
     return meta::Status::Ok();
   }
   return journal_->Enter(change.local_ino, change.offset,
@@ -75,7 +63,7 @@ meta::Status FanOut::Prepare(const meta::Change& change) {
 }
 
 void FanOut::Finished(const meta::Change& change) {
-  if (journal_ == nullptr || !IsDataChange(change.kind)) return;
+  if (journal_ == nullptr || !meta::ChangesFileData(change.kind)) return;
   journal_->Leave(change.local_ino, change.offset,
                   std::max<uint64_t>(change.length, 1));
 }

@@ -50,14 +50,6 @@ bool Loggable(const meta::Change& c) {
   return c.kind != meta::ChangeKind::kFsync && !(c.flags & meta::kReplay);
 }
 
-// Changes to a file's data or size: an fsync of the file makes them durable.
-bool FileData(meta::ChangeKind kind) {
-  using meta::ChangeKind;
-  return kind == ChangeKind::kWrite || kind == ChangeKind::kPunchHole ||
-         kind == ChangeKind::kZeroRange || kind == ChangeKind::kAllocate ||
-         kind == ChangeKind::kTruncate;
-}
-
 // Changes after which a path may name another file than before.
 bool NameChange(meta::ChangeKind kind) {
   using meta::ChangeKind;
@@ -509,7 +501,8 @@ std::string PeerSession::DrainLocked(int max_frames) {
           const FileFlush& f = file->second;
           auto durable = [&](const Unflushed& u) {
             return u.seq > f.since && u.seq <= ack->seq &&
-                   FileData(u.change.kind) && u.change.path == f.path;
+                   meta::ChangesFileData(u.change.kind) &&
+                   u.change.path == f.path;
           };
           std::erase_if(unflushed_, durable);
           for (auto& [seq, changes] : flushing_)
