@@ -13,6 +13,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$(pwd)
+bench_name="resync_bench"
+# shellcheck source=tests/bench/lib.sh
+source "$repo/tests/bench/lib.sh"
 reps=${BENCH_REPS:-3}
 image_mib=${BENCH_IMAGE_MIB:-1024}
 damage_mib=${BENCH_DAMAGE_MIB:-256}
@@ -38,7 +41,6 @@ cleanup() {
 trap cleanup EXIT
 
 now() { date +%s.%N; }
-drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
 mkdir -p "$work"/{a,b,mnt}
 "$bin" serve "$work/b" --listen "tcp://127.0.0.1:$port" --name b
@@ -49,26 +51,26 @@ dd if=/dev/urandom of="$work/mnt/image" bs=1M count="$image_mib" status=none con
 "$bin" sync "$work/a" --wait --timeout 120 >/dev/null
 dd if=/dev/urandom of="$work/damage" bs=1M count="$damage_mib" status=none conv=fsync
 
-pid=$("$bin" status "$work/a" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
+pid=$("$bin" status "$work/a" --json | "$python" -c 'import json,sys; print(json.load(sys.stdin)["pid"])')
 declare -a resync_s cp_s read_mb applied_mb
 for rep in $(seq 1 "$reps"); do
   "$bin" fracture "$work/a" b >/dev/null
   fio --name=damage --filename="$work/mnt/image" --rw=randwrite --bs=1M \
       --size="${image_mib}M" --io_size="${damage_mib}M" --refill_buffers --randrepeat=0 \
       --norandommap=0 --ioengine=psync --end_fsync=1 >/dev/null
-  before_applied=$("$bin" status "$work/b" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["peers"][0]["bytes_applied"] if d["peers"] else 0)')
-  drop
+  before_applied=$("$bin" status "$work/b" --json | "$python" -c 'import json,sys; d=json.load(sys.stdin); print(d["peers"][0]["bytes_applied"] if d["peers"] else 0)')
+  drop_caches
   r0=$(awk '/^rchar/ {print $2}' "/proc/$pid/io")
   t0=$(now)
   "$bin" sync "$work/a" --peer b --wait --timeout 300 >/dev/null
   t1=$(now)
   r1=$(awk '/^rchar/ {print $2}' "/proc/$pid/io")
-  after_applied=$("$bin" status "$work/b" --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["peers"][0]["bytes_applied"])')
+  after_applied=$("$bin" status "$work/b" --json | "$python" -c 'import json,sys; d=json.load(sys.stdin); print(d["peers"][0]["bytes_applied"])')
   resync_s+=("$(echo "$t1 - $t0" | bc -l)")
   read_mb+=("$(( (r1 - r0) / 1048576 ))")
   applied_mb+=("$(( (after_applied - before_applied) / 1048576 ))")
   rm -f "$work/copy"
-  drop
+  drop_caches
   t0=$(now)
   cp --sparse=always "$work/damage" "$work/copy"
   sync "$work/copy"
