@@ -472,7 +472,19 @@ std::string PeerSession::DrainLocked(int max_frames) {
       // A clean stop of the peer: lost now, not after the peer timeout,
       // so that no application write waits for it. Answered (Serve).
       peer_left_ = true;
-      return "it left (" + bye->Said() + ")";
+      if (bye->durable_through == 0) return "it left (" + bye->Said() + ")";
+      // It synced its store first: the changes it answered up to there
+      // are on its disk and need no resync. Only answered ones: its word
+      // never covers a frame it has not answered (all but store flushes
+      // are answered in order).
+      const uint64_t through = std::min(bye->durable_through, last_answered_);
+      auto durable = [&](const Unflushed& u) {
+        return u.seq <= through && !in_flight_.contains(u.seq);
+      };
+      std::lock_guard<std::mutex> lock(mu_);
+      std::erase_if(unflushed_, durable);
+      for (auto& [seq, changes] : flushing_) std::erase_if(changes, durable);
+      return "it left (" + bye->Said() + "), with what it applied on its disk";
     }
     std::map<uint64_t, InFlight>::iterator it;
     if (auto* ack = std::get_if<Ack>(&decoded->body)) {
@@ -523,6 +535,7 @@ std::string PeerSession::DrainLocked(int max_frames) {
     std::shared_ptr<meta::Completion> completion =
         std::move(it->second.completion);
     if (!it->second.attended) --unattended_;
+    last_answered_ = std::max(last_answered_, it->first);
     in_flight_.erase(it);
     completion->Done();
     if (std::find(rx_waiting_.begin(), rx_waiting_.end(), completion.get()) !=
@@ -815,6 +828,7 @@ bool PeerSession::Connect() {
     in_flight_.clear();
     unattended_ = 0;
     next_reply_seq_ = 1;  // the hello-reply is seq 0
+    last_answered_ = 0;
   }
   uint64_t session = NewSessionEpoch();
   bool first_attempt;

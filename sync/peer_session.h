@@ -388,6 +388,7 @@ class PeerSession {
   std::map<uint64_t, InFlight> in_flight_;
   size_t unattended_ = 0;        // in_flight_ entries not attended
   uint64_t next_reply_seq_ = 1;  // seq the peer's next answer must carry
+  uint64_t last_answered_ = 0;   // highest seq of a frame answered
   bool awaiting_pong_ = false;   // a ping was sent; nothing heard since
   bool peer_left_ = false;       // the peer said goodbye in this session
   Receiver receiver_ = Receiver::kNone;

@@ -123,6 +123,11 @@ void ReplicaServer::AnswerFlushes() {
     done.swap(flushed_);
   }
   for (const Flush& f : done) {
+    if (f.at_stop) {
+      stop_flush_ended_ = true;
+      stop_flushed_ = f.result.ok();  // a failure is reported at the end
+      continue;
+    }
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (f.session != session_) continue;  // that primary has gone
@@ -190,6 +195,7 @@ meta::Status ReplicaServer::FinishResync(uint64_t resync_begun) {
 
 void ReplicaServer::Stop() {
   stopping_ = true;
+  flushes_done_ = true;  // so that the server thread drains the eventfd
   if (flushed_fd_ >= 0) {
     uint64_t one = 1;  // wakes the server thread's poll: it says goodbye now
     ssize_t ignored = ::write(flushed_fd_, &one, sizeof(one));
@@ -255,7 +261,18 @@ void ReplicaServer::Run() {
   } catch (const zmq::error_t& e) {
     meta::LogError(std::string("replication socket: ") + e.what());
   }
-  while (!stopping_) {
+  // At a stop with a primary connected: applying goes on until the store
+  // sync begun then is done, or kStopFlushWait passed (Stop()).
+  std::optional<Clock::time_point> stop_deadline;
+  for (;;) {
+    if (stopping_) {
+      if (!stop_deadline) {
+        stop_deadline = Clock::now() + kStopFlushWait;
+        if (paused_ || !StartStopFlush()) break;
+      } else if (stop_flush_ended_ || Clock::now() >= *stop_deadline) {
+        break;
+      }
+    }
     if (paused_) {
       ::poll(nullptr, 0, 10);
       continue;
@@ -326,9 +343,21 @@ void ReplicaServer::Run() {
           data_part);
     } while (false);
   }
-  // First, so that the primary stops waiting for this node at once, not
-  // once a store flush under way has ended.
-  if (uint64_t ended = SayGoodbye(); ended != 0) AwaitGoodbye(ended);
+  // Nothing is applied from here on. If the first sync made it in time,
+  // the second one is short: the goodbye waits for it and promises that
+  // everything applied is on disk. Otherwise the goodbye goes first, so
+  // that the primary stops waiting for this node at once, and promises
+  // nothing (the primary logs what this node applied since its last
+  // store flush).
+  meta::Status synced;
+  uint64_t ended = 0;
+  if (stop_flushed_) {
+    synced = applier_.SyncAll();
+    ended = SayGoodbye(/*durable=*/synced.ok());
+  } else {
+    ended = SayGoodbye(/*durable=*/false);
+  }
+  if (ended != 0) AwaitGoodbye(ended);
   {
     // Flushes queued still run (their answers no longer go out).
     std::lock_guard<std::mutex> lock(flush_mu_);
@@ -337,11 +366,27 @@ void ReplicaServer::Run() {
   flush_cv_.notify_all();
   if (flusher_.joinable()) flusher_.join();
   socket_.reset();
-  auto synced = applier_.SyncAll();
+  if (!stop_flushed_) synced = applier_.SyncAll();
   if (!synced.ok()) {
     meta::LogError("flushing the store at stop failed: " + synced.message());
   }
   applier_.CloseAll();
+}
+
+bool ReplicaServer::StartStopFlush() {
+  Flush f;
+  f.at_stop = true;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (session_ == 0) return false;
+  }
+  auto begun = applier_.BeginFlush();
+  if (!begun.ok()) return false;  // the sync at the end reports it
+  f.flush.emplace(std::move(begun.value()));
+  std::lock_guard<std::mutex> lock(flush_mu_);
+  to_flush_.push_back(std::move(f));
+  flush_cv_.notify_one();
+  return true;
 }
 
 void ReplicaServer::BadFrame(const std::string& what) {
@@ -362,8 +407,9 @@ void ReplicaServer::BadFrame(const std::string& what) {
   }
 }
 
-uint64_t ReplicaServer::SayGoodbye() {
+uint64_t ReplicaServer::SayGoodbye(bool durable) {
   FrameHeader h;
+  Goodbye bye{"the secondary is stopping"};
   std::string routing_id;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -371,10 +417,13 @@ uint64_t ReplicaServer::SayGoodbye() {
     h.store_uuid = identity_.store_uuid;
     h.session = session_;
     h.seq = reply_seq_++;
+    // Every frame up to the last one taken was applied (or its failure
+    // answered, which ends the session on the primary's side first).
+    if (durable) bye.durable_through = expected_seq_ - 1;
     routing_id = primary_routing_id_;
     session_ = 0;
   }
-  EncodeGoodbye(h, Goodbye{"the secondary is stopping"}, &scratch_);
+  EncodeGoodbye(h, bye, &scratch_);
   Reply(routing_id, scratch_);
   return h.session;
 }

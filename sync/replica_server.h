@@ -115,6 +115,9 @@ class ReplicaServer {
   // How long a stopping secondary waits for its primary to answer its
   // goodbye.
   static constexpr std::chrono::milliseconds kGoodbyeWait{500};
+  // How long a stopping secondary goes on applying while it syncs its store
+  // before it stops applying (see Stop()).
+  static constexpr std::chrono::milliseconds kStopFlushWait{10000};
 
   // `*context` must outlive the server. `store_root_fd` is the store's
   // directory, owned by the caller and open for the server's lifetime.
@@ -158,7 +161,15 @@ class ReplicaServer {
                     bool namespace_diverged);
   // `resolve --discard-local`: the next diverged primary wins.
   void DiscardLocal();
-  // Stops serving, then flushes every applied change to disk.
+  // Stops serving, with every applied change on disk. With a primary
+  // connected, the store is synced first while frames are still applied
+  // and answered (at most kStopFlushWait), then applying stops, the store
+  // is synced again (short: little is left) and the goodbye tells the
+  // primary up to which frame its changes are durable here, so that it
+  // does not log them for a resync (guarantee 3 logs only what a peer may
+  // have lost). If the first sync does not finish in time, the goodbye
+  // promises nothing and comes at once: the primary's writes do not wait
+  // for a slow disk.
   void Stop();
 
   ReplicaSnapshot Snapshot() const;
@@ -186,10 +197,15 @@ class ReplicaServer {
   void HandleHello(const std::string& routing_id, const FrameHeader& header,
                    const Hello& hello);
   void Reply(const std::string& routing_id, const std::string& frame);
+  // At a stop: hands a sync of the store to the flusher thread, answered
+  // by setting stop_flush_ended_. Returns false if there is no primary to say
+  // goodbye to (or the sync could not begin).
+  bool StartStopFlush();
   // At a clean stop, tells the primary of the current session that this
-  // node leaves (wire frame goodbye), so that it drops this peer at once.
-  // Returns that session, or 0 if there was none.
-  uint64_t SayGoodbye();
+  // node leaves (wire frame goodbye), so that it drops this peer at once;
+  // `durable`: every frame applied so far is on disk. Returns that
+  // session, or 0 if there was none.
+  uint64_t SayGoodbye(bool durable);
   // Then waits (at most kGoodbyeWait) for the primary's goodbye in answer.
   void AwaitGoodbye(uint64_t session);
   void BadFrame(const std::string& what);
@@ -215,13 +231,18 @@ class ReplicaServer {
     uint64_t session = 0;
     uint64_t seq = 0;           // of the frame it answers
     bool resync_end = false;    // a resync's end mark (see StartFlush)
+    bool at_stop = false;       // StartStopFlush's: nothing to answer
     uint64_t resync_begun = 0;  // resync_begun_ when the mark arrived
     std::optional<StoreFlush> flush;
     meta::Status result;
   };
   std::thread flusher_;
-  int flushed_fd_ = -1;                     // eventfd: a flush is done
-  BusyPoll frame_poll_;                     // server thread only
+  int flushed_fd_ = -1;  // eventfd: a flush is done
+  BusyPoll frame_poll_;  // server thread only
+  // The sync begun at a stop ended, and whether it succeeded (server
+  // thread only).
+  bool stop_flush_ended_ = false;
+  bool stop_flushed_ = false;
   std::atomic<bool> flushes_done_{false};   // flushed_ has news
   std::atomic<int64_t> flush_delay_ms_{0};  // test seam
   std::mutex flush_mu_;  // guards the three below; after mu_ if both

@@ -480,6 +480,7 @@ Status DecodeError(std::string_view payload, ErrorFrame* m) {
 Status DecodeGoodbye(std::string_view payload, Goodbye* m) {
   PayloadReader r(payload);
   MFS_RETURN_IF_ERROR(r.String("reason", kMaxWireString, &m->reason));
+  MFS_RETURN_IF_ERROR(r.U64("durable_through", &m->durable_through));
   return r.End();
 }
 
@@ -833,8 +834,9 @@ void EncodeError(const FrameHeader& header, const ErrorFrame& m,
 
 void EncodeGoodbye(const FrameHeader& header, const Goodbye& m,
                    std::string* out) {
-  BeginFrame(header, FrameType::kGoodbye, StringBytes(m.reason), out);
+  BeginFrame(header, FrameType::kGoodbye, StringBytes(m.reason) + 8, out);
   PutString(out, m.reason);
+  PutU64(out, m.durable_through);
   FinishFrame(out);
 }
 

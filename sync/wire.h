@@ -38,7 +38,7 @@ namespace mirrorfs::sync {
 // "MFSW" as little-endian bytes 'M','F','S','W'.
 inline constexpr uint32_t kWireMagic = 0x5753464du;
 // The only version this build speaks; see "Versioning" in WIRE_FORMAT.md.
-inline constexpr uint16_t kWireVersion = 3;
+inline constexpr uint16_t kWireVersion = 4;
 inline constexpr size_t kFrameHeaderSize = 48;
 
 // Limits enforced by the decoder (and to be respected by senders).
@@ -177,10 +177,15 @@ struct ErrorFrame {
   std::string message;
 };
 
-// The primary stops (or is demoted) and ends the session: the secondary
-// knows at once that its primary is gone, instead of after its timeout.
+// Either side ends the session on purpose (a clean stop, a demote): the
+// other knows at once that it is gone, instead of after its timeout.
 struct Goodbye {
   std::string reason;  // for the receiver's log
+  // From a secondary: every change of the session up to this seq was
+  // applied and is on its disk (it synced the store before saying
+  // goodbye), so the primary need not log those for it. 0: no such
+  // promise (always from a primary).
+  uint64_t durable_through = 0;
   // The reason as logged: "no reason given" when empty.
   std::string Said() const {
     return reason.empty() ? std::string("no reason given") : reason;

@@ -305,6 +305,59 @@ def test_o_dsync_writes_are_not_sent_again_after_a_peer_crash(cluster):
     assert sha256_file(img) == sha256_file(backup.store / "vm.img")
 
 
+def test_a_clean_stop_of_the_peer_logs_only_what_follows(cluster):
+    """A planned stop of the secondary (`mirrorfs stop`, say for an upgrade)
+    syncs its store before it says goodbye, and the goodbye says so: its
+    log then holds what is written while it is away (guarantee 6), not
+    also the writes since its last store flush, which guarantee 3 logs
+    for a peer that may have lost them."""
+    primary, backup = start_pair(cluster)
+    img = primary.mountpoint / "db.img"
+    write_file(img, os.urandom(8 * MiB))  # no fsync, no wait for an epoch
+    cluster.stop(backup)
+    _, peer = notice_down(primary, timeout=10)
+    assert peer["fracture_bytes"] == 0, \
+        f"the peer's log holds writes it had on disk when it stopped: {peer}"
+    assert "with what it applied on its disk" in primary.log()
+
+    write_file(img, os.urandom(MiB), 2 * MiB)  # during the outage
+    peer = peer_status(primary.store, "backup")
+    assert peer["fracture_bytes"] == MiB, peer
+    backup, at_restart, applied = resync_and_check(primary, backup, cluster)
+    assert applied == MiB, (applied, at_restart)
+    assert sha256_file(img) == sha256_file(backup.store / "db.img")
+
+
+def test_a_peer_stopping_under_writes_loses_nothing(cluster):
+    """Writes go on while the secondary stops: what it applied before its
+    goodbye is on its disk, what came after is logged, and the resync
+    makes the copies identical."""
+    primary, backup = start_pair(cluster)
+    img = primary.mountpoint / "disk.img"
+    size = 32 * MiB
+    fd = os.open(img, os.O_WRONLY | os.O_CREAT, 0o644)
+    os.ftruncate(fd, size)
+    os.close(fd)
+    writer = RandomWriter(str(img), 0, size, threads=3).start()
+    try:
+        writer.wait_count(200)
+        cluster.stop(backup)
+        notice_down(primary, timeout=10)
+        n = writer.count
+        wait_until(lambda: writer.count >= n + 200 or writer.errors, 60,
+                   "writes to go on after the peer stopped")
+    finally:
+        writer.finish()
+    assert not writer.errors, writer.errors
+    t0, t1, off, _, what = writer.worst()
+    print(f"slowest {what}: {(t1 - t0) * 1000:.1f} ms")
+    assert t1 - t0 <= PEER_TIMEOUT + SLACK, \
+        f"a {what} at {off} took {t1 - t0:.2f} s while the peer stopped"
+    backup, at_restart, applied = resync_and_check(primary, backup, cluster)
+    assert 0 < applied <= at_restart, (applied, at_restart)
+    assert sha256_file(img) == sha256_file(backup.store / "disk.img")
+
+
 # ------------------------------------------------------------------ 2 ----
 
 def test_namespace_changes_during_outage_are_replayed(cluster):

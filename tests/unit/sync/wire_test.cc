@@ -235,6 +235,8 @@ std::vector<Message> SampleMessages() {
   messages.push_back({f, std::nullopt});
   EncodeGoodbye(TestHeader(), Goodbye{"the primary is stopping"}, &f);
   messages.push_back({f, std::nullopt});
+  EncodeGoodbye(TestHeader(), Goodbye{"the secondary is stopping", 41}, &f);
+  messages.push_back({f, std::nullopt});
   return messages;
 }
 
@@ -336,7 +338,7 @@ TEST(WireTest, HeaderLayoutIsFixedLittleEndian) {
              &f);
   ASSERT_EQ(f.size(), kFrameHeaderSize + 8);
   EXPECT_EQ(f.substr(0, 4), "MFSW");
-  EXPECT_EQ(f[4], 3);  // version
+  EXPECT_EQ(f[4], 4);  // version
   EXPECT_EQ(f[5], 0);
   EXPECT_EQ(f[6], 5);  // type kPing
   EXPECT_EQ(f[7], 0);
@@ -558,10 +560,12 @@ TEST(WireTest, AckPingPongErrorRoundTrip) {
   ASSERT_TRUE(r.ok()) << r.status().message();
   ExpectSameHeader(TestHeader(7), FrameType::kGoodbye, r->header);
   EXPECT_EQ(std::get<Goodbye>(r->body).reason, "the primary is stopping");
-  EncodeGoodbye(TestHeader(7), Goodbye{""}, &f);
+  EXPECT_EQ(std::get<Goodbye>(r->body).durable_through, 0u);
+  EncodeGoodbye(TestHeader(7), Goodbye{"", UINT64_MAX - 1}, &f);
   r = DecodeFrame(f);
   ASSERT_TRUE(r.ok()) << r.status().message();
   EXPECT_EQ(std::get<Goodbye>(r->body).reason, "");
+  EXPECT_EQ(std::get<Goodbye>(r->body).durable_through, UINT64_MAX - 1);
 }
 
 TEST(WireTest, LongStringsAreCutToTheWireLimit) {
@@ -644,12 +648,12 @@ TEST(WireTest, WrongMagicVersionAndTypeAreRejected) {
   ExpectRejected(g, "not a mirrorfs frame: magic");
 
   g = f;
-  g[4] = 4;  // version 4
+  g[4] = 5;  // version 5
   Reseal(&g);
-  ExpectRejected(g, "frame version 4 is newer than this node's wire version 3");
+  ExpectRejected(g, "frame version 5 is newer than this node's wire version 4");
   auto h = DecodeFrameHeader(g);  // the header is still readable
   ASSERT_TRUE(h.ok()) << h.status().message();
-  EXPECT_EQ(h->version, 4);
+  EXPECT_EQ(h->version, 5);
   EXPECT_EQ(h->seq, 42u);
   EXPECT_EQ(h->session, TestHeader().session);
 
@@ -662,6 +666,11 @@ TEST(WireTest, WrongMagicVersionAndTypeAreRejected) {
   g[4] = 2;  // version 2 had no goodbye
   Reseal(&g);
   ExpectRejected(g, "frame version 2 is not supported");
+
+  g = f;
+  g[4] = 3;  // version 3's goodbye had no durable_through
+  Reseal(&g);
+  ExpectRejected(g, "frame version 3 is not supported");
 
   for (uint16_t type : {0, 13, 300, 65535}) {
     g = f;
