@@ -16,8 +16,9 @@
 #                         sets the same thresholds with mallopt). Set
 #                         BENCH_PLL_TUNABLES= (empty) to run it stock
 #        gluster          GlusterFS replica 2 (Debian's glusterfs-server, its
-#                         default volume options), both bricks on this disk,
-#                         mounted with its FUSE client on 127.0.0.2
+#                         default volume options, or BENCH_GLUSTER_OPTIONS),
+#                         both bricks on this disk, mounted with its FUSE
+#                         client on 127.0.0.2
 #        bindfs           bindfs -o big_writes,max_write=131072 --multithreaded
 #        mirrorfs         mirrorfs mount, no peer
 #        mirrorfs-peer    mirrorfs mount, one peer on loopback, sync mode
@@ -60,6 +61,10 @@
 # mirrorfs-2peers mirrorfs-wb mirrorfs-down"), BENCH_TESTS (default: all
 # five, in the order above; the read tests read the file seqwrite_1M wrote),
 # BENCH_PLL_TUNABLES (see passthrough_ll above),
+# BENCH_GLUSTER_OPTIONS ("KEY VALUE ..." set on the GlusterFS volume before
+# it starts; e.g. "performance.write-behind off": its client then answers a
+# write once both bricks have it, as mirrorfs' sync mode does, where by
+# default it answers first and sends later, up to the next fsync),
 # BENCH_DIR (parent of the scratch folder, default /var/tmp),
 # BENCH_RESULTS (where the results go, default tests/bench/results),
 # MIRRORFS_BIN (default build/cli/mirrorfs; built if missing).
@@ -101,6 +106,11 @@ for test in "${tests[@]}"; do
     *) echo "bench: unknown test $test" >&2; exit 2 ;;
   esac
 done
+read -r -a gopts <<<"${BENCH_GLUSTER_OPTIONS:-}"
+if ((${#gopts[@]} % 2)); then
+  echo "bench: BENCH_GLUSTER_OPTIONS takes KEY VALUE pairs: ${BENCH_GLUSTER_OPTIONS}" >&2
+  exit 2
+fi
 
 extra_packages=()
 if has_row bindfs; then extra_packages+=(bindfs); fi
@@ -296,6 +306,10 @@ setup_gluster() {
   gcli volume create "$gvol" replica 2 "127.0.0.2:$work/brick1" "127.0.0.2:$work/brick2" force ||
     { echo "bench: gluster: volume create failed"; return 1; }
   gluster_created=1
+  for ((i = 0; i < ${#gopts[@]}; i += 2)); do
+    gcli volume set "$gvol" "${gopts[i]}" "${gopts[i + 1]}" ||
+      { echo "bench: gluster: volume set ${gopts[i]} ${gopts[i + 1]} failed"; return 1; }
+  done
   gcli volume start "$gvol" || { echo "bench: gluster: volume start failed"; return 1; }
   timeout 60 mount -t glusterfs "127.0.0.2:/$gvol" "$work/gluster-mnt" ||
     { echo "bench: gluster: mount failed"; return 1; }
@@ -515,6 +529,7 @@ target("mirrorfs-peer CPU s per GiB mirrored (mount + peer)",
 fio_version = subprocess.run(["fio", "--version"], capture_output=True, text=True).stdout.strip()
 doc = {"size": size, "runtime_seconds": int(runtime), "repetitions": reps,
        "passthrough_ll_glibc_tunables": os.environ.get("PLL_TUNABLES", ""),
+       "gluster_options": os.environ.get("BENCH_GLUSTER_OPTIONS", ""),
        "statistic": "median", "rows": rows, "tests": tests,
        "cold_cache_tests": [t for t in tests if t in READS],
        "mirror_verified": all(mirror.values()) if mirror else None,

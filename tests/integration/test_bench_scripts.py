@@ -77,6 +77,15 @@ def test_bench_refuses_an_unknown_row(bench_env):
     assert "bench: unknown row nfs" in r.stderr
 
 
+def test_bench_refuses_gluster_options_without_values(bench_env):
+    env = dict(bench_env, BENCH_ROWS="passthrough_ll",
+               BENCH_GLUSTER_OPTIONS="performance.write-behind")
+    r = subprocess.run(["bash", str(BENCH / "bench.sh")], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "BENCH_GLUSTER_OPTIONS takes KEY VALUE pairs" in r.stderr
+
+
 @pytest.mark.parametrize("test", ["seqread_1M", "randwrite_4k_fsync32"])
 def test_ab_compares_two_builds(bench_env, test):
     env = dict(bench_env, AB_TEST=test, AB_ROUNDS="1", AB_SIZE="8M", AB_RUNTIME="1")
