@@ -358,6 +358,45 @@ def test_a_peer_stopping_under_writes_loses_nothing(cluster):
     assert sha256_file(img) == sha256_file(backup.store / "disk.img")
 
 
+def test_a_peer_stopping_mid_resync_loses_nothing(cluster):
+    """The secondary stops cleanly while a resync to it runs and writes go
+    on: the goodbye's promise covers what the resync and the writes put
+    there, nothing else, so the next resync finishes the job and the
+    copies end identical, the secondary saying it is consistent."""
+    primary, backup = start_pair(cluster, extra=["--resync-rate", "2M"])
+    img = primary.mountpoint / "disk.img"
+    write_file(img, os.urandom(16 * MiB))
+    wait_flushed(primary.store)
+    kill9(backup)
+    notice_down(primary)
+    write_file(img, os.urandom(8 * MiB), 4 * MiB)  # 8 MiB of damage
+
+    backup = restart_serve(cluster, backup)
+    wait_peer_state(primary.store, "backup", "syncing", timeout=15)
+    writer = RandomWriter(str(img), 0, 16 * MiB, threads=2, size=16 * KiB,
+                          align=4 * KiB, seed=8, pace=0.005)
+    try:
+        writer.start()
+        wait_until(lambda: peer_status(primary.store, "backup")["resync"]["done_bytes"] > 0
+                   or writer.errors, 30, "the resync to make progress")
+        assert status_json(backup.store)["consistent"] is False
+        cluster.stop(backup)
+        _, peer = notice_down(primary, timeout=10)
+        assert peer["fracture_bytes"] > 0, peer  # the rest of the resync
+        assert "with what it applied on its disk" in primary.log()
+        n = writer.count
+        wait_until(lambda: writer.count >= n + 20 or writer.errors, 30,
+                   "writes to go on after the peer stopped")
+    finally:
+        writer.finish()
+    assert not writer.errors, writer.errors
+    backup = restart_serve(cluster, backup)
+    assert_sync_wait(primary.store, timeout=90)
+    assert_same_manifest(primary.store, backup.store, "stores after a resync cut short")
+    assert status_json(backup.store)["consistent"] is True
+    assert sha256_file(img) == sha256_file(backup.store / "disk.img")
+
+
 # ------------------------------------------------------------------ 2 ----
 
 def test_namespace_changes_during_outage_are_replayed(cluster):
