@@ -672,16 +672,20 @@ bool PeerSession::WaitConnected(std::chrono::milliseconds timeout) {
   return accept_live_;
 }
 
-void PeerSession::Fracture() {
+void PeerSession::FlushLivePeer() {
   meta::Change flush;
   flush.kind = meta::ChangeKind::kFsync;  // no path: the whole store
   auto flushed = std::make_shared<meta::Completion>(1);
   if (Enqueue(flush, flushed)) {
-    // Answered or not, the fracture goes on: what is still unflushed then
+    // Answered or not, the caller goes on: what is still unflushed then
     // (a slow peer's, or writes queued meanwhile) is logged by TearDown.
     (void)flushed->WaitFor(std::min<std::chrono::milliseconds>(
         options_.peer_timeout, std::chrono::seconds(10)));
   }
+}
+
+void PeerSession::Fracture() {
+  FlushLivePeer();
   {
     std::lock_guard<std::mutex> lock(mu_);
     fractured_ = true;
@@ -689,7 +693,8 @@ void PeerSession::Fracture() {
   Wake();
 }
 
-void PeerSession::Resync() {
+void PeerSession::Resync(bool flush_first) {
+  if (flush_first) FlushLivePeer();
   {
     std::lock_guard<std::mutex> lock(mu_);
     resync_requested_ = true;

@@ -200,8 +200,11 @@ class PeerSession {
   // Ends a fracture, or retries a disconnected peer now (no backoff).
   void Rejoin();
   // Runs a resync now even if the peer is connected (its log grew, e.g.
-  // `verify --repair`): the session restarts and replays the log.
-  void Resync();
+  // `verify --repair`): the session restarts and replays the log. With
+  // `flush_first`, a live peer first makes durable what it applied, as for
+  // Fracture(), so that the restart does not log (and resend) its writes
+  // since its last store flush.
+  void Resync(bool flush_first = false);
   // After a split brain, the operator kept this node's data (`resolve
   // --keep-local`): the next hello asks the peer to discard its changes
   // (saved to its recovery folder) and take a full sync.
@@ -266,6 +269,10 @@ class PeerSession {
   bool PushChange(const meta::Change& change,
                   const std::shared_ptr<meta::Completion>& completion,
                   bool attended, FrameData* data);
+  // Asks a live peer for one store flush and waits for its answer, at
+  // most the peer timeout (10 s at most): what it applied is then durable
+  // there, and out of the at-risk set that a restart of the session logs.
+  void FlushLivePeer();
   void Run();
   bool Connect();
   void Serve();

@@ -11,7 +11,7 @@ import random
 import threading
 
 from conftest import (
-    READY_SECONDS, assert_same_manifest, mirrorfs, status_json, wait_flushed,
+    READY_SECONDS, assert_same_manifest, bytes_applied, mirrorfs, status_json, wait_flushed,
     wait_in_sync, wait_peer_state, wait_until)
 
 KiB = 1024
@@ -177,6 +177,29 @@ def test_blocks_changed_behind_mirrorfs_are_listed_exactly_and_repaired(cluster)
     r, doc = verify_json(a.store)
     assert r.returncode == 0 and doc["peers"][0]["identical"] is True, \
         f"verify after --repair: {out(r)}"
+
+
+def test_repair_sends_the_differing_blocks_and_nothing_else(cluster):
+    """Guarantee 6 for a repair: the resync it starts sends the blocks that
+    differ, not also the peer's writes since its last store flush (the
+    peer is asked to make those durable first, as for a fracture)."""
+    a, b = start_pair(cluster)
+    fill(a.mountpoint / "disk.img", 8 * MiB, 21)  # no wait for an epoch
+    with open(a.store / "disk.img", "rb") as f:
+        f.seek(3 * BLOCK)
+        old = f.read(10)
+    fd = os.open(b.store / "disk.img", os.O_WRONLY)
+    try:
+        os.pwrite(fd, bytes(x ^ 0xFF for x in old), 3 * BLOCK)
+    finally:
+        os.close(fd)
+    applied = bytes_applied(b.store)
+    r = verify(a.store, "--repair")
+    assert r.returncode == 1, out(r)
+    wait_in_sync(a.store, "b", timeout=READY_SECONDS)
+    assert_same_manifest(a.store, b.store, "stores after verify --repair")
+    resent = bytes_applied(b.store) - applied
+    assert resent == BLOCK, f"the repair sent {resent} bytes for one {BLOCK}-byte block"
 
 
 def test_verify_errors(cluster):
