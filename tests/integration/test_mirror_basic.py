@@ -4,6 +4,7 @@ without --peer mirrors to the remembered peer."""
 
 import os
 import shutil
+import socket
 import time
 
 from conftest import (INTENT_EXTENT_BYTES, assert_same_manifest, free_endpoint, is_mounted,
@@ -159,6 +160,32 @@ def test_mount_does_not_wait_for_a_peer_whose_node_is_down(cluster):
     backup = cluster.serve("backup", listen=endpoint)
     wait_in_sync(primary.store, "backup", timeout=60)
     assert_same_manifest(primary.store, backup.store)
+
+
+def test_mount_waits_one_peer_timeout_for_all_silent_peers(cluster):
+    """Peers that accept the connection and never answer (a hung node)
+    hold the mount for one peer timeout in all, not one per peer: the
+    first connection attempts run side by side."""
+    silent = []
+    for _ in range(3):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        silent.append(s)
+    try:
+        peers = [(f"hung{i}", f"tcp://127.0.0.1:{s.getsockname()[1]}")
+                 for i, s in enumerate(silent)]
+        started = time.monotonic()
+        primary = cluster.mount("primary", peers=peers, foreground=False,
+                                extra=["--peer-timeout", "3"])
+        took = time.monotonic() - started
+        assert 2.5 < took < 6, f"mount took {took:.1f} s with 3 silent peers and a 3 s timeout"
+        (primary.mountpoint / "a.img").write_bytes(os.urandom(1 << 16))
+        for i in range(3):
+            assert not peer_status(primary.store, f"hung{i}")["in_sync"]
+    finally:
+        for s in silent:
+            s.close()
 
 
 def test_fresh_secondary_shows_the_store_uuid_it_adopted(pair):
