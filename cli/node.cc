@@ -898,7 +898,7 @@ ControlReply Node::Verify(const std::vector<std::string>& words) {
       }
       auto s = session->log()->MakeDurable();
       if (!s.ok()) errors += "peer " + p.name + ": " + s.message() + "\n";
-      session->Resync(/*flush_first=*/true);
+      session->Resync();
       meta::LogInfo(
           "verify --repair: " + std::to_string(result->differences.size()) +
           " ranges added to the fracture log of peer " + p.name +

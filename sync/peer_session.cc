@@ -693,8 +693,7 @@ void PeerSession::Fracture() {
   Wake();
 }
 
-void PeerSession::Resync(bool flush_first) {
-  if (flush_first) FlushLivePeer();
+void PeerSession::Resync() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     resync_requested_ = true;
@@ -1088,6 +1087,13 @@ void PeerSession::Serve() {
   }
   bool own = false;       // this thread is the receiver
   bool readable = false;  // input is waiting: do not sleep
+  // A requested restart (Resync()) waits for one store flush of the peer,
+  // as Fracture() does, so that TearDown logs only what the peer may lack
+  // rather than also what it applied since its last flush; requests made
+  // meanwhile are covered by the same restart.
+  std::shared_ptr<meta::Completion> restart_flush;
+  Clock::time_point restart_by{};
+  bool begin_restart = false;
   while (!stopping_ && lost.empty()) {
     // ZMQ_FD is edge-triggered: it is polled only by the receiver, and only
     // after ZMQ_EVENTS said no input is waiting (below); a thread whose send
@@ -1103,10 +1109,20 @@ void PeerSession::Serve() {
         next = PeerState::kFractured;
       } else if (!resync_failure_.empty()) {
         lost = "resync failed: " + resync_failure_;
-      } else if (resync_requested_) {
-        resync_requested_ = false;
-        lost = "resync requested";
-        next = PeerState::kConnecting;
+      } else if (resync_requested_ && !restart_flush) {
+        begin_restart = true;  // the request holds until the restart
+      }
+    }
+    if (begin_restart) {
+      begin_restart = false;
+      restart_flush = std::make_shared<meta::Completion>(1);
+      restart_by =
+          Clock::now() + std::min<milliseconds>(options_.peer_timeout,
+                                                std::chrono::seconds(10));
+      meta::Change flush;
+      flush.kind = meta::ChangeKind::kFsync;  // no path: the whole store
+      if (!PushChange(flush, restart_flush, /*attended=*/false, nullptr)) {
+        restart_flush->Done();  // the link is going down: restart at once
       }
     }
     std::unique_lock<std::mutex> socket_lock(socket_mu_);
@@ -1144,6 +1160,11 @@ void PeerSession::Serve() {
         ReleaseReceiverLocked();  // hands over to a waiting writer
         own = false;
       }
+    }
+    if (lost.empty() && restart_flush &&
+        (restart_flush->IsDone() || Clock::now() >= restart_by)) {
+      lost = "resync requested";
+      next = PeerState::kConnecting;
     }
     if (!lost.empty()) break;
 
@@ -1245,6 +1266,7 @@ void PeerSession::TearDown(PeerState next, const std::string& reason) {
     was_up = up_;
     up_ = false;
     accept_live_ = false;
+    resync_requested_ = false;  // the next session replays the log anyway
     state_ = fractured_ ? PeerState::kFractured : next;
     reason_ = reason;
     first_attempt_done_ = true;

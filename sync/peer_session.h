@@ -200,11 +200,12 @@ class PeerSession {
   // Ends a fracture, or retries a disconnected peer now (no backoff).
   void Rejoin();
   // Runs a resync now even if the peer is connected (its log grew, e.g.
-  // `verify --repair`): the session restarts and replays the log. With
-  // `flush_first`, a live peer first makes durable what it applied, as for
-  // Fracture(), so that the restart does not log (and resend) its writes
-  // since its last store flush.
-  void Resync(bool flush_first = false);
+  // `verify --repair`): the session restarts and replays the log. A live
+  // peer is first asked for a store flush (waited for on the session
+  // thread, up to the peer timeout, 10 s at most), as for Fracture(), so
+  // that the restart does not log (and resend) its writes since its last
+  // store flush. Returns at once.
+  void Resync();
   // After a split brain, the operator kept this node's data (`resolve
   // --keep-local`): the next hello asks the peer to discard its changes
   // (saved to its recovery folder) and take a full sync.
