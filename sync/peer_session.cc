@@ -672,20 +672,16 @@ bool PeerSession::WaitConnected(std::chrono::milliseconds timeout) {
   return accept_live_;
 }
 
-void PeerSession::FlushLivePeer() {
+void PeerSession::Fracture() {
   meta::Change flush;
   flush.kind = meta::ChangeKind::kFsync;  // no path: the whole store
   auto flushed = std::make_shared<meta::Completion>(1);
   if (Enqueue(flush, flushed)) {
-    // Answered or not, the caller goes on: what is still unflushed then
+    // Answered or not, the fracture goes on: what is still unflushed then
     // (a slow peer's, or writes queued meanwhile) is logged by TearDown.
     (void)flushed->WaitFor(std::min<std::chrono::milliseconds>(
         options_.peer_timeout, std::chrono::seconds(10)));
   }
-}
-
-void PeerSession::Fracture() {
-  FlushLivePeer();
   {
     std::lock_guard<std::mutex> lock(mu_);
     fractured_ = true;
@@ -1093,7 +1089,6 @@ void PeerSession::Serve() {
   // meanwhile are covered by the same restart.
   std::shared_ptr<meta::Completion> restart_flush;
   Clock::time_point restart_by{};
-  bool begin_restart = false;
   while (!stopping_ && lost.empty()) {
     // ZMQ_FD is edge-triggered: it is polled only by the receiver, and only
     // after ZMQ_EVENTS said no input is waiting (below); a thread whose send
@@ -1102,6 +1097,7 @@ void PeerSession::Serve() {
     ::poll(fds, own ? 2 : 1,
            readable ? 0 : static_cast<int>(options_.watch_period.count()));
     if (fds[0].revents & POLLIN) Drain(wake_fd_);
+    bool begin_restart = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (fractured_) {
@@ -1114,7 +1110,6 @@ void PeerSession::Serve() {
       }
     }
     if (begin_restart) {
-      begin_restart = false;
       restart_flush = std::make_shared<meta::Completion>(1);
       restart_by =
           Clock::now() + std::min<milliseconds>(options_.peer_timeout,

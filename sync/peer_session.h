@@ -270,10 +270,6 @@ class PeerSession {
   bool PushChange(const meta::Change& change,
                   const std::shared_ptr<meta::Completion>& completion,
                   bool attended, FrameData* data);
-  // Asks a live peer for one store flush and waits for its answer, at
-  // most the peer timeout (10 s at most): what it applied is then durable
-  // there, and out of the at-risk set that a restart of the session logs.
-  void FlushLivePeer();
   void Run();
   bool Connect();
   void Serve();

@@ -22,6 +22,7 @@ right after they return."""
 
 import os
 import random
+import signal
 import time
 
 import pytest
@@ -223,6 +224,44 @@ def test_peer_crash_right_after_a_fracture_loses_nothing_unlogged(cluster):
     assert r.returncode == 0, f"mirrorfs sync: exit {r.returncode}\n{r.stderr}"
     assert_same_manifest(primary.store, backup.store,
                          "stores after a fracture and the peer's crash")
+    assert not missing_blocks(backup.store / "vol.img", patterns)
+
+
+@pytest.mark.parametrize("delay_ms", [0, 2, 5, 20, None])
+def test_peer_killed_while_it_stops_loses_nothing_unlogged(cluster, delay_ms):
+    """A clean stop of the secondary syncs its store and then tells the
+    primary how far its copy is durable; the primary logs only what follows
+    (guarantees 1, 3 and 6). A volatile secondary that got writes without a
+    flush, was told to stop (SIGTERM) and was killed `delay_ms` later
+    (None: not killed) must hold every such block on disk or have it in
+    its fracture log; after a restart, the stores are identical."""
+    rng = random.Random(17 + (delay_ms or 0))
+    backup, primary, img = start_pair_with_image(cluster, rng, ["--test-volatile-writes"])
+    patterns = random_blocks(rng)
+    fd = os.open(img, os.O_WRONLY)
+    try:
+        for off, block in patterns.items():
+            assert os.pwrite(fd, block, off) == BLOCK
+        backup.signal(signal.SIGTERM)
+        if delay_ms is not None:
+            time.sleep(delay_ms / 1000)
+            kill9(backup)
+        else:
+            backup.wait_exit()
+    finally:
+        os.close(fd)  # after the stop: its flush must not reach the peer
+    peer = wait_peer_state(primary.store, "backup", DOWN_STATES, timeout=PEER_TIMEOUT + 10)
+    lost = missing_blocks(backup.store / "vol.img", patterns)
+    print(f"  killed {delay_ms} ms into the stop: {len(lost)} of {BLOCKS} blocks missing, "
+          f"fracture_bytes {peer['fracture_bytes']}")
+    assert peer["fracture_bytes"] >= union_blocks(lost), \
+        (f"the stopping secondary lost {len(lost)} blocks the primary did not log "
+         f"for it: {peer}")
+    if delay_ms is None:
+        # A stop that ran to its end: everything on disk, nothing logged.
+        assert not lost and peer["fracture_bytes"] == 0, (lost, peer)
+    backup = restart_and_resync(cluster, primary, backup,
+                                "stores after a secondary killed while it stopped")
     assert not missing_blocks(backup.store / "vol.img", patterns)
 
 

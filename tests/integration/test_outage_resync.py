@@ -166,6 +166,15 @@ def write_file(path, data, offset=0):
         os.close(fd)
 
 
+def sized_image(path, size):
+    """Creates `path` through the mount as a sparse file of `size` bytes."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+
+
 def resync_and_check(primary, backup, cluster, what="stores"):
     """Restarts the dead backup, runs `sync --wait`, checks the stores are
     identical and the peer is in sync. Returns (new backup, fracture_bytes
@@ -192,9 +201,7 @@ def test_kill9_secondary_mid_workload_logs_exact_damage_and_resyncs_it(cluster):
     primary, backup = start_pair(cluster)
     img = primary.mountpoint / "disk.img"
     size = 64 * MiB
-    fd = os.open(img, os.O_WRONLY | os.O_CREAT, 0o644)
-    os.ftruncate(fd, size)
-    os.close(fd)
+    sized_image(img, size)
 
     writer = RandomWriter(str(img), 0, size, threads=3).start()
     try:
@@ -335,9 +342,7 @@ def test_a_peer_stopping_under_writes_loses_nothing(cluster):
     primary, backup = start_pair(cluster)
     img = primary.mountpoint / "disk.img"
     size = 32 * MiB
-    fd = os.open(img, os.O_WRONLY | os.O_CREAT, 0o644)
-    os.ftruncate(fd, size)
-    os.close(fd)
+    sized_image(img, size)
     writer = RandomWriter(str(img), 0, size, threads=3).start()
     try:
         writer.wait_count(200)
