@@ -2,8 +2,11 @@
 
 #include <fcntl.h>
 #include <malloc.h>
+#include <netdb.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -61,6 +64,48 @@ bool ExistingDirectory(const std::string& what, const std::string& path,
   return true;
 }
 
+// `path` made absolute against the working directory (not resolved: the
+// file may be replaced later, e.g. a key rotated by a rename).
+std::string AbsolutePath(const std::string& path) {
+  char cwd[PATH_MAX];
+  if (::getcwd(cwd, sizeof(cwd)) == nullptr) return path;
+  return std::string(cwd) + "/" + path;
+}
+
+// Whether a process could bind `ep` now: false only when a TCP port is
+// known to be taken (another node, another program). Hosts that do not
+// resolve here (interface names) are left to ZeroMQ.
+bool EndpointFree(const std::string& ep) {
+  if (ep.rfind("tcp://", 0) != 0) return true;
+  size_t colon = ep.rfind(':');
+  std::string host = ep.substr(6, colon - 6);
+  std::string port = ep.substr(colon + 1);
+  if (host.size() > 1 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  if (::getaddrinfo(host == "*" ? nullptr : host.c_str(), port.c_str(), &hints,
+                    &found) != 0) {
+    return true;
+  }
+  bool free = true;
+  for (addrinfo* a = found; a != nullptr && free; a = a->ai_next) {
+    int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, 0);
+    if (fd < 0) continue;
+    int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (::bind(fd, a->ai_addr, a->ai_addrlen) != 0 && errno == EADDRINUSE) {
+      free = false;
+    }
+    ::close(fd);
+  }
+  ::freeaddrinfo(found);
+  return free;
+}
+
 bool ValidEndpoint(const std::string& ep) {
   // tcp://HOST:PORT (ZeroMQ endpoint); ipc:// for local tests is fine too.
   if (ep.rfind("ipc://", 0) == 0) return ep.size() > 6;
@@ -86,13 +131,45 @@ bool ValidPeerName(const std::string& name) {
   return true;
 }
 
+// The daemon's messages, each line marked as this command's.
+void PrintDaemonErrors(const std::string& err) {
+  std::istringstream lines(err);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.empty()) continue;
+    std::cerr << (line.rfind("mirrorfs", 0) == 0 ? "" : "mirrorfs: ") << line
+              << "\n";
+  }
+  std::cerr << std::flush;
+}
+
 // Prints a daemon's reply and returns its exit code.
 int Relay(const std::string& store, const std::vector<std::string>& words) {
   auto reply = CallDaemon(store, words);
   if (!reply.ok()) return Fail(reply.status().message());
   std::cout << reply->out << std::flush;
-  std::cerr << reply->err << std::flush;
+  PrintDaemonErrors(reply->err);
   return reply->exit_code;
+}
+
+// Tells systemd (a Type=notify unit runs the node with -f) how the node is:
+// the sd_notify(3) datagram, without linking libsystemd for one message.
+void NotifySystemd(const std::string& state) {
+  const char* path = std::getenv("NOTIFY_SOCKET");
+  if (path == nullptr || (path[0] != '/' && path[0] != '@')) return;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  size_t len = std::strlen(path);
+  if (len >= sizeof(addr.sun_path)) return;
+  std::memcpy(addr.sun_path, path, len);
+  if (addr.sun_path[0] == '@') addr.sun_path[0] = '\0';  // abstract
+  int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return;
+  (void)!::sendto(
+      fd, state.data(), state.size(), MSG_NOSIGNAL,
+      reinterpret_cast<sockaddr*>(&addr),
+      static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + len));
+  ::close(fd);
 }
 
 // Blocks SIGINT/SIGTERM/SIGHUP in every thread created from now on, and
@@ -197,6 +274,7 @@ int RunNode(const NodeOptions& options) {
       (void)!::write(ready[1], "ready", 5);
       ::close(ready[1]);
     } else {
+      NotifySystemd("READY=1\nMAINPID=" + std::to_string(::getpid()));
       std::cerr << "mirrorfs: ready\n";
     }
     auto ran = node.Run();
@@ -215,6 +293,7 @@ int StartNodeProcess(const NodeOptions& o) {
   std::vector<std::string> args = {"mirrorfs", o.primary ? "mount" : "serve",
                                    o.store};
   if (o.primary) args.push_back(o.mountpoint);
+  if (o.primary && o.async) args.insert(args.end(), {"--mode", "async"});
   if (!o.name.empty()) args.insert(args.end(), {"--name", o.name});
   if (!o.listen.empty()) args.insert(args.end(), {"--listen", o.listen});
   if (!o.key_file.empty()) {
@@ -313,6 +392,7 @@ int WaitInSync(const std::string& store, const std::string& peer,
   auto start = Clock::now();
   auto last_line = start - std::chrono::seconds(10);
   std::string last_text;
+  auto split_since = Clock::time_point::max();  // max: none seen
   while (true) {
     // The daemon answers once in sync, or after --wait-ms.
     std::vector<std::string> words = {"progress", "--wait-ms",
@@ -327,12 +407,12 @@ int WaitInSync(const std::string& store, const std::string& peer,
     bool answered_at_once =
         Clock::now() - asked < std::chrono::milliseconds(50);
     if (reply->exit_code != 0) {
-      std::cerr << reply->err;
+      PrintDaemonErrors(reply->err);
       return reply->exit_code;
     }
     bool all = true;
     uint64_t total = 0, done = 0, rate = 0, missing = 0;
-    std::string states;
+    std::string states, split;
     std::istringstream lines(reply->out);
     std::string line;
     while (std::getline(lines, line)) {
@@ -342,6 +422,7 @@ int WaitInSync(const std::string& store, const std::string& peer,
       uint64_t t = 0, d = 0, r = 0, m = 0;
       f >> name >> state >> in_sync >> t >> d >> r >> m;
       all = all && in_sync == 1;
+      if (state == "split-brain") split += (split.empty() ? "" : ", ") + name;
       total += t;
       done += d;
       rate += r;
@@ -352,6 +433,20 @@ int WaitInSync(const std::string& store, const std::string& peer,
       if (tty) std::cout << "\r\033[K";
       std::cout << "in sync\n" << std::flush;
       return kExitOk;
+    }
+    // A split brain the retry (the sync request) did not end within a few
+    // seconds stands: waiting longer cannot end it.
+    if (split.empty()) {
+      split_since = Clock::time_point::max();
+    } else if (split_since == Clock::time_point::max()) {
+      split_since = Clock::now();
+    }
+    if (split_since != Clock::time_point::max() &&
+        Clock::now() - split_since > std::chrono::seconds(3)) {
+      if (tty) std::cout << "\n";
+      return Fail("split brain with " + split +
+                  ": no resync until it is resolved (mirrorfs resolve, on "
+                  "each side; see mirrorfs(1))");
     }
     double elapsed =
         std::chrono::duration<double>(Clock::now() - start).count();
@@ -545,7 +640,17 @@ int Main(int argc, char** argv) {
   sync->add_flag("--wait", wait, "Show progress; exit 0 once in sync");
   sync->add_option("--timeout", timeout,
                    "With --wait: give up after SECONDS (exit 3)")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Validator(
+          [](std::string& value) -> std::string {
+            char* end = nullptr;
+            double seconds = std::strtod(value.c_str(), &end);
+            if (end == value.c_str() || *end != '\0' || !(seconds > 0)) {
+              return "expected a number of seconds above 0, got '" + value +
+                     "'";
+            }
+            return "";
+          },
+          "SECONDS"));
 
   auto* fracture = app.add_subcommand(
       "fracture", "Stop mirroring to NAME on purpose; its changes are logged");
@@ -565,8 +670,12 @@ int Main(int argc, char** argv) {
   auto* promote =
       app.add_subcommand("promote", "Secondary -> primary (failover)");
   promote->add_option("STORE", store)->required();
-  promote->add_option("--mount", arg1, "Mount the store here");
-  promote->add_flag("--force", flag);
+  promote->add_option("--mount", arg1,
+                      "Mount the store here (default: where this store was "
+                      "last mounted as primary)");
+  promote->add_flag("--force", flag,
+                    "Promote even an inconsistent copy, or while a primary "
+                    "is connected");
 
   std::string demote_listen;
   auto* demote = app.add_subcommand(
@@ -599,7 +708,23 @@ int Main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::cerr << "mirrorfs: " << e.what() << "\n";
+    // CLI11 says "A subcommand is required" of a misspelt one.
+    std::string what = e.what();
+    CLI::App* parent = &app;
+    for (int i = 1; i < argc && argv[i][0] != '-'; ++i) {
+      CLI::App* sub = nullptr;
+      for (auto* s : parent->get_subcommands({})) {
+        if (s->get_name() == argv[i]) sub = s;
+      }
+      if (sub == nullptr) {
+        if (!parent->get_subcommands({}).empty()) {
+          what = std::string("unknown command '") + argv[i] + "'";
+        }
+        break;
+      }
+      parent = sub;
+    }
+    std::cerr << "mirrorfs: " << what << "\n";
     // The usage of the subcommand that failed, if we know it.
     CLI::App* failed = &app;
     for (auto* sub : app.get_subcommands()) failed = sub;
@@ -630,6 +755,23 @@ int Main(int argc, char** argv) {
           return usage(cmd, "--peer " + p +
                                 ": expected NAME=tcp://HOST:PORT, NAME of "
                                 "letters, digits, '.', '_' or '-'");
+        }
+        if (spec.name == options.name) {
+          return usage(cmd, "--peer " + p + ": " + spec.name +
+                                " is this node's own --name");
+        }
+        for (const auto& other : options.peers) {
+          if (other.name == spec.name) {
+            return usage(cmd, "--peer " + spec.name + " is given twice");
+          }
+          if (other.endpoint == spec.endpoint) {
+            return usage(cmd, "--peer " + other.name + " and " + spec.name +
+                                  " have the same endpoint " + spec.endpoint);
+          }
+        }
+        if (!options.listen.empty() && spec.endpoint == options.listen) {
+          return usage(cmd,
+                       "--peer " + p + ": that is this node's own --listen");
         }
         options.peers.push_back(spec);
       }
@@ -693,6 +835,10 @@ int Main(int argc, char** argv) {
     std::string error;
     if (!ExistingDirectory("store", options.store, &options.store, &error)) {
       return Fail(error);
+    }
+    // The daemon runs in "/" and reads the keys again on SIGHUP.
+    for (std::string* file : {&options.key_file, &options.authorized_file}) {
+      if (!file->empty() && (*file)[0] != '/') *file = AbsolutePath(*file);
     }
     if (mount->parsed()) {
       if (!ExistingDirectory("mountpoint", options.mountpoint,
@@ -815,6 +961,17 @@ int Main(int argc, char** argv) {
       return meta::Status::Ok();
     };
     if (auto s = role_info(); !s.ok()) return Fail(s.message());
+    if (promote->parsed()) {
+      if (kv["role"] != "secondary") return Fail(store + " is not a secondary");
+      // Without --mount: where this store was last mounted as primary.
+      if (arg1.empty()) arg1 = kv["mountpoint"];
+      if (arg1.empty()) {
+        return Fail(
+            "promote: " + store +
+            " has never been mounted as primary on this node, so there is "
+            "no mountpoint to reuse; give --mount MOUNTPOINT");
+      }
+    }
     if (promote->parsed() && !flag && !kv["primary_connected"].empty()) {
       // A primary that has just stopped or demoted still counts as
       // connected until it has been silent for the secondary's peer
@@ -851,10 +1008,6 @@ int Main(int argc, char** argv) {
       next.peer_timeout = std::chrono::milliseconds(ms);
     }
     if (promote->parsed()) {
-      if (kv["role"] != "secondary") return Fail(store + " is not a secondary");
-      if (arg1.empty()) {
-        return usage(promote, "promote needs --mount MOUNTPOINT");
-      }
       if (!kv["primary_connected"].empty() && !flag) {
         return Fail("refusing to promote: primary " + kv["primary_connected"] +
                     " is connected to this node; demote it first, or use "
@@ -884,6 +1037,19 @@ int Main(int argc, char** argv) {
       if (!ValidEndpoint(next.listen)) {
         return usage(demote, "--listen " + next.listen + ": not an endpoint");
       }
+      // What would make the secondary fail to start is checked while the
+      // primary still runs: a refused demote leaves it as it was.
+      if (next.key_file.empty() && !next.insecure &&
+          !sync::IsLoopbackEndpoint(next.listen)) {
+        return Fail("refusing to demote: a secondary on " + next.listen +
+                    " beyond loopback needs keys (this node runs without "
+                    "--key) or --insecure; pass a loopback --listen, or "
+                    "restart the node with keys");
+      }
+      if (next.listen != kv["listen"] && !EndpointFree(next.listen)) {
+        return Fail("refusing to demote: " + next.listen +
+                    " is in use by another process");
+      }
     }
     int code = Relay(store, {promote->parsed() ? "stop" : "demote"});
     if (code != kExitOk) return code;
@@ -896,10 +1062,28 @@ int Main(int argc, char** argv) {
                 << (next.primary ? "primary, mounted at " + next.mountpoint
                                  : "secondary, serving " + next.listen)
                 << "\n";
-    } else {
+      return code;
+    }
+    // Back to the role it had, so that a failed role change does not leave
+    // the store without a node.
+    NodeOptions previous = next;
+    previous.primary = !next.primary;
+    previous.async = kv["mode"] == "async";
+    previous.listen = kv["listen"];
+    previous.mountpoint = kv["mountpoint"];
+    if ((previous.primary && previous.mountpoint.empty()) ||
+        (!previous.primary && previous.listen.empty()) ||
+        StartNodeProcess(previous) != kExitOk) {
       std::cerr << "mirrorfs: the node is stopped; start it again with "
                    "`mirrorfs serve` or `mirrorfs mount`\n";
+      return code;
     }
+    std::cerr << "mirrorfs: " << (next.primary ? "promote" : "demote")
+              << " failed; " << store << " is "
+              << (previous.primary
+                      ? "primary again, mounted at " + previous.mountpoint
+                      : "secondary again, serving " + previous.listen)
+              << "\n";
     return code;
   }
   for (const auto& p : pending) {

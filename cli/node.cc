@@ -109,6 +109,7 @@ meta::Status Node::Start() {
   if (identity_->name.empty()) identity_->name = HostName();
   if (!options_.listen.empty()) identity_->listen_endpoint = options_.listen;
   identity_->role = options_.primary ? "primary" : "secondary";
+  if (options_.primary) identity_->mountpoint = options_.mountpoint;
   zmq_ = std::make_unique<zmq::context_t>(1);
   MFS_RETURN_IF_ERROR(SetUpSecurity());
 
@@ -287,6 +288,7 @@ meta::Status Node::StartPrimary() {
 
   fs::MountOptions mount_options;
   mount_options.mountpoint = options_.mountpoint;
+  mount_options.source = options_.store;
   mount_options.fuse_options = options_.fuse_options;
   auto mount = fs::FuseMount::Mount(volume_.get(), mount_options);
   if (!mount.ok()) return mount.status();
@@ -687,6 +689,25 @@ ControlReply Node::HandleControl(const std::vector<std::string>& words) {
     return {0, json ? StatusJson() + "\n" : StatusText(), ""};
   }
   if (verb == "stop") {
+    // Not lazy, as demote: a lazy detach would hide the mount from new
+    // opens (they would land in the directory under it, unmirrored) while
+    // the daemon waits for the open files to close.
+    if (mount_ && ::umount2(options_.mountpoint.c_str(), 0) != 0) {
+      int err = errno;
+      if (err == EBUSY) {
+        return {1, "",
+                "mountpoint " + options_.mountpoint +
+                    " is busy: processes have files or directories open "
+                    "there (see `fuser -vm " +
+                    options_.mountpoint + "`); close them and stop again\n"};
+      }
+      // EINVAL: unmounted already (fusermount3 -u); the loop is ending.
+      if (err != EINVAL) {
+        return {1, "",
+                "cannot unmount " + options_.mountpoint + ": " +
+                    std::strerror(err) + "\n"};
+      }
+    }
     std::thread([this] { RequestStop(); }).detach();
     return {0, "", ""};
   }
@@ -700,7 +721,8 @@ ControlReply Node::HandleControl(const std::vector<std::string>& words) {
         "pid=" + std::to_string(::getpid()) + "\n" + "consistent=" +
         ((replica_ && !options_.primary && !r.consistent) ? "0" : "1") + "\n" +
         "primary_connected=" + (primary_connected ? r.primary_name : "") +
-        "\n" + "mountpoint=" + options_.mountpoint + "\n" +
+        "\n" + "mountpoint=" + identity_->mountpoint + "\n" +
+        "mode=" + (options_.async ? "async" : "sync") + "\n" +
         "key=" + options_.key_file + "\n" +
         "authorized=" + options_.authorized_file + "\n" +
         "insecure=" + (options_.insecure ? "1" : "0") + "\n" +
@@ -724,6 +746,15 @@ ControlReply Node::HandleControl(const std::vector<std::string>& words) {
         return {1, "",
                 "this node is primary: demote it first (mirrorfs demote " +
                     options_.store + "), then resolve --discard-local\n"};
+      }
+      sync::ReplicaSnapshot r = replica_->Snapshot();
+      if (r.split_brain_with.empty() && PrimaryLive(r)) {
+        // A secondary following its primary has no changes of its own to
+        // give up. (One not following any yet, just demoted after a split
+        // brain, may: the refused primary shows up at its next attempt.)
+        return {1, "",
+                "no split brain: this node follows primary " + r.primary_name +
+                    " and has no changes of its own to discard\n"};
       }
       auto saved = SaveRecovery();
       if (!saved.ok()) return {1, "", saved.status().message() + "\n"};
@@ -797,6 +828,8 @@ ControlReply Node::HandleControl(const std::vector<std::string>& words) {
       return {0, "peer " + peer + " fractured; its changes are logged\n", ""};
     }
     if (verb == "sync") {
+      // A peer in split brain is asked again too: the operator may have
+      // resolved it on that side.
       for (const auto& p : snapshots) {
         if (peer.empty() || p.name == peer) fan_out_->Find(p.name)->Rejoin();
       }
@@ -1041,6 +1074,18 @@ ControlReply Node::PeerChange(const std::string& verb,
     if (exists) {
       return {1, "", "peer " + name + " already exists; remove it first\n"};
     }
+    if (name == identity_->name) {
+      return {1, "", name + " is this node's own name\n"};
+    }
+    for (const auto& k : *known) {
+      if (k.endpoint == words[2]) {
+        return {1, "",
+                "peer " + k.name + " already has endpoint " + words[2] + "\n"};
+      }
+    }
+    if (words[2] == identity_->listen_endpoint) {
+      return {1, "", words[2] + " is this node's own endpoint\n"};
+    }
     meta::PeerRecord record;
     record.name = name;
     record.endpoint = words[2];
@@ -1184,7 +1229,13 @@ std::string Node::StatusJson() {
       j.EndObject();
     }
   }
-  if (replica_ && !replica.split_brain_with.empty() &&
+  bool listed = false;
+  if (fan_out_) {
+    for (const auto& p : fan_out_->Snapshot()) {
+      listed = listed || p.name == replica.split_brain_with;
+    }
+  }
+  if (replica_ && !replica.split_brain_with.empty() && !listed &&
       replica.split_brain_with != replica.primary_name) {
     j.BeginObject();
     j.Key("name").Value(replica.split_brain_with);
@@ -1210,7 +1261,9 @@ std::string Node::StatusJson() {
     j.Key("fracture_bytes").Value(uint64_t{0});
     j.Key("fracture_extents").Value(uint64_t{0});
     j.Key("pending_namespace_ops").Value(uint64_t{0});
-    write_resync(replica.resync_total_bytes, replica.resync_done_bytes, 0);
+    // A resync into this copy shows while it runs (consistent: false).
+    write_resync(replica.consistent ? 0 : replica.resync_total_bytes,
+                 replica.consistent ? 0 : replica.resync_done_bytes, 0);
     j.Key("last_seen_seconds_ago").Value(replica.last_seen_seconds_ago);
     j.Key("changes_applied").Value(replica.changes_applied);
     j.Key("bytes_applied").Value(replica.bytes_applied);

@@ -74,6 +74,8 @@ inline constexpr std::string_view kIdStoreUuid = "id/store_uuid";
 inline constexpr std::string_view kIdRole = "id/role";
 inline constexpr std::string_view kIdListen = "id/listen";
 inline constexpr std::string_view kIdGeneration = "id/generation";
+// Where this store was last mounted as primary ("" if never).
+inline constexpr std::string_view kIdMountpoint = "id/mountpoint";
 
 inline constexpr std::string_view kPeerPrefix = "peer/";
 inline constexpr std::string_view kFracturePrefix = "fx/";

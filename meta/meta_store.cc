@@ -395,6 +395,7 @@ Result<NodeIdentity> MetaStore::LoadIdentity() {
         {keys::kIdRole, &id.role},
         {keys::kIdListen, &id.listen_endpoint},
         {keys::kIdGeneration, &id.generation},
+        {keys::kIdMountpoint, &id.mountpoint},
     };
     for (const auto& [key, field] : texts) {
       MFS_RETURN_IF_ERROR(Get(key, &value, &found));
@@ -422,6 +423,7 @@ Status MetaStore::SaveIdentity(const NodeIdentity& id) {
         {keys::kIdRole, id.role},
         {keys::kIdListen, id.listen_endpoint},
         {keys::kIdGeneration, id.generation},
+        {keys::kIdMountpoint, id.mountpoint},
     };
     for (const auto& [key, value] : fields) {
       rocksdb::Status s = batch.Put(key, value);

@@ -60,6 +60,7 @@ struct NodeIdentity {
   std::string role;             // "primary" | "secondary" | "" (not yet set)
   std::string listen_endpoint;  // e.g. "tcp://0.0.0.0:7790"
   std::string generation;       // opaque; see DESIGN.md "generation"
+  std::string mountpoint;       // last mounted as primary here; "" if never
 };
 
 struct PeerRecord {

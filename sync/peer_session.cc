@@ -762,7 +762,9 @@ PeerSnapshot PeerSession::Snapshot() const {
     s.changes_sent = changes_sent_;
     s.bytes_sent = bytes_sent_;
     s.in_flight = in_flight + queue_.size();
-    s.resync = worker_ ? worker_->progress() : last_resync_;
+    // Zeros unless a resync runs (DESIGN.md's status: a peer in sync
+    // shows none); `sync --wait` reads its progress from these.
+    if (worker_ && !worker_->finished()) s.resync = worker_->progress();
   }
   s.fracture_bytes = log_->bytes();
   s.fracture_extents = log_->extents();
@@ -945,8 +947,17 @@ bool PeerSession::Connect() {
       }
       if (!refusal.empty()) {
         bool split = r != nullptr && (r->flags & kHelloSplitBrain);
+        if (split) {
+          // It answered: who it is shows in status, as for a connected peer.
+          std::lock_guard<std::mutex> lock(mu_);
+          hello_.name = r->node_name;
+          hello_.node_uuid = r->node_uuid;
+          last_seen_ = Clock::now();
+          seen_ = true;
+        }
+        // The peer's own reason for a split brain names it already.
         SetState(split ? PeerState::kSplitBrain : PeerState::kConnecting,
-                 (split ? "split brain: " : "refused: ") + refusal);
+                 (split ? "" : "refused: ") + refusal);
         std::string line = "peer " + name_ + " (" + endpoint_ +
                            ") refused the connection: " + refusal;
         {
@@ -1317,11 +1328,7 @@ void PeerSession::TearDown(PeerState next, const std::string& reason) {
     for (meta::Completion* c : rx_waiting_) c->Kick();
   }
   socket_.reset();
-  if (worker) {
-    worker->Join();
-    std::lock_guard<std::mutex> lock(mu_);
-    last_resync_ = worker->progress();
-  }
+  if (worker) worker->Join();
 }
 
 }  // namespace mirrorfs::sync

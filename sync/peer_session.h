@@ -379,7 +379,6 @@ class PeerSession {
   };
   std::map<uint64_t, FileFlush> file_flushes_;
   uint64_t last_name_change_seq_ = 0;  // in this session
-  ResyncProgress last_resync_;
 
   // The socket and what was sent on it. The socket is used by the session
   // thread alone while `direct_` is false; while it is true, by any thread

@@ -12,10 +12,14 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdarg>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 #include <sstream>
+
+#include "meta/log.h"
 
 namespace mirrorfs::fs {
 
@@ -461,6 +465,44 @@ fuse_lowlevel_ops MakeOps() {
   return ops;
 }
 
+// libfuse reports through fuse_log(); its messages go to our log, and the
+// errors are kept for the Status of the call that caused them (a daemon's
+// stderr is /dev/null).
+std::mutex libfuse_errors_mu;
+std::string libfuse_errors;
+
+void LogLibfuse(enum fuse_log_level level, const char* fmt, va_list ap) {
+  char buf[1024];
+  std::vsnprintf(buf, sizeof(buf), fmt, ap);
+  std::string text = buf;
+  while (!text.empty() && text.back() == '\n') text.pop_back();
+  if (level <= FUSE_LOG_ERR) {
+    meta::LogError("libfuse: " + text);
+    std::lock_guard<std::mutex> lock(libfuse_errors_mu);
+    libfuse_errors += (libfuse_errors.empty() ? "" : "; ") + text;
+  } else if (level <= FUSE_LOG_NOTICE) {
+    meta::LogInfo("libfuse: " + text);
+  }
+}
+
+std::string TakeLibfuseErrors() {
+  std::lock_guard<std::mutex> lock(libfuse_errors_mu);
+  std::string out = libfuse_errors.empty() ? "libfuse gave no reason"
+                                           : std::move(libfuse_errors);
+  libfuse_errors.clear();
+  return out;
+}
+
+// A value for a libfuse -o list: its commas and backslashes escaped.
+std::string EscapeOption(const std::string& value) {
+  std::string out;
+  for (char c : value) {
+    if (c == ',' || c == '\\') out.push_back('\\');
+    out.push_back(c);
+  }
+  return out;
+}
+
 // Undoes the octal escapes of /proc/self/mountinfo ("\040" for a space).
 std::string Unescape(const std::string& s) {
   std::string out;
@@ -551,10 +593,20 @@ meta::Result<std::unique_ptr<FuseMount>> FuseMount::Mount(
 
   bool writeback = false;
   bool allow_other = false;
-  std::string opts = "default_permissions,fsname=mirrorfs,subtype=mirrorfs";
+  std::string opts =
+      "default_permissions,fsname=" + EscapeOption(options.source) +
+      ",subtype=mirrorfs";
   for (const std::string& o : SplitOptions(options.fuse_options)) {
     if (o == "writeback_cache") {
       writeback = true;
+      continue;
+    }
+    // Access-time policies that mount(8) passes from fstab: the kernel
+    // keeps no atime for a FUSE mount (the daemon reports the store's), and
+    // libfuse 3.14 refuses most of them by name.
+    if (o == "atime" || o == "relatime" || o == "norelatime" ||
+        o == "strictatime" || o == "nostrictatime" || o == "lazytime" ||
+        o == "nolazytime" || o == "diratime" || o == "nodiratime") {
       continue;
     }
     if (o == "allow_other") allow_other = true;
@@ -562,6 +614,9 @@ meta::Result<std::unique_ptr<FuseMount>> FuseMount::Mount(
   }
   if (!allow_other && geteuid() == 0) opts += ",allow_other";
 
+  static std::once_flag log_once;
+  std::call_once(log_once, [] { fuse_set_log_func(LogLibfuse); });
+  TakeLibfuseErrors();
   std::unique_ptr<FuseMount> mount(
       new FuseMount(volume, resolved, writeback, options.max_threads));
   std::vector<std::string> argv_storage = {"mirrorfs", "-o", opts};
@@ -573,14 +628,16 @@ meta::Result<std::unique_ptr<FuseMount>> FuseMount::Mount(
   fuse_opt_free_args(&args);
   if (mount->session_ == nullptr) {
     return meta::Status::Error(
-        EINVAL, "FUSE options '" + opts + "' were refused (see above)");
+        EINVAL,
+        "FUSE options '" + opts + "' were refused: " + TakeLibfuseErrors());
   }
   if (fuse_session_mount(mount->session_, resolved) != 0) {
     fuse_session_destroy(mount->session_);
     mount->session_ = nullptr;
     return meta::Status::Error(
-        EIO, "mounting " + mp + " failed (libfuse says why above)");
+        EIO, "mounting " + mp + " failed: " + TakeLibfuseErrors());
   }
+  TakeLibfuseErrors();
   return mount;
 }
 

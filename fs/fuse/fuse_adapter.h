@@ -42,6 +42,9 @@ namespace mirrorfs::fs {
 
 struct MountOptions {
   std::string mountpoint;
+  // The mount's source in the mount table (fsname): the store's path, so
+  // that `mount -a` and findmnt see which store is mounted where.
+  std::string source = "mirrorfs";
   // -o values, e.g. "writeback_cache", "allow_other", "ro" (each may also be
   // a comma-separated list).
   std::vector<std::string> fuse_options;

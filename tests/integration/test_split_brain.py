@@ -112,6 +112,25 @@ def make_split_brain(cluster):
     return a, b, a_mnt, b_mnt, b_view, a_files
 
 
+def test_a_split_brain_fails_sync_wait_and_lists_each_peer_once(cluster):
+    a, b, a_mnt, b_mnt, b_view, a_files = make_split_brain(cluster)
+    for node, other in ((a, "b"), (b, "a")):
+        peers = status_json(node.store)["peers"]
+        assert [p["name"] for p in peers] == [other], peers
+        entry = peers[0]
+        assert entry["state"] == "split-brain" and entry["in_sync"] is False, entry
+        assert entry["reason"].count("split brain") == 1, entry["reason"]
+        assert entry.get("endpoint") and entry.get("uuid"), entry
+    # Waiting cannot end a split brain: sync --wait says so (exit 1), it
+    # does not run into its timeout (exit 3) or wait forever.
+    t0 = time.monotonic()
+    r = mirrorfs("sync", a.store, "--wait", "--timeout", "60", timeout=70)
+    assert r.returncode == 1 and "split brain with b" in r.stderr, \
+        f"exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+    assert time.monotonic() - t0 < 30, "sync --wait waited out a split brain"
+    assert store_manifest(b.store) == b_view
+
+
 def test_split_brain_is_detected_and_resolved_by_discarding_the_loser(cluster):
     a, b, a_mnt, b_mnt, b_view, a_files = make_split_brain(cluster)
 
