@@ -1,4 +1,7 @@
-# bash completion for mirrorfs (DESIGN.md's command line).
+# bash completion for mirrorfs: the verbs and the flags of each (as
+# `mirrorfs --help-all` lists them), folders for STORE and MOUNTPOINT,
+# files for keys, groups for --control-group, nothing for numbers, sizes,
+# endpoints and names.
 # Installed as /usr/share/bash-completion/completions/mirrorfs.
 
 _mirrorfs() {
@@ -42,7 +45,12 @@ _mirrorfs() {
     --mount)
       _mirrorfs_dirs
       return ;;
-    --listen | --peer | --name | --timeout | --peer-timeout | -o)
+    --control-group)
+      mapfile -t COMPREPLY < <(compgen -g -- "$cur")
+      return ;;
+    # Free text and numbers: nothing to offer (not file names either).
+    --listen | --peer | --name | -o | --timeout | --peer-timeout | --busy-poll | \
+      --intent-extent | --intent-budget | --resync-rate | --rate)
       return ;;
   esac
 
@@ -53,33 +61,34 @@ _mirrorfs() {
 
   local opts=""
   case $verb in
-    mount) opts="--name --listen --peer --mode --peer-timeout -f --foreground -o --key --authorized-keys --insecure --control-group --cached-writes --busy-poll --help" ;;
-    serve) opts="--listen --name --peer-timeout -f --foreground --key --authorized-keys --insecure --control-group --cached-writes --busy-poll --help" ;;
-    stop | demote) opts="--help" ;;
-    status) opts="--json --help" ;;
-    sync) opts="--peer --wait --timeout --help" ;;
-    fracture) opts="--help" ;;
-    verify) opts="--peer --repair --help" ;;
-    promote) opts="--mount --force --help" ;;
-    resolve) opts="--discard-local --keep-local --help" ;;
+    mount) opts="--name --listen --peer --mode -f --foreground -o --intent-extent --intent-budget --resync-rate --key --authorized-keys --insecure --control-group --cached-writes --busy-poll --peer-timeout" ;;
+    serve) opts="--listen --name -f --foreground --key --authorized-keys --insecure --control-group --cached-writes --busy-poll --peer-timeout" ;;
+    stop | fracture) opts="" ;;
+    status) opts="--json" ;;
+    sync) opts="--peer --wait --timeout" ;;
+    verify) opts="--peer --repair --json --rate" ;;
+    promote) opts="--mount --force" ;;
+    demote) opts="--listen" ;;
+    resolve) opts="--discard-local --keep-local" ;;
     keygen)
-      _mirrorfs_files
-      return ;;
+      if [[ $cur != -* ]]; then
+        _mirrorfs_files
+        return
+      fi ;;
     peer)
       if [[ -z $sub ]]; then
-        mapfile -t COMPREPLY < <(compgen -W "add remove list --help" -- "$cur")
+        mapfile -t COMPREPLY < <(compgen -W "add remove list -h --help --help-all" -- "$cur")
         return
       fi
       case $sub in
-        list) opts="--json --help" ;;
-        remove) opts="--force --help" ;;
-        *) opts="--help" ;;
+        list) opts="--json" ;;
+        remove) opts="--force" ;;
       esac
       ;;
   esac
 
   if [[ $cur == -* ]]; then
-    mapfile -t COMPREPLY < <(compgen -W "$opts" -- "$cur")
+    mapfile -t COMPREPLY < <(compgen -W "$opts -h --help --help-all" -- "$cur")
   else
     # STORE and MOUNTPOINT are folders.
     _mirrorfs_dirs

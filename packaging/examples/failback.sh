@@ -13,7 +13,10 @@
 # 1. `mirrorfs serve STORE --listen LISTEN_EP` (unless already running as a
 #    secondary). What this node wrote that never reached the current primary
 #    is undone by the resync.
-# 2. On the current primary: `mirrorfs sync REMOTE_STORE --peer NAME --wait`.
+# 2. On the current primary: `mirrorfs sync REMOTE_STORE --peer NAME --wait
+#    --timeout SYNC_TIMEOUT`. If the resync has not finished by then, the
+#    script exits 3 (the resync goes on; run failback.sh again to wait for
+#    it, and to switch back).
 # 3. With MOUNTPOINT: `mirrorfs demote REMOTE_STORE` there; once this node no
 #    longer sees it as its primary, `mirrorfs promote STORE --mount MOUNTPOINT`.
 #
@@ -21,7 +24,8 @@
 # primary (e.g. "ssh root@b"; default empty: the same host); MIRRORFS_BIN
 # (default: mirrorfs) and REMOTE_MIRRORFS_BIN (default: MIRRORFS_BIN);
 # SYNC_TIMEOUT (3600 s); SWITCH_TIMEOUT (60 s). Needs jq.
-# Exit status: 0 done; 1 a step failed (stderr says which); 2 wrong usage.
+# Exit status: 0 done; 1 a step failed (stderr says which); 2 wrong usage;
+# 3 the resync did not finish within SYNC_TIMEOUT (nothing was switched).
 set -euo pipefail
 
 mirrorfs=${MIRRORFS_BIN:-mirrorfs}
@@ -52,8 +56,14 @@ fi
 name=$(jq -r .node <<<"$status")
 
 say "resyncing $name from the current primary (${REMOTE:-this host}:$remote_store)"
-on_primary sync "$remote_store" --peer "$name" --wait --timeout "$sync_timeout" ||
-  die "the resync of $name did not finish"
+rc=0
+on_primary sync "$remote_store" --peer "$name" --wait --timeout "$sync_timeout" || rc=$?
+if ((rc == 3)); then
+  echo "failback: the resync of $name did not finish within ${sync_timeout} s; it goes on:" \
+    "run failback.sh again to wait for it${mountpoint:+ and switch back}" >&2
+  exit 3
+fi
+((rc == 0)) || die "the resync of $name failed (mirrorfs sync exit $rc)"
 say "$name is in sync"
 [[ -n $mountpoint ]] || exit 0
 

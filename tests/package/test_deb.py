@@ -71,6 +71,8 @@ def test_files():
     assert not any("/.mirrorfs" in p or "/build" in p for p in paths), paths
     unit = deb_file("usr/lib/systemd/system/mirrorfs-mount@.service")
     assert "ExecStart=/usr/bin/mirrorfs mount %f" in unit, unit
+    # mirrorfs -f tells systemd when it is ready (sd_notify).
+    assert "Type=notify" in unit and "NotifyAccess=main" in unit, unit
 
 
 @pytest.fixture
