@@ -648,12 +648,12 @@ TEST(WireTest, WrongMagicVersionAndTypeAreRejected) {
   ExpectRejected(g, "not a mirrorfs frame: magic");
 
   g = f;
-  g[4] = 5;  // version 5
+  g[4] = 6;  // version 6
   Reseal(&g);
-  ExpectRejected(g, "frame version 5 is newer than this node's wire version 4");
+  ExpectRejected(g, "frame version 6 is newer than this node's wire version 5");
   auto h = DecodeFrameHeader(g);  // the header is still readable
   ASSERT_TRUE(h.ok()) << h.status().message();
-  EXPECT_EQ(h->version, 5);
+  EXPECT_EQ(h->version, 6);
   EXPECT_EQ(h->seq, 42u);
   EXPECT_EQ(h->session, TestHeader().session);
 
