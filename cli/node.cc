@@ -427,6 +427,11 @@ sync::ReplicaIdentity Node::ReplicaIdentityNow(bool* ok_consistent) {
   auto consistent = meta_->IsConsistent();
   *ok_consistent = consistent.ok();
   r.consistent = consistent.ok() && *consistent;
+  if (!r.consistent) {
+    // Unreadable: 0, so the next primary compares every block.
+    auto id = meta_->InconsistentResyncId();
+    r.resync_id = id.ok() ? *id : 0;
+  }
   r.generations = sync::Generations::Parse(identity_->generation);
   return r;
 }
@@ -521,8 +526,8 @@ meta::Status Node::AdoptStore(const meta::Uuid& store_uuid) {
   return meta_->SaveIdentity(*stored);
 }
 
-meta::Status Node::SetConsistent(bool consistent) {
-  return meta_->SetConsistent(consistent);
+meta::Status Node::SetConsistent(bool consistent, uint64_t resync_id) {
+  return meta_->SetConsistent(consistent, resync_id);
 }
 
 meta::Status Node::SetGenerations(const sync::Generations& generations) {

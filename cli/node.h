@@ -79,7 +79,7 @@ class Node : public sync::ReplicaHost {
 
   // sync::ReplicaHost (called on the replica thread).
   meta::Status AdoptStore(const meta::Uuid& store_uuid) override;
-  meta::Status SetConsistent(bool consistent) override;
+  meta::Status SetConsistent(bool consistent, uint64_t resync_id) override;
   meta::Status SetGenerations(const sync::Generations& generations) override;
   void PrimaryAccepted(const std::string& name, const meta::Uuid& uuid,
                        const std::string& endpoint) override;

@@ -23,6 +23,11 @@
 //                                    that <peer> missed
 //   "pflag/<peer>/<flag>"            "1" (absent = flag off); <flag> is
 //                                    "namespace_dirty" | "full_sync_needed"
+//   "pflag/<peer>/resync_id"         decimal id (non-zero) this primary puts
+//                                    in its resync-begin marks to <peer>;
+//                                    vouches that <peer>'s fracture log is
+//                                    the rest of any such resync cut short
+//                                    (dropped with the log)
 //   "node/clean"                     "1" clean shutdown, "0" running or
 //                                    crashed (absent = clean: a fresh DB)
 //   "int/<ino:be64><region:be64>"    "" (empty): write-intent journal; the
@@ -35,6 +40,9 @@
 //   "node/consistent"                "1" this copy is consistent, "0" a
 //                                    resync into it began and has not
 //                                    ended (absent = consistent)
+//   "node/resync_id"                 decimal id of the primary's resync
+//                                    that made "node/consistent" "0" (absent
+//                                    or "0": another cause, or consistent)
 //
 // <name>/<peer> match [A-Za-z0-9._-]{1,64}, so neither '/' nor '\0' can
 // occur in them and every per-peer prefix below is unambiguous. <path> is
@@ -83,11 +91,13 @@ inline constexpr std::string_view kNamespaceOpPrefix = "fns/";
 inline constexpr std::string_view kPeerFlagPrefix = "pflag/";
 inline constexpr std::string_view kNodeClean = "node/clean";
 inline constexpr std::string_view kNodeConsistent = "node/consistent";
+inline constexpr std::string_view kNodeResyncId = "node/resync_id";
 inline constexpr std::string_view kIntentPrefix = "int/";
 inline constexpr std::string_view kNodeIntentExtent = "node/intent_extent";
 
 inline constexpr std::string_view kFlagNamespaceDirty = "namespace_dirty";
 inline constexpr std::string_view kFlagFullSyncNeeded = "full_sync_needed";
+inline constexpr std::string_view kPeerResyncId = "resync_id";
 
 // Size of the big-endian <off> and <seq> key suffixes.
 inline constexpr size_t kBe64Size = 8;

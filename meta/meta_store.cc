@@ -88,6 +88,13 @@ std::string_view FlagName(PeerFlag flag) {
   return "unknown";
 }
 
+// Parses a non-empty decimal u64.
+bool ParseDecimal(const std::string& text, uint64_t* out) {
+  auto [end, ec] =
+      std::from_chars(text.data(), text.data() + text.size(), *out);
+  return ec == std::errc() && end == text.data() + text.size() && !text.empty();
+}
+
 // Turns a failed DB::Open into a message an operator can act on.
 Status OpenError(const std::string& dir, const rocksdb::Status& s) {
   const std::string msg = s.ToString();
@@ -672,6 +679,10 @@ Status MetaStore::ClearAllFracture(const std::string& peer) {
         DeletePrefix(&batch, keys::FracturePeerPrefix(peer), what));
     MFS_RETURN_IF_ERROR(
         DeletePrefix(&batch, keys::NamespaceOpPeerPrefix(peer), what));
+    // The id vouched for this log's content: a cleared log no longer
+    // covers a resync cut short under that id.
+    MFS_RETURN_IF_ERROR(FromRocks(
+        batch.Delete(keys::PeerFlagKey(peer, keys::kPeerResyncId)), what));
     return Write(&batch, /*sync=*/true, what);
   });
 }
@@ -781,6 +792,38 @@ Result<bool> MetaStore::GetPeerFlag(const std::string& peer, PeerFlag flag) {
   });
 }
 
+Status MetaStore::SetPeerResyncId(const std::string& peer, uint64_t id) {
+  return Guarded([&]() -> Status {
+    const std::string key = keys::PeerFlagKey(peer, keys::kPeerResyncId);
+    const std::string what = "set the resync id of peer " + peer;
+    std::lock_guard<std::mutex> lock(rmw_mu_);
+    MFS_RETURN_IF_ERROR(CheckPeerKnown(peer));
+    rocksdb::WriteBatch batch;
+    MFS_RETURN_IF_ERROR(FromRocks(
+        id == 0 ? batch.Delete(key) : batch.Put(key, std::to_string(id)),
+        what));
+    return Write(&batch, /*sync=*/true, what);
+  });
+}
+
+Result<uint64_t> MetaStore::GetPeerResyncId(const std::string& peer) {
+  return Guarded([&]() -> Result<uint64_t> {
+    MFS_RETURN_IF_ERROR(CheckPeerKnown(peer));
+    std::string value;
+    bool found = false;
+    MFS_RETURN_IF_ERROR(
+        Get(keys::PeerFlagKey(peer, keys::kPeerResyncId), &value, &found));
+    if (!found) return uint64_t{0};
+    uint64_t id = 0;
+    if (!ParseDecimal(value, &id)) {
+      return Status::Error(EUCLEAN, "state database " + dir_ +
+                                        ": resync id of peer " + peer +
+                                        " reads '" + value + "'");
+    }
+    return id;
+  });
+}
+
 // --- Node flags ------------------------------------------------------------
 
 Status MetaStore::SetCleanShutdown(bool clean) {
@@ -884,13 +927,35 @@ Status MetaStore::ClearIntents() {
   });
 }
 
-Status MetaStore::SetConsistent(bool consistent) {
+Status MetaStore::SetConsistent(bool consistent, uint64_t resync_id) {
   return Guarded([&]() -> Status {
     rocksdb::WriteBatch batch;
     MFS_RETURN_IF_ERROR(
         FromRocks(batch.Put(keys::kNodeConsistent, consistent ? "1" : "0"),
                   "record consistency"));
+    const uint64_t id = consistent ? 0 : resync_id;
+    MFS_RETURN_IF_ERROR(
+        FromRocks(id == 0 ? batch.Delete(keys::kNodeResyncId)
+                          : batch.Put(keys::kNodeResyncId, std::to_string(id)),
+                  "record consistency"));
     return Write(&batch, /*sync=*/true, "record consistency");
+  });
+}
+
+Result<uint64_t> MetaStore::InconsistentResyncId() {
+  return Guarded([&]() -> Result<uint64_t> {
+    std::string value;
+    bool found = false;
+    MFS_RETURN_IF_ERROR(Get(keys::kNodeConsistent, &value, &found));
+    if (!found || value != "0") return uint64_t{0};
+    MFS_RETURN_IF_ERROR(Get(keys::kNodeResyncId, &value, &found));
+    if (!found) return uint64_t{0};
+    uint64_t id = 0;
+    if (!ParseDecimal(value, &id)) {
+      return Status::Error(EUCLEAN, "state database " + dir_ +
+                                        ": resync id reads '" + value + "'");
+    }
+    return id;
   });
 }
 

@@ -193,6 +193,14 @@ class MetaStore {
   // Returns the flag; false if never set.
   Result<bool> GetPeerFlag(const std::string& peer, PeerFlag flag);
 
+  // The id this primary puts in its resync-begin marks to `peer` (synced).
+  // A peer that says it is inconsistent because of this id holds at most
+  // what the peer's fracture log (and the write-intent journal) covers.
+  // Dropped with the log (ClearAllFracture) and with the peer.
+  Status SetPeerResyncId(const std::string& peer, uint64_t id);
+  // Returns the id; 0 if none.
+  Result<uint64_t> GetPeerResyncId(const std::string& peer);
+
   // --- Node flags ----------------------------------------------------------
 
   // The daemon sets false when it starts serving and true as the last step
@@ -226,9 +234,14 @@ class MetaStore {
 
   // A secondary's copy is inconsistent from the start of a resync into it
   // until its end (DESIGN.md guarantee 7); synced, so a crash keeps it.
-  Status SetConsistent(bool consistent);
+  // `resync_id`: the id of the primary's resync-begin mark that made it
+  // inconsistent, 0 for any other cause (recorded in the same batch).
+  Status SetConsistent(bool consistent, uint64_t resync_id = 0);
   // Returns the mark; true for a fresh database.
   Result<bool> IsConsistent();
+  // Returns the resync id recorded with an inconsistent mark; 0 if the copy
+  // is consistent or became inconsistent for another cause.
+  Result<uint64_t> InconsistentResyncId();
 
   // Makes every earlier write durable (syncs RocksDB's write-ahead log),
   // including the fracture-log writes made with sync = false by any thread.

@@ -1,5 +1,7 @@
 #include "sync/fracture_log.h"
 
+#include <random>
+
 #include "meta/log.h"
 #include "meta/meta_store.h"
 #include "sync/wire.h"
@@ -38,6 +40,8 @@ Status FractureLog::Load() {
   full_sync_ = full.ok() && *full;
   auto dirty = store_->GetPeerFlag(peer_, meta::PeerFlag::kNamespaceDirty);
   namespace_dirty_ = dirty.ok() && *dirty;
+  auto resync_id = store_->GetPeerResyncId(peer_);
+  resync_id_ = resync_id.ok() ? *resync_id : 0;
   Status problem;
   if (extents.ok()) {
     extents_ = std::move(extents.value());
@@ -57,7 +61,9 @@ Status FractureLog::Load() {
   if (!problem.ok()) {
     // Nothing in it can be trusted: compare every block instead.
     full_sync_ = true;
+    resync_id_ = 0;
     (void)store_->SetPeerFlag(peer_, meta::PeerFlag::kFullSyncNeeded, true);
+    (void)store_->SetPeerResyncId(peer_, 0);
     return problem.Context("fracture log of peer " + peer_ +
                            " is unreadable; a full sync will follow");
   }
@@ -266,6 +272,11 @@ Status FractureLog::NamespaceDone(uint64_t seq) {
 }
 
 Status FractureLog::Checkpoint() {
+  MFS_RETURN_IF_ERROR(PersistProgress());
+  return store_->SyncWal();
+}
+
+Status FractureLog::PersistProgress() {
   {
     // Held across the rewrites: no Record may add to a path while its
     // records are replaced (MetaStore::ReplaceFracture's REQUIRES).
@@ -278,7 +289,7 @@ Status FractureLog::Checkpoint() {
     }
     stale_paths_.clear();
   }
-  return store_->SyncWal();
+  return Status::Ok();
 }
 
 Status FractureLog::Clear() {
@@ -290,6 +301,7 @@ Status FractureLog::Clear() {
     bytes_ = count_ = 0;
     full_sync_ = false;
     namespace_dirty_ = false;
+    resync_id_ = 0;  // ClearAllFracture drops it too
   }
   MFS_RETURN_IF_ERROR(store_->ClearAllFracture(peer_));
   MFS_RETURN_IF_ERROR(
@@ -297,6 +309,35 @@ Status FractureLog::Clear() {
   MFS_RETURN_IF_ERROR(
       store_->SetPeerFlag(peer_, meta::PeerFlag::kFullSyncNeeded, false));
   return store_->SyncWal();
+}
+
+uint64_t FractureLog::ResyncId() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (resync_id_ != 0) return resync_id_;
+  }
+  // Stored (synced) outside mu_, a leaf lock held across unsynced writes
+  // only. One resync worker per log at a time: no other caller races.
+  uint64_t id = 0;
+  while (id == 0) {
+    std::random_device random;
+    id = (uint64_t{random()} << 32) | random();
+  }
+  auto s = store_->SetPeerResyncId(peer_, id);
+  if (!s.ok()) {
+    meta::LogError("peer " + peer_ + ": " + s.message() +
+                   "; a crash of this node during the resync will lead to "
+                   "a full comparison");
+    return 0;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  resync_id_ = id;
+  return id;
+}
+
+bool FractureLog::IsOwnResync(uint64_t id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return id != 0 && id == resync_id_;
 }
 
 Status FractureLog::MarkNamespaceDirty() {

@@ -9,7 +9,8 @@
 // written at once without fsync: a RocksDB WAL write survives kill -9 of the
 // process. MakeDurable() fsyncs it; it runs when the application fsyncs and
 // when a peer is lost with changes in flight (guarantee 2). Progress of a
-// resync (Done) is persisted lazily: losing it only re-sends data.
+// resync (Done, called once the peer has the data on its disk) is persisted
+// without a sync (PersistProgress): losing it only re-sends data.
 //
 // Renames and unlinks while the peer is away move or drop the extents logged
 // under the old path, so the log always names what the primary has now; the
@@ -91,8 +92,22 @@ class FractureLog {
   // Persists the in-memory log exactly (compacts the on-disk records), e.g.
   // when a resync ends or the node stops.
   meta::Status Checkpoint();
+  // As Checkpoint, without the sync: resync progress that survives a kill
+  // of this process (a lost rewrite only re-sends data).
+  meta::Status PersistProgress();
   // Forgets everything (after a successful full sync).
   meta::Status Clear();
+
+  // The id this primary's resync-begin marks to the peer carry (DESIGN.md
+  // guarantee 6 across a crash). Made and stored (synced) on first use;
+  // kept as long as the log: a peer that reports itself inconsistent
+  // because of this id holds at most what this log and the write-intent
+  // journal cover, so the next resync resumes from the log instead of
+  // comparing every block. Returns 0 if it cannot be stored (then the
+  // resync names no id and a crash leads to a full comparison).
+  uint64_t ResyncId();
+  // True if `id` (from the peer's hello reply) is this log's resync id.
+  bool IsOwnResync(uint64_t id) const;
 
   bool empty() const;
   uint64_t bytes() const;
@@ -118,6 +133,7 @@ class FractureLog {
   bool data_covered_ = false;    // by the write-intent journal
   bool uncovered_dirty_ = true;  // records the journal does not cover
   bool namespace_dirty_ = false;
+  uint64_t resync_id_ = 0;  // 0: none stored
   // Paths whose on-disk records are out of date with memory (Done).
   std::map<std::string, bool> stale_paths_;
 };

@@ -973,6 +973,7 @@ bool PeerSession::Connect() {
         return false;
       }
       bool fresh = (r->flags & kHelloFresh) != 0;
+      bool resumed = false;
       generations_->MarkShared();
       // What the peer wrote as a former primary that may not have reached
       // us: re-sent from our data, so that it is undone there.
@@ -1014,7 +1015,15 @@ bool PeerSession::Connect() {
         up_ = true;
         accept_live_ = false;
         resync_failure_.clear();
-        copy_consistent_ = (r->flags & kHelloConsistent) && !fresh;
+        // A copy left inconsistent by this node's own resync, cut short
+        // (this node crashed or stopped, or the peer did), holds at most
+        // what the log (with the write-intent journal, re-added after a
+        // crash) covers: the resync resumes from the log (guarantee 6).
+        // Not if the peer wrote as primary beyond what it can list.
+        resumed = !(r->flags & kHelloConsistent) && !fresh &&
+                  !(r->flags & kHelloNamespaceDiverged) &&
+                  log_->IsOwnResync(r->resync_id);
+        copy_consistent_ = ((r->flags & kHelloConsistent) || resumed) && !fresh;
         state_ = PeerState::kSyncing;
         reason_ = "reconciling";
       }
@@ -1031,7 +1040,10 @@ bool PeerSession::Connect() {
                ? std::string()
                : "; fracture log " + Size(log_->bytes()) +
                      (log_->full_sync() || !copy_consistent_ ? ", full sync"
-                                                             : "")));
+                                                             : "") +
+                     (resumed ? "; it is mid-resync from this node: the "
+                                "resync resumes from the log"
+                              : "")));
       // The worker freezes the namespace and switches to live mirroring.
       auto worker = std::make_unique<ResyncWorker>(
           this, log_.get(), source_, options_.resync_rate, copy_consistent_);

@@ -169,7 +169,7 @@ meta::Status ReplicaServer::FinishResync(uint64_t resync_begun) {
     // ends too.
     if (resync_begun != resync_begun_) return meta::Status::Ok();
   }
-  meta::Status marked = host_->SetConsistent(true);
+  meta::Status marked = host_->SetConsistent(true, 0);
   if (!marked.ok()) {
     meta::LogError(
         "resync from the primary done, but this copy cannot be "
@@ -180,6 +180,7 @@ meta::Status ReplicaServer::FinishResync(uint64_t resync_begun) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     identity_.consistent = true;
+    identity_.resync_id = 0;
     resyncing_ = false;
   }
   // Whatever this node wrote as a former primary is settled now.
@@ -589,9 +590,10 @@ void ReplicaServer::HandleHello(const std::string& routing_id,
     if (reply.accepted) {
       if (fresh && identity_.consistent) {
         // Until the full sync ends, this copy is of unknown age.
-        auto s = host_->SetConsistent(false);
+        auto s = host_->SetConsistent(false, 0);
         if (!s.ok()) meta::LogError(s.message());
         identity_.consistent = false;
+        identity_.resync_id = 0;
       }
       identity_.store_uuid = store;
       identity_.generations = gens;
@@ -614,6 +616,7 @@ void ReplicaServer::HandleHello(const std::string& routing_id,
     }
     reply.flags |= (identity_.consistent ? kHelloConsistent : 0) |
                    (fresh ? kHelloFresh : 0);
+    reply.resync_id = identity_.consistent ? 0 : identity_.resync_id;
   }
   if (reply.accepted) {
     host_->PrimaryAccepted(hello.node_name, hello.node_uuid, hello.endpoint);
@@ -778,13 +781,14 @@ void ReplicaServer::Handle(const std::string& routing_id,
     }
     Ack ack;
     ack.seq = h.seq;
-    meta::Status s = host_->SetConsistent(false);
+    meta::Status s = host_->SetConsistent(false, mark->resync_id);
     if (!s.ok()) {
       ack.err = s.err();
       ack.message = s.message();
     } else {
       std::lock_guard<std::mutex> lock(mu_);
       identity_.consistent = false;
+      identity_.resync_id = mark->resync_id;
       resyncing_ = true;
       resync_total_ = mark->total_bytes;
       resync_done_ = 0;

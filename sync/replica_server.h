@@ -61,7 +61,9 @@ class ReplicaHost {
   virtual ~ReplicaHost() = default;
   // A fresh store adopts the first primary's store identity.
   virtual meta::Status AdoptStore(const meta::Uuid& store_uuid) = 0;
-  virtual meta::Status SetConsistent(bool consistent) = 0;
+  // `resync_id`: of the primary's resync that makes the copy inconsistent
+  // (0 for any other cause); recorded with it, reported in hello replies.
+  virtual meta::Status SetConsistent(bool consistent, uint64_t resync_id) = 0;
   virtual meta::Status SetGenerations(const Generations& generations) = 0;
   // From now on this node follows that primary (remember it as a peer).
   virtual void PrimaryAccepted(const std::string& name, const meta::Uuid& uuid,
@@ -81,6 +83,9 @@ struct ReplicaIdentity {
   // False while a resync is under way (or never finished): the copy may be
   // a mix of old and new data (DESIGN.md guarantee 7).
   bool consistent = true;
+  // While not consistent: the id of the resync that made it so (0: another
+  // cause). See ResyncMark::resync_id.
+  uint64_t resync_id = 0;
   Generations generations;
 };
 

@@ -77,6 +77,8 @@ void ResyncWorker::Run() {
   const std::string& peer = session_->name();
   bool need_data = false;
   bool full = log_->full_sync() || !copy_consistent_;
+  resync_id_ = log_->ResyncId();
+  last_trim_ = Clock::now();
   if (!Freeze(&need_data)) {
     finished_ = true;
     return;
@@ -153,7 +155,7 @@ bool ResyncWorker::Freeze(bool* need_data) {
           std::lock_guard<std::mutex> lock(mu_);
           total_bytes_ = total;
         }
-        ResyncMark begin{true, total};
+        ResyncMark begin{true, total, resync_id_};
         queued = queued && session_->EnqueueMark(begin, ns_done);
         for (const auto& [seq, op] : log_->NamespaceOps()) {
           Change replay = op;
@@ -208,11 +210,38 @@ bool ResyncWorker::Drain(size_t keep) {
     Pending& front = pending_.front();
     front.completion->Wait();
     if (cancelled_) return false;
-    if (front.from_log) log_->Done(front.path, front.offset, front.length);
+    if (front.from_log) {
+      // Applied, maybe only in the peer's page cache: out of the log once
+      // a store flush of the peer says it is on its disk (TrimApplied).
+      applied_.push_back(Applied{front.path, front.offset, front.length});
+      applied_bytes_ += front.length;
+    }
     AddDone(front.length);
     pending_.erase(pending_.begin());
   }
+  if (!cancelled_ &&
+      (applied_bytes_ >= kTrimBytes ||
+       (!applied_.empty() && Clock::now() - last_trim_ >= kTrimPeriod))) {
+    return TrimApplied();
+  }
   return !cancelled_;
+}
+
+bool ResyncWorker::TrimApplied() {
+  last_trim_ = Clock::now();
+  if (applied_.empty()) return !cancelled_;
+  Change flush;
+  flush.kind = ChangeKind::kFsync;  // no path: the peer's whole store
+  auto done = std::make_shared<Completion>(1);
+  if (!session_->EnqueueResync(flush, done)) return false;
+  done->Wait();
+  if (cancelled_) return false;
+  for (const auto& a : applied_) log_->Done(a.path, a.offset, a.length);
+  applied_.clear();
+  applied_bytes_ = 0;
+  auto s = log_->PersistProgress();
+  if (!s.ok()) meta::LogError("peer " + session_->name() + ": " + s.message());
+  return true;
 }
 
 // Reads [offset, offset+length) of `path` under its range lock and queues
@@ -291,7 +320,7 @@ bool ResyncWorker::FracturePass(bool* more) {
       }
     }
   }
-  if (!Drain(0)) return false;
+  if (!Drain(0) || !TrimApplied()) return false;
   // Entries that remain were moved by renames meanwhile; another pass sends
   // them under their new names. A pass that frees nothing would loop.
   if (log_->bytes() >= before && !log_->Extents().empty()) {

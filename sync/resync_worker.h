@@ -24,6 +24,15 @@
 // racing application write to the same range is queued either before the
 // chunk (and the chunk carries its data) or after it (and lands last).
 //
+// Progress and crashes (guarantees 1 and 6): a chunk leaves the fracture log
+// only once the peer has it on its disk — acknowledged chunks are trimmed
+// after a store flush of the peer answered (every kTrimBytes or kTrimPeriod,
+// and at the end of each pass), and the trim is written without a sync (a
+// lost trim re-sends data). The begin mark carries the log's resync id: if
+// this node crashes mid-resync, the peer reports that id, and the next
+// resync resumes from what the log (and the write-intent journal) still
+// holds instead of comparing every block.
+//
 // Rate limit: `rate_bytes_per_second` (0 = unlimited) throttles chunks; live
 // application writes are never throttled, so resync yields to them.
 //
@@ -63,6 +72,10 @@ class ResyncWorker {
   static constexpr size_t kWindow = 16;
   // Block size of a full sync's checksum comparison.
   static constexpr uint32_t kBlockBytes = 64u << 10;
+  // Acknowledged log chunks are trimmed from the log after a store flush of
+  // the peer, at least this often (bytes, time).
+  static constexpr uint64_t kTrimBytes = 64u << 20;
+  static constexpr std::chrono::milliseconds kTrimPeriod{1000};
 
   // `*session`, `*log` and `*source` must outlive the worker.
   ResyncWorker(PeerSession* session, FractureLog* log, meta::Source* source,
@@ -84,6 +97,10 @@ class ResyncWorker {
   bool SendMark(bool begin, uint64_t total);
   // Waits until at most `keep` chunk completions are outstanding.
   bool Drain(size_t keep);
+  // Asks the peer for a store flush, waits for it, then trims the applied
+  // log chunks from the log (and writes that down). Returns false if
+  // cancelled (the chunks stay in the log).
+  bool TrimApplied();
   void Throttle(uint64_t bytes);
   void AddDone(uint64_t bytes);
 
@@ -105,6 +122,17 @@ class ResyncWorker {
     bool from_log;  // Done() it in the log once applied
   };
   std::vector<Pending> pending_;  // worker thread only
+  // Log chunks the peer applied, not yet known to be on its disk (worker
+  // thread only).
+  struct Applied {
+    std::string path;
+    uint64_t offset;
+    uint64_t length;
+  };
+  std::vector<Applied> applied_;
+  uint64_t applied_bytes_ = 0;
+  std::chrono::steady_clock::time_point last_trim_;
+  uint64_t resync_id_ = 0;  // the log's, in the begin mark
   // Files and sizes at the freeze, for a full sync (worker thread only).
   std::vector<std::pair<std::string, uint64_t>> files_for_full_sync_;
 

@@ -385,6 +385,7 @@ Status DecodeHelloReply(std::string_view payload, HelloReply* m) {
                    " ends beyond the largest file offset");
     }
   }
+  MFS_RETURN_IF_ERROR(r.U64("resync_id", &m->resync_id));
   return r.End();
 }
 
@@ -637,6 +638,7 @@ Status DecodeResyncMark(std::string_view payload, ResyncMark* m) {
   PayloadReader r(payload);
   MFS_RETURN_IF_ERROR(r.Bool("begin", &m->begin));
   MFS_RETURN_IF_ERROR(r.U64("total_bytes", &m->total_bytes));
+  MFS_RETURN_IF_ERROR(r.U64("resync_id", &m->resync_id));
   return r.End();
 }
 
@@ -784,7 +786,7 @@ void EncodeHelloReply(const FrameHeader& header, const HelloReply& m,
   BeginFrame(header, FrameType::kHelloReply,
              1 + 1 + 4 + StringBytes(m.node_name) + 16 + 16 + 16 + 1 +
                  16 * m.generation_history.size() + StringBytes(m.reason) +
-                 divergent_bytes,
+                 divergent_bytes + 8,
              out);
   PutU8(out, m.accepted ? 1 : 0);
   PutU8(out, static_cast<uint8_t>(m.role));
@@ -801,6 +803,7 @@ void EncodeHelloReply(const FrameHeader& header, const HelloReply& m,
     PutU64(out, m.divergent[i].offset);
     PutU64(out, m.divergent[i].length);
   }
+  PutU64(out, m.resync_id);
   FinishFrame(out);
 }
 
@@ -863,9 +866,10 @@ void EncodeManifest(const FrameHeader& header, const Manifest& m,
 
 void EncodeResyncMark(const FrameHeader& header, const ResyncMark& m,
                       std::string* out) {
-  BeginFrame(header, FrameType::kResyncMark, 1 + 8, out);
+  BeginFrame(header, FrameType::kResyncMark, 1 + 8 + 8, out);
   PutU8(out, m.begin ? 1 : 0);
   PutU64(out, m.total_bytes);
+  PutU64(out, m.resync_id);
   FinishFrame(out);
 }
 

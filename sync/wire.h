@@ -38,7 +38,7 @@ namespace mirrorfs::sync {
 // "MFSW" as little-endian bytes 'M','F','S','W'.
 inline constexpr uint32_t kWireMagic = 0x5753464du;
 // The only version this build speaks; see "Versioning" in WIRE_FORMAT.md.
-inline constexpr uint16_t kWireVersion = 4;
+inline constexpr uint16_t kWireVersion = 5;
 inline constexpr size_t kFrameHeaderSize = 48;
 
 // Limits enforced by the decoder (and to be respected by senders).
@@ -156,6 +156,10 @@ struct HelloReply {
   // that they are undone here. At most kMaxDivergentExtents; more is
   // reported as kHelloFresh instead (compare every block).
   std::vector<DivergentExtent> divergent;
+  // The replier's copy is inconsistent because of the resync whose begin
+  // mark carried this id (0: consistent, or inconsistent for another
+  // cause). A primary that issued the id knows what that resync left.
+  uint64_t resync_id = 0;
 };
 
 struct Ack {
@@ -205,6 +209,9 @@ inline constexpr size_t kMaxManifestEntries = 4096;
 struct ResyncMark {
   bool begin = true;
   uint64_t total_bytes = 0;  // what the resync expects to send
+  // Begin: names this primary's resyncs to this peer (non-zero); recorded
+  // with the inconsistency and reported back in hello replies.
+  uint64_t resync_id = 0;
 };
 
 // Checksums of consecutive blocks of one file, for a full sync that sends

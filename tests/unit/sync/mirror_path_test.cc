@@ -74,7 +74,9 @@ class MemoryHost : public ReplicaHost {
   meta::Status AdoptStore(const meta::Uuid&) override {
     return meta::Status::Ok();
   }
-  meta::Status SetConsistent(bool) override { return meta::Status::Ok(); }
+  meta::Status SetConsistent(bool, uint64_t) override {
+    return meta::Status::Ok();
+  }
   meta::Status SetGenerations(const Generations&) override {
     return meta::Status::Ok();
   }

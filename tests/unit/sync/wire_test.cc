@@ -338,7 +338,7 @@ TEST(WireTest, HeaderLayoutIsFixedLittleEndian) {
              &f);
   ASSERT_EQ(f.size(), kFrameHeaderSize + 8);
   EXPECT_EQ(f.substr(0, 4), "MFSW");
-  EXPECT_EQ(f[4], 4);  // version
+  EXPECT_EQ(f[4], 5);  // version
   EXPECT_EQ(f[5], 0);
   EXPECT_EQ(f[6], 5);  // type kPing
   EXPECT_EQ(f[7], 0);
@@ -502,6 +502,7 @@ TEST(WireTest, HelloReplyRoundTrips) {
     HelloReply h = MakeHelloReply();
     h.accepted = accepted;
     h.flags = accepted ? kHelloConsistent : 0;
+    h.resync_id = accepted ? 0 : 0x0123456789abcdefULL;
     if (accepted) h.reason.clear();
     std::string f;
     EncodeHelloReply(TestHeader(2), h, &f);
@@ -518,7 +519,20 @@ TEST(WireTest, HelloReplyRoundTrips) {
     EXPECT_EQ(got.generation, h.generation);
     EXPECT_TRUE(got.generation_history.empty());
     EXPECT_EQ(got.reason, h.reason);
+    EXPECT_EQ(got.resync_id, h.resync_id);
   }
+}
+
+TEST(WireTest, ResyncMarkRoundTripsWithItsId) {
+  std::string f;
+  EncodeResyncMark(TestHeader(3),
+                   ResyncMark{true, 5u << 20, 0xfedcba9876543210ULL}, &f);
+  auto r = DecodeFrame(f);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  const ResyncMark& got = std::get<ResyncMark>(r->body);
+  EXPECT_TRUE(got.begin);
+  EXPECT_EQ(got.total_bytes, 5u << 20);
+  EXPECT_EQ(got.resync_id, 0xfedcba9876543210ULL);
 }
 
 TEST(WireTest, AckPingPongErrorRoundTrip) {
@@ -648,12 +662,12 @@ TEST(WireTest, WrongMagicVersionAndTypeAreRejected) {
   ExpectRejected(g, "not a mirrorfs frame: magic");
 
   g = f;
-  g[4] = 5;  // version 5
+  g[4] = 6;  // version 6
   Reseal(&g);
-  ExpectRejected(g, "frame version 5 is newer than this node's wire version 4");
+  ExpectRejected(g, "frame version 6 is newer than this node's wire version 5");
   auto h = DecodeFrameHeader(g);  // the header is still readable
   ASSERT_TRUE(h.ok()) << h.status().message();
-  EXPECT_EQ(h->version, 5);
+  EXPECT_EQ(h->version, 6);
   EXPECT_EQ(h->seq, 42u);
   EXPECT_EQ(h->session, TestHeader().session);
 
