@@ -920,12 +920,27 @@ ControlReply Node::Verify(const std::vector<std::string>& words) {
       continue;
     }
     uint64_t differing = 0;
-    for (const auto& d : result->differences) differing += d.length;
+    for (const auto& d : result->differences) {
+      if (d.kind == sync::VerifyDifference::Kind::kData) differing += d.length;
+    }
     meta::LogInfo("verify " + p.name + ": " + Bytes(result->compared_bytes) +
                   " compared, " + std::to_string(result->differences.size()) +
-                  " differing ranges (" + Bytes(differing) + ")");
+                  " differences (" + Bytes(differing) +
+                  " in differing blocks)");
     if (repair && !result->differences.empty()) {
+      // Differing blocks are logged as missed writes: the resync sends the
+      // primary's data there (a file missing on the peer has all its
+      // blocks listed). Anything else is the namespace's: the resync's
+      // namespace reconcile, from the primary's namespace as it is then,
+      // removes what is only on the peer and sets types and sizes. (Not
+      // replayed unlinks or truncates: a change made meanwhile, mirrored
+      // live, would be undone by them.)
+      bool names = false;
       for (const auto& d : result->differences) {
+        if (d.kind != sync::VerifyDifference::Kind::kData) {
+          names = true;
+          continue;
+        }
         meta::Change c;
         c.kind = meta::ChangeKind::kWrite;
         c.path = d.path;
@@ -934,12 +949,16 @@ ControlReply Node::Verify(const std::vector<std::string>& words) {
         auto s = session->log()->Record(c);
         if (!s.ok()) errors += "peer " + p.name + ": " + s.message() + "\n";
       }
+      if (names) {
+        auto s = session->log()->MarkNamespaceDirty();
+        if (!s.ok()) errors += "peer " + p.name + ": " + s.message() + "\n";
+      }
       auto s = session->log()->MakeDurable();
       if (!s.ok()) errors += "peer " + p.name + ": " + s.message() + "\n";
       session->Resync();
       meta::LogInfo(
           "verify --repair: " + std::to_string(result->differences.size()) +
-          " ranges added to the fracture log of peer " + p.name +
+          " differences added to the fracture log of peer " + p.name +
           "; resyncing");
     }
     results.push_back(std::move(result.value()));
@@ -964,10 +983,22 @@ ControlReply Node::Verify(const std::vector<std::string>& words) {
       j.Key("repaired").Value(repair && !r.differences.empty());
       j.Key("differences").BeginArray();
       for (const auto& d : r.differences) {
+        using Kind = sync::VerifyDifference::Kind;
         j.BeginObject();
+        j.Key("kind").Value(sync::VerifyKindName(d.kind));
         j.Key("path").Value(d.path);
         j.Key("offset").Value(d.offset);
         j.Key("length").Value(d.length);
+        if (d.kind == Kind::kMissing || d.kind == Kind::kType) {
+          j.Key("type").Value(sync::EntryTypeName(d.type));
+        }
+        if (d.kind == Kind::kExtra || d.kind == Kind::kType) {
+          j.Key("peer_type").Value(sync::EntryTypeName(d.peer_type));
+        }
+        if (d.kind == Kind::kSize) {
+          j.Key("size").Value(d.size);
+          j.Key("peer_size").Value(d.peer_size);
+        }
         j.EndObject();
       }
       j.EndArray();
@@ -977,10 +1008,32 @@ ControlReply Node::Verify(const std::vector<std::string>& words) {
     j.EndObject();
     out = j.str() + "\n";
   } else {
+    // One line per difference: "PEER PATH OFFSET LENGTH" for differing
+    // blocks; else a word after the path says what differs.
     for (const auto& r : results) {
       for (const auto& d : r.differences) {
-        out += r.peer + " " + d.path + " " + std::to_string(d.offset) + " " +
-               std::to_string(d.length) + "\n";
+        using Kind = sync::VerifyDifference::Kind;
+        out += r.peer + " " + d.path + " ";
+        switch (d.kind) {
+          case Kind::kData:
+            out += std::to_string(d.offset) + " " + std::to_string(d.length);
+            break;
+          case Kind::kSize:
+            out += "size " + std::to_string(d.size) + " " +
+                   std::to_string(d.peer_size);
+            break;
+          case Kind::kMissing:
+            out += std::string("missing ") + sync::EntryTypeName(d.type);
+            break;
+          case Kind::kExtra:
+            out += std::string("extra ") + sync::EntryTypeName(d.peer_type);
+            break;
+          case Kind::kType:
+            out += std::string("type ") + sync::EntryTypeName(d.type) + " " +
+                   sync::EntryTypeName(d.peer_type);
+            break;
+        }
+        out += "\n";
       }
     }
   }
@@ -990,7 +1043,9 @@ ControlReply Node::Verify(const std::vector<std::string>& words) {
                " compared, " +
                (r.differences.empty()
                     ? std::string("identical")
-                    : std::to_string(r.differences.size()) + " ranges differ" +
+                    : std::to_string(r.differences.size()) +
+                          (r.differences.size() == 1 ? " difference"
+                                                     : " differences") +
                           (repair ? " (logged for resync)" : "")) +
                "\n";
   }

@@ -1036,18 +1036,18 @@ meta::Status Volume::DataExtents(
 meta::Status Volume::ReadRange(
     const std::string& path, uint64_t offset, uint64_t length,
     const std::function<void(const meta::Change&)>& emit) {
-  return ReadRangeLocked(
-      path, offset, length,
-      [&emit](const std::string&, const std::vector<meta::Change>& pieces) {
-        for (const auto& c : pieces) emit(c);
-      });
+  return ReadRangeLocked(path, offset, length, /*to_end=*/false,
+                         [&emit](const std::string&, uint64_t,
+                                 const std::vector<meta::Change>& pieces) {
+                           for (const auto& c : pieces) emit(c);
+                         });
 }
 
 meta::Status Volume::ReadRangeLocked(
-    const std::string& path, uint64_t offset, uint64_t length,
-    const std::function<void(const std::string& current_path,
+    const std::string& path, uint64_t offset, uint64_t length, bool to_end,
+    const std::function<void(const std::string& current_path, uint64_t size,
                              const std::vector<meta::Change>& pieces)>& fn) {
-  if (length == 0) return meta::Status::Ok();
+  if (length == 0 && !to_end) return meta::Status::Ok();
   // Pin the inode with one lookup per path component (as the kernel would),
   // so that its range lock outlives what follows.
   Ino ino = kRootIno;
@@ -1081,7 +1081,8 @@ meta::Status Volume::ReadRangeLocked(
   {
     // Guarantee 4: no write to this range runs between our read and our
     // queueing of it.
-    RangeLock::Guard range = inode.range_lock.Lock(offset, length);
+    RangeLock::Guard range =
+        inode.range_lock.Lock(offset, to_end ? UINT64_MAX : length);
     auto reopened = file_io::ReopenFd(inode.fd, O_RDONLY | O_CLOEXEC,
                                       "open " + path + " for resync");
     int fd = reopened.ok() ? *reopened : -1;
@@ -1091,7 +1092,7 @@ meta::Status Volume::ReadRangeLocked(
       struct stat st;
       uint64_t size =
           ::fstat(fd, &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
-      uint64_t end = std::min(offset + length, size);
+      uint64_t end = offset + std::min(length, size - std::min(size, offset));
       struct Piece {
         uint64_t offset;
         uint64_t length;
@@ -1162,7 +1163,7 @@ meta::Status Volume::ReadRangeLocked(
             }
             out.push_back(std::move(c));
           }
-          fn(current, out);
+          fn(current, size, out);
         }
       }
     }

@@ -223,8 +223,8 @@ class Volume : public meta::Source {
       const std::string& path, uint64_t offset, uint64_t length,
       const std::function<void(const meta::Change&)>& emit) override;
   meta::Status ReadRangeLocked(
-      const std::string& path, uint64_t offset, uint64_t length,
-      const std::function<void(const std::string& current_path,
+      const std::string& path, uint64_t offset, uint64_t length, bool to_end,
+      const std::function<void(const std::string& current_path, uint64_t size,
                                const std::vector<meta::Change>& pieces)>& fn)
       override;
   void Prefetch(const std::string& path, uint64_t offset,

@@ -52,10 +52,13 @@ class Source {
   // Like ReadRange, but hands every piece at once to `fn` while the range
   // lock is still held, so `fn` may wait (e.g. for a peer to compare the
   // same range: no write can change it meanwhile). `fn` gets the
-  // store-relative path the file has now.
+  // store-relative path the file has now and its size. With `to_end` the
+  // lock reaches from `offset` to the end of the file (only [offset,
+  // offset + length) is read): no write that changes the size runs
+  // meanwhile either, and `fn` is called even if nothing is read.
   virtual Status ReadRangeLocked(
-      const std::string& path, uint64_t offset, uint64_t length,
-      const std::function<void(const std::string& current_path,
+      const std::string& path, uint64_t offset, uint64_t length, bool to_end,
+      const std::function<void(const std::string& current_path, uint64_t size,
                                const std::vector<Change>& pieces)>& fn) = 0;
 
   // A hint: [offset, offset + length) of `path` will be read soon (the

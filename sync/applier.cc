@@ -65,11 +65,29 @@ meta::Result<int> Applier::OpenParent(const std::string& path,
   return fd;
 }
 
+void Applier::ForgetFile(const std::string& path) {
+  auto it = files_.find(path);
+  if (it == files_.end()) return;
+  ::close(it->second->second);
+  lru_.erase(it->second);
+  files_.erase(it);
+}
+
 meta::Result<int> Applier::FileFd(const std::string& path) {
   auto it = files_.find(path);
   if (it != files_.end()) {
-    lru_.splice(lru_.begin(), lru_, it->second);
-    return it->second->second;
+    // One fstat per change: a file removed or replaced behind our back
+    // (not through mirrorfs) is not written any more. A file renamed away
+    // keeps its links and is not noticed here; DiffBlocks (verify) is.
+    struct stat st;
+    if (::fstat(it->second->second, &st) != 0 || st.st_nlink > 0) {
+      lru_.splice(lru_.begin(), lru_, it->second);
+      return it->second->second;
+    }
+    meta::LogWarning("the store's file " + path +
+                     " was removed or replaced behind mirrorfs's back; "
+                     "applying changes to what is there now");
+    ForgetFile(path);
   }
   int fd = OpenBeneath(root_fd_, path.c_str(), O_RDWR | O_NOFOLLOW, 0);
   if (fd < 0) return Errno("open", path);
@@ -526,14 +544,41 @@ meta::Status Applier::Reconcile(
 
 meta::Result<std::vector<uint32_t>> Applier::DiffBlocks(
     const std::string& path, uint64_t offset, uint32_t block_size,
-    uint64_t length, const std::vector<std::array<uint8_t, 16>>& sums) {
+    uint64_t length, const std::vector<std::array<uint8_t, 16>>& sums,
+    uint64_t* size) {
   std::vector<uint32_t> differing;
+  *size = kNoFile;
   MFS_RETURN_IF_ERROR(WriteHeld());
-  auto fd = FileFd(path);
-  if (!fd.ok()) {
+  // What the path names now, not a cached descriptor: a file replaced
+  // behind our back must not compare as the old one. (O_NONBLOCK: a FIFO
+  // there must not block the open.)
+  int fd = OpenBeneath(root_fd_, path.c_str(),
+                       O_RDONLY | O_NOFOLLOW | O_NONBLOCK, 0);
+  struct stat st;
+  if (fd >= 0 && (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))) {
+    ::close(fd);
+    fd = -1;
+  }
+  if (fd < 0) {
     for (uint32_t i = 0; i < sums.size(); ++i) differing.push_back(i);
     return differing;
   }
+  *size = static_cast<uint64_t>(st.st_size);
+  auto cached = files_.find(path);
+  if (cached != files_.end()) {
+    struct stat cst;
+    if (::fstat(cached->second->second, &cst) != 0 || cst.st_dev != st.st_dev ||
+        cst.st_ino != st.st_ino) {
+      meta::LogWarning("the store's file " + path +
+                       " was replaced behind mirrorfs's back; applying "
+                       "changes to what is there now");
+      ForgetFile(path);
+    }
+  }
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
   std::string buffer(block_size, '\0');
   for (uint32_t i = 0; i < sums.size(); ++i) {
     uint64_t at = offset + uint64_t{i} * block_size;
@@ -544,7 +589,7 @@ meta::Result<std::vector<uint32_t>> Applier::DiffBlocks(
     bool failed = false;
     while (got < want) {
       ssize_t n =
-          ::pread(*fd, &buffer[got], want - got, static_cast<off_t>(at + got));
+          ::pread(fd, &buffer[got], want - got, static_cast<off_t>(at + got));
       if (n < 0 && errno == EINTR) continue;
       if (n < 0) failed = true;
       if (n <= 0) break;
@@ -555,6 +600,86 @@ meta::Result<std::vector<uint32_t>> Applier::DiffBlocks(
     if (failed || got < want || sum != sums[i]) differing.push_back(i);
   }
   return differing;
+}
+
+namespace {
+
+// Appends the files, folders and symlinks below `dir` (store-relative
+// `rel`) to `out`; `.mirrorfs` in the root is skipped, and what mirrorfs
+// does not mirror (devices, FIFOs, sockets) too.
+meta::Status ListBelow(int dir, const std::string& rel,
+                       std::vector<meta::NamespaceEntry>* out) {
+  int fd = ::dup(dir);
+  if (fd < 0) return Errno("dup", rel.empty() ? "store" : rel);
+  DIR* d = ::fdopendir(fd);
+  if (d == nullptr) {
+    ::close(fd);
+    return Errno("list", rel.empty() ? "store" : rel);
+  }
+  ::rewinddir(d);
+  std::vector<std::string> names;
+  while (struct dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    if (name == "." || name == "..") continue;
+    if (rel.empty() && name == ".mirrorfs") continue;
+    names.push_back(std::move(name));
+  }
+  ::closedir(d);
+  for (const auto& name : names) {
+    std::string path = rel.empty() ? name : rel + "/" + name;
+    struct stat st;
+    if (::fstatat(dir, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      if (errno == ENOENT) continue;
+      return Errno("stat", path);
+    }
+    meta::NamespaceEntry e;
+    e.path = path;
+    if (S_ISREG(st.st_mode)) {
+      e.type = Type::kFile;
+      e.size = static_cast<uint64_t>(st.st_size);
+    } else if (S_ISLNK(st.st_mode)) {
+      e.type = Type::kSymlink;
+    } else if (S_ISDIR(st.st_mode)) {
+      e.type = Type::kDirectory;
+    } else {
+      continue;
+    }
+    out->push_back(e);
+    if (e.type != Type::kDirectory) continue;
+    int sub = ::openat(dir, name.c_str(),
+                       O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (sub < 0) return Errno("open", path);
+    meta::Status s = ListBelow(sub, path, out);
+    ::close(sub);
+    MFS_RETURN_IF_ERROR(s);
+  }
+  return meta::Status::Ok();
+}
+
+}  // namespace
+
+meta::Status Applier::List(const std::string& after, size_t limit,
+                           std::vector<meta::NamespaceEntry>* out, bool* last) {
+  std::vector<meta::NamespaceEntry> all;
+  MFS_RETURN_IF_ERROR(ListBelow(root_fd_, "", &all));
+  std::sort(all.begin(), all.end(),
+            [](const meta::NamespaceEntry& a, const meta::NamespaceEntry& b) {
+              return a.path < b.path;
+            });
+  auto it = all.begin();
+  if (!after.empty()) {
+    it = std::upper_bound(
+        all.begin(), all.end(), after,
+        [](const std::string& key, const meta::NamespaceEntry& e) {
+          return key < e.path;
+        });
+  }
+  out->clear();
+  for (; it != all.end() && out->size() < limit; ++it) {
+    out->push_back(std::move(*it));
+  }
+  *last = it == all.end();
+  return meta::Status::Ok();
 }
 
 }  // namespace mirrorfs::sync

@@ -70,12 +70,23 @@ class Applier {
   // left alone (the resync sends it). Returns the first error.
   meta::Status Reconcile(const std::vector<meta::NamespaceEntry>& entries);
 
-  // Compares `block_size` blocks of `path` from `offset` with `sums` (BLAKE2b
-  // of the primary's blocks; holes read as zeros). Returns the indexes of
-  // the blocks that differ (all of them if the file is missing).
+  // Compares `block_size` blocks of the file at `path` now (not a cached
+  // descriptor of a file replaced behind our back, which is dropped) from
+  // `offset` with `sums` (BLAKE2b of the primary's blocks; holes read as
+  // zeros). Returns the indexes of the blocks that differ (all of them if
+  // there is no regular file), and sets `*size` to the file's size
+  // (kNoFile if there is none).
   meta::Result<std::vector<uint32_t>> DiffBlocks(
       const std::string& path, uint64_t offset, uint32_t block_size,
-      uint64_t length, const std::vector<std::array<uint8_t, 16>>& sums);
+      uint64_t length, const std::vector<std::array<uint8_t, 16>>& sums,
+      uint64_t* size);
+
+  // Lists the store's files, folders and symlinks whose paths sort after
+  // `after` (bytewise; "" = all), in that order, at most `limit` of them
+  // (files with their sizes); `*last` says whether that was all. Returns
+  // the first error of reading the store.
+  meta::Status List(const std::string& after, size_t limit,
+                    std::vector<meta::NamespaceEntry>* out, bool* last);
 
   // Flushes every cached file and the store (syncfs). Returns the first error.
   meta::Status SyncAll();
@@ -103,8 +114,13 @@ class Applier {
   meta::Result<int> OpenParent(const std::string& path, std::string* name);
   meta::Status ApplyOnce(const meta::Change& change);
   // Returns a cached read-write fd of the regular file at `path` (not owned).
+  // A cached fd whose file was removed since (its link count is 0: deleted
+  // or replaced behind our back) is reopened, so changes go to the file the
+  // path names now.
   meta::Result<int> FileFd(const std::string& path);
   void ForgetFiles();
+  // Closes the cached fd of `path`, if any.
+  void ForgetFile(const std::string& path);
   // Writes every held write (volatile mode). Returns the first error.
   meta::Status WriteHeld();
 

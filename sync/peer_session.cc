@@ -199,8 +199,8 @@ void PeerSession::Wake() { Signal(wake_fd_); }
 bool PeerSession::Push(
     const std::function<void(const FrameHeader&, std::string*)>& encode,
     const std::shared_ptr<meta::Completion>& completion,
-    const meta::Change* record, std::function<void(const BlockDiff&)> on_diff,
-    bool attended, FrameData* data) {
+    const meta::Change* record, ReplyHandler on_reply, bool attended,
+    FrameData* data) {
   // The seq must follow queue order exactly (receivers refuse gaps), so it
   // is taken and the frame encoded under mu_.
   auto* frame = new std::string();
@@ -218,9 +218,9 @@ bool PeerSession::Push(
     const bool store_flush = record != nullptr &&
                              record->kind == meta::ChangeKind::kFsync &&
                              record->path.empty();
-    queue_.push_back(Outgoing{header.seq, frame, completion, std::move(on_diff),
-                              attended, data ? data->Take() : FrameData::Ref{},
-                              store_flush});
+    queue_.push_back(
+        Outgoing{header.seq, frame, completion, std::move(on_reply), attended,
+                 data ? data->Take() : FrameData::Ref{}, store_flush});
     // Guarantee 3: what the peer applies stays at risk (its page cache)
     // until a later store flush of the peer completes, or for a file's
     // data, a later fsync of that file (DrainLocked). An O_DSYNC write is
@@ -291,7 +291,7 @@ bool PeerSession::SendQueuedLocked() {
     if (!SendFrame(frame, &out.data)) break;  // frees them either way
     if (out.completion) {
       in_flight_[out.seq] = InFlight{std::move(out.completion), now,
-                                     std::move(out.on_diff),    out.attended,
+                                     std::move(out.on_reply),   out.attended,
                                      out.store_flush,           bulky};
       if (!out.attended) ++unattended_;
       ++changes;
@@ -525,7 +525,11 @@ std::string PeerSession::DrainLocked(int max_frames) {
     } else if (auto* diff = std::get_if<BlockDiff>(&decoded->body)) {
       it = in_flight_.find(diff->seq);
       if (it == in_flight_.end()) continue;
-      if (it->second.on_diff) it->second.on_diff(*diff);
+      if (it->second.on_reply) it->second.on_reply(*decoded);
+    } else if (auto* listing = std::get_if<Listing>(&decoded->body)) {
+      it = in_flight_.find(listing->seq);
+      if (it == in_flight_.end()) continue;
+      if (it->second.on_reply) it->second.on_reply(*decoded);
     } else {
       continue;  // a pong, or anything else of the session: liveness only
     }
@@ -639,7 +643,23 @@ bool PeerSession::RequestBlockDiff(
     const std::shared_ptr<meta::Completion>& completion) {
   return Push([&](const FrameHeader& h,
                   std::string* out) { EncodeBlockSums(h, sums, out); },
-              completion, nullptr, std::move(on_reply));
+              completion, nullptr,
+              [on_reply = std::move(on_reply)](const DecodedFrame& f) {
+                if (auto* diff = std::get_if<BlockDiff>(&f.body))
+                  on_reply(*diff);
+              });
+}
+
+bool PeerSession::RequestListing(
+    const ListRequest& request, std::function<void(const Listing&)> on_reply,
+    const std::shared_ptr<meta::Completion>& completion) {
+  return Push([&](const FrameHeader& h,
+                  std::string* out) { EncodeList(h, request, out); },
+              completion, nullptr,
+              [on_reply = std::move(on_reply)](const DecodedFrame& f) {
+                if (auto* listing = std::get_if<Listing>(&f.body))
+                  on_reply(*listing);
+              });
 }
 
 void PeerSession::AcceptLive(bool syncing) {

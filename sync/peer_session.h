@@ -229,6 +229,13 @@ class PeerSession {
   bool RequestBlockDiff(const BlockSums& sums,
                         std::function<void(const BlockDiff&)> on_reply,
                         const std::shared_ptr<meta::Completion>& completion);
+  // For verify: asks for part of the peer's namespace. Queued in order with
+  // the changes, so it may be sent while the namespace is frozen. As for
+  // RequestBlockDiff, `on_reply` runs before `completion` is Done(); if the
+  // peer is lost first, `completion` is Done() without it.
+  bool RequestListing(const ListRequest& request,
+                      std::function<void(const Listing&)> on_reply,
+                      const std::shared_ptr<meta::Completion>& completion);
   // From now on the application's changes are mirrored live.
   void AcceptLive(bool syncing);
   // The resync ended: in sync, or failed (the session drops the link and
@@ -237,11 +244,13 @@ class PeerSession {
 
  private:
   using Clock = std::chrono::steady_clock;
+  // Takes a frame that answers a request (block-diff, listing).
+  using ReplyHandler = std::function<void(const DecodedFrame&)>;
   struct Outgoing {
     uint64_t seq;
     std::string* frame;  // owned; handed to ZeroMQ without a copy
     std::shared_ptr<meta::Completion> completion;  // null for a ping
-    std::function<void(const BlockDiff&)> on_diff;
+    ReplyHandler on_reply;
     bool attended;        // its sender will Await() the completion
     FrameData::Ref data;  // a write's data part (owned reference) or none
     bool store_flush;     // a whole-store flush: flush_timeout applies
@@ -249,7 +258,7 @@ class PeerSession {
   struct InFlight {
     std::shared_ptr<meta::Completion> completion;
     Clock::time_point sent;
-    std::function<void(const BlockDiff&)> on_diff;
+    ReplyHandler on_reply;
     bool attended;
     bool store_flush;
     bool bulky;  // data over kBusyPollMaxBytes: its writer does not spin
@@ -262,8 +271,7 @@ class PeerSession {
   // the queue unless called on the session thread.
   bool Push(const std::function<void(const FrameHeader&, std::string*)>& encode,
             const std::shared_ptr<meta::Completion>& completion,
-            const meta::Change* record,
-            std::function<void(const BlockDiff&)> on_diff,
+            const meta::Change* record, ReplyHandler on_reply,
             bool attended = false, FrameData* data = nullptr);
   // Queues a change; for a kWrite its data goes as the second part, from
   // `data` or, if null, from a copy made here.

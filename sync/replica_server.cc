@@ -801,10 +801,10 @@ void ReplicaServer::Handle(const std::string& routing_id,
     EncodeAck(rh, ack, &scratch_);
     Reply(routing_id, scratch_);
   } else if (auto* sums = std::get_if<BlockSums>(&decoded->body)) {
-    auto diff = applier_.DiffBlocks(sums->path, sums->offset, sums->block_size,
-                                    sums->length, sums->sums);
     BlockDiff reply;
     reply.seq = h.seq;
+    auto diff = applier_.DiffBlocks(sums->path, sums->offset, sums->block_size,
+                                    sums->length, sums->sums, &reply.size);
     if (diff.ok()) {
       reply.differing = std::move(diff.value());
     } else {
@@ -823,6 +823,27 @@ void ReplicaServer::Handle(const std::string& routing_id,
     }
     numbered();
     EncodeBlockDiff(rh, reply, &scratch_);
+    Reply(routing_id, scratch_);
+  } else if (auto* list = std::get_if<ListRequest>(&decoded->body)) {
+    Listing reply;
+    reply.seq = h.seq;
+    auto listed = applier_.List(list->after, kMaxListingEntries, &reply.entries,
+                                &reply.last);
+    if (!listed.ok()) {
+      // Not a bad frame: this store cannot be read. The primary's verify
+      // fails with the reason (an error frame ends the session).
+      meta::LogError("verify: " + listed.message());
+      numbered();
+      EncodeError(
+          rh,
+          ErrorFrame{listed.err() > 0 ? listed.err() : EIO,
+                     "cannot list the store for verify: " + listed.message()},
+          &scratch_);
+      Reply(routing_id, scratch_);
+      return;
+    }
+    numbered();
+    EncodeListing(rh, reply, &scratch_);
     Reply(routing_id, scratch_);
   } else if (auto* ping = std::get_if<Ping>(&decoded->body)) {
     numbered();

@@ -364,8 +364,9 @@ bool ResyncWorker::FullSync() {
         uint64_t len = std::min(batch_bytes, end - off);
         BlockSums sums;
         auto read = source_->ReadRangeLocked(
-            path, off, len,
-            [&](const std::string& current, const std::vector<Change>& pieces) {
+            path, off, len, /*to_end=*/false,
+            [&](const std::string& current, uint64_t,
+                const std::vector<Change>& pieces) {
               sums = SumBlocks(current, off, len, kBlockBytes, pieces, &buffer);
             });
         // Changed under us (renamed, removed): the log or live mirroring

@@ -1,22 +1,26 @@
-// Verifier: compares every regular file of the primary's store with one
-// peer's copy, online, by BLAKE2b checksums of 64 KiB blocks (the peer hashes
-// its own blocks; only checksums and the list of differing blocks travel).
+// Verifier: compares the primary's store with one peer's copy, online: the
+// namespaces (which files, folders and symlinks exist, of which type), then
+// every regular file by its size and by BLAKE2b checksums of 64 KiB blocks
+// (the peer hashes its own blocks; only checksums, the list of differing
+// blocks and sizes travel).
 //
-// No false alarms on a busy image: each batch of blocks is read and compared
-// while its range lock is held in the volume (Source::ReadRangeLocked), so
-// no write to that range is in flight, and the peer, which applies frames in
-// order, has applied every earlier write before it compares.
-//
-// Known limits: a file that exists only on the peer is not reported (the
-// namespace reconcile of the next resync removes it); sizes are compared
-// through the blocks (a peer file longer than the primary's is reported
-// only if the primary's last block differs).
+// No false alarms on a busy store:
+// - each part of the peer's namespace is asked for while the primary's
+//   namespace is frozen (Source::WithNamespaceFrozen), and compared with the
+//   primary's at that instant: the peer, which applies frames in order,
+//   lists after every earlier namespace change and before every later one;
+// - each batch of blocks is read and compared while its range lock is held
+//   in the volume (Source::ReadRangeLocked), so no write to that range is in
+//   flight; the last batch of a file holds the lock to the end of the file,
+//   so no write that changes its size is in flight when the sizes are
+//   compared.
 //
 // Thread-safety: Run() is called on one thread; Cancel() and progress from
 // any.
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -30,15 +34,34 @@ namespace mirrorfs::sync {
 class PeerSession;
 
 struct VerifyDifference {
+  enum class Kind {
+    kData,     // blocks differ: [offset, offset + length)
+    kSize,     // the file's size differs: `size` here, `peer_size` there
+    kMissing,  // on the primary, not on the peer: `type` (a file: `size`)
+    kExtra,    // on the peer only: `peer_type` (a file: `peer_size`)
+    kType,     // of another type on the peer: `type` here, `peer_type` there
+  };
+  Kind kind = Kind::kData;
   std::string path;
   uint64_t offset = 0;
   uint64_t length = 0;
+  uint64_t size = 0;
+  uint64_t peer_size = 0;
+  meta::NamespaceEntry::Type type = meta::NamespaceEntry::Type::kFile;
+  meta::NamespaceEntry::Type peer_type = meta::NamespaceEntry::Type::kFile;
 };
+
+// "data", "size", "missing", "extra", "type".
+const char* VerifyKindName(VerifyDifference::Kind kind);
+// "file", "folder", "symlink".
+const char* EntryTypeName(meta::NamespaceEntry::Type type);
 
 struct VerifyResult {
   std::string peer;
   uint64_t compared_bytes = 0;
-  std::vector<VerifyDifference> differences;  // merged, per path, in order
+  // The namespace differences (by path), then per file its data ranges
+  // (merged, in order) and its size.
+  std::vector<VerifyDifference> differences;
 };
 
 class Verifier {
@@ -57,10 +80,21 @@ class Verifier {
   void Cancel() { cancelled_ = true; }
 
  private:
+  // Compares the namespaces, part by part; adds to `result`.
+  meta::Status CompareNamespaces(VerifyResult* result);
+  // Compares one file's blocks and size; adds to `result`.
+  // `named`: the namespace comparison already reported the path.
+  meta::Status CompareFile(
+      const std::string& path, uint64_t listed_size, bool named, uint64_t total,
+      VerifyResult* result,
+      const std::function<void(uint64_t, uint64_t)>& progress);
+  void Throttle(uint64_t compared, uint64_t next);
+
   PeerSession* session_;
   meta::Source* source_;
   const uint64_t rate_;
   std::atomic<bool> cancelled_{false};
+  std::chrono::steady_clock::time_point start_;
 };
 
 }  // namespace mirrorfs::sync

@@ -687,6 +687,60 @@ Status DecodeBlockDiff(std::string_view payload, BlockDiff* m) {
     }
     previous = m->differing[i];
   }
+  MFS_RETURN_IF_ERROR(r.U64("size", &m->size));
+  if (m->size > kMaxFileOffset && m->size != kNoFile) {
+    return Proto("block diff size " + std::to_string(m->size) +
+                 " is beyond the largest file");
+  }
+  return r.End();
+}
+
+Status DecodeList(std::string_view payload, ListRequest* m) {
+  PayloadReader r(payload);
+  MFS_RETURN_IF_ERROR(r.String("after", kMaxPathBytes, &m->after));
+  if (!m->after.empty()) {
+    MFS_RETURN_IF_ERROR(ValidateStorePath(m->after).Context("list after"));
+  }
+  return r.End();
+}
+
+Status DecodeListing(std::string_view payload, Listing* m) {
+  PayloadReader r(payload);
+  MFS_RETURN_IF_ERROR(r.U64("seq", &m->seq));
+  MFS_RETURN_IF_ERROR(r.Bool("last", &m->last));
+  uint32_t count = 0;
+  MFS_RETURN_IF_ERROR(r.U32("entry count", &count));
+  if (count > kMaxListingEntries) {
+    return Proto("listing has " + std::to_string(count) + " entries, limit " +
+                 std::to_string(kMaxListingEntries));
+  }
+  if (count == 0 && !m->last) {
+    return Proto("listing part that is not the last has no entries");
+  }
+  m->entries.resize(count);
+  for (size_t i = 0; i < count; ++i) {
+    auto& e = m->entries[i];
+    MFS_RETURN_IF_ERROR(r.String("entry path", kMaxPathBytes, &e.path));
+    MFS_RETURN_IF_ERROR(ValidateStorePath(e.path).Context("listing entry"));
+    if (i > 0 && !(m->entries[i - 1].path < e.path)) {
+      return Proto("listing entry " + Quote(e.path) +
+                   " does not sort after the one before it");
+    }
+    uint8_t type = 0;
+    MFS_RETURN_IF_ERROR(r.U8("entry type", &type));
+    if (type < 1 || type > 3) {
+      return Proto("listing entry " + Quote(e.path) + " has unknown type " +
+                   std::to_string(type));
+    }
+    e.type = static_cast<meta::NamespaceEntry::Type>(type);
+    MFS_RETURN_IF_ERROR(r.U64("entry size", &e.size));
+    if (e.size > kMaxFileOffset ||
+        (e.type != meta::NamespaceEntry::Type::kFile && e.size != 0)) {
+      return Proto("listing entry " + Quote(e.path) + " size " +
+                   std::to_string(e.size) +
+                   " is beyond the largest file or not of a file");
+    }
+  }
   return r.End();
 }
 
@@ -718,6 +772,10 @@ std::string_view FrameTypeName(FrameType type) {
       return "block-diff";
     case FrameType::kGoodbye:
       return "goodbye";
+    case FrameType::kList:
+      return "list";
+    case FrameType::kListing:
+      return "listing";
   }
   return "unknown";
 }
@@ -892,11 +950,35 @@ void EncodeBlockSums(const FrameHeader& header, const BlockSums& m,
 
 void EncodeBlockDiff(const FrameHeader& header, const BlockDiff& m,
                      std::string* out) {
-  BeginFrame(header, FrameType::kBlockDiff, 8 + 4 + 4 * m.differing.size(),
+  BeginFrame(header, FrameType::kBlockDiff, 8 + 4 + 4 * m.differing.size() + 8,
              out);
   PutU64(out, m.seq);
   PutU32(out, static_cast<uint32_t>(m.differing.size()));
   for (uint32_t i : m.differing) PutU32(out, i);
+  PutU64(out, m.size);
+  FinishFrame(out);
+}
+
+void EncodeList(const FrameHeader& header, const ListRequest& m,
+                std::string* out) {
+  BeginFrame(header, FrameType::kList, StringBytes(m.after), out);
+  PutString(out, m.after);
+  FinishFrame(out);
+}
+
+void EncodeListing(const FrameHeader& header, const Listing& m,
+                   std::string* out) {
+  size_t bytes = 8 + 1 + 4;
+  for (const auto& e : m.entries) bytes += StringBytes(e.path) + 1 + 8;
+  BeginFrame(header, FrameType::kListing, bytes, out);
+  PutU64(out, m.seq);
+  PutU8(out, m.last ? 1 : 0);
+  PutU32(out, static_cast<uint32_t>(m.entries.size()));
+  for (const auto& e : m.entries) {
+    PutString(out, e.path);
+    PutU8(out, static_cast<uint8_t>(e.type));
+    PutU64(out, e.size);
+  }
   FinishFrame(out);
 }
 
@@ -1056,6 +1138,12 @@ meta::Result<DecodedFrame> DecodeFrame(std::string_view bytes,
       break;
     case FrameType::kGoodbye:
       s = DecodeGoodbye(payload, &f.body.emplace<Goodbye>());
+      break;
+    case FrameType::kList:
+      s = DecodeList(payload, &f.body.emplace<ListRequest>());
+      break;
+    case FrameType::kListing:
+      s = DecodeListing(payload, &f.body.emplace<Listing>());
       break;
     default:
       return Proto("unknown frame type " +

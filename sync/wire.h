@@ -67,6 +67,8 @@ enum class FrameType : uint16_t {
   kBlockSums = 10,  // primary -> secondary, checksums of blocks to compare
   kBlockDiff = 11,  // secondary -> primary, which of them differ
   kGoodbye = 12,    // primary -> secondary, it ends the session on purpose
+  kList = 13,       // primary -> secondary, asks for part of its namespace
+  kListing = 14,    // secondary -> primary, that part
 };
 
 // Returns "hello", "hello-reply", "change", ... or "unknown" for logs.
@@ -225,10 +227,27 @@ struct BlockSums {
   uint64_t length = 0;      // bytes covered, from offset
   std::vector<std::array<uint8_t, kBlockSumBytes>> sums;  // one per block
 };
-// The answer to a kBlockSums frame: the indexes of blocks that differ.
+// The answer to a kBlockSums frame: the indexes of blocks that differ, and
+// the size of the answering node's file then.
+inline constexpr uint64_t kNoFile = UINT64_MAX;
 struct BlockDiff {
   uint64_t seq = 0;  // the kBlockSums frame's seq
   std::vector<uint32_t> differing;
+  uint64_t size = kNoFile;  // kNoFile: no regular file at the path
+};
+
+// Asks a peer for its namespace (verify): the entries whose paths sort
+// after `after` (bytewise; "" = from the first), in that order.
+struct ListRequest {
+  std::string after;  // "" or a valid path
+};
+// One part of a peer's namespace, answering a kList frame. Only the path,
+// the type and a file's size of each entry travel.
+inline constexpr size_t kMaxListingEntries = 4096;
+struct Listing {
+  uint64_t seq = 0;  // the kList frame's seq
+  bool last = true;  // nothing sorts after the last entry
+  std::vector<meta::NamespaceEntry> entries;  // sorted by path, bytewise
 };
 
 // Encoders replace *out with one complete frame (out is cleared first; its
@@ -268,6 +287,10 @@ void EncodeBlockSums(const FrameHeader& header, const BlockSums& sums,
                      std::string* out);
 void EncodeBlockDiff(const FrameHeader& header, const BlockDiff& diff,
                      std::string* out);
+void EncodeList(const FrameHeader& header, const ListRequest& list,
+                std::string* out);
+void EncodeListing(const FrameHeader& header, const Listing& listing,
+                   std::string* out);
 
 // Returns the exact size of the first part EncodeChange writes for `change`
 // (header, fixed fields, strings, and for kWrite the data checksum; the
@@ -292,7 +315,8 @@ struct DecodedFrame {
   // the data part given to DecodeFrame (zero copy): that buffer must outlive
   // the use of the Change.
   std::variant<Hello, HelloReply, meta::Change, Ack, Ping, Pong, ErrorFrame,
-               Manifest, ResyncMark, BlockSums, BlockDiff, Goodbye>
+               Manifest, ResyncMark, BlockSums, BlockDiff, Goodbye, ListRequest,
+               Listing>
       body;
 };
 

@@ -3,7 +3,9 @@ each connected peer, online: identical copies under a steady write load give
 no false alarm (exit 0); blocks changed behind mirrorfs's back on the
 secondary are listed exactly (exit 1, "PEER PATH OFFSET LENGTH" or --json);
 `--repair` logs them for the peer and resyncs, after which verify is clean
-and the stores are identical."""
+and the stores are identical. Sizes, entries only on one side and files
+replaced behind the secondary's back are found too, and repaired by sending
+only what differs."""
 
 import json
 import os
@@ -11,8 +13,8 @@ import random
 import threading
 
 from conftest import (
-    READY_SECONDS, assert_same_manifest, bytes_applied, mirrorfs, status_json, wait_flushed,
-    wait_in_sync, wait_peer_state, wait_until)
+    READY_SECONDS, assert_same_manifest, assert_sync_wait, bytes_applied, mirrorfs, status_json,
+    wait_flushed, wait_in_sync, wait_peer_state, wait_until)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -216,3 +218,133 @@ def test_verify_errors(cluster):
     (a.mountpoint / "f").write_bytes(b"y" * 1000)
     r = verify(a.store)
     assert r.returncode == 1 and "not in sync" in r.stderr, f"verify of a fractured peer: {out(r)}"
+
+
+# ---- What blocks alone do not show: sizes, names, replaced files ----------
+
+def lines_of(r):
+    """verify's stdout as a set of tuples of its fields."""
+    return {tuple(line.split()) for line in r.stdout.splitlines()}
+
+
+def repair_and_sync(a, b):
+    """verify --repair (it reports what it found: exit 1), then `sync
+    --wait`; the stores are then identical and verify is clean. Returns the
+    bytes the repair sent (the secondary's bytes_applied)."""
+    applied = bytes_applied(b.store)
+    r = verify(a.store, "--repair")
+    assert r.returncode == 1, f"verify --repair reports what it found: {out(r)}"
+    assert_sync_wait(a.store)
+    wait_flushed(a.store)
+    assert_same_manifest(a.store, b.store, "stores after verify --repair")
+    r, doc = verify_json(a.store)
+    assert r.returncode == 0 and doc["peers"][0]["identical"] is True, \
+        f"verify after --repair and sync: {out(r)}"
+    return bytes_applied(b.store) - applied
+
+
+def test_a_file_longer_or_shorter_on_the_peer_is_found_and_repaired(cluster):
+    a, b = start_pair(cluster)
+    (a.mountpoint / "d").mkdir()
+    (a.mountpoint / "d" / "x").write_bytes(b"abc")
+    fill(a.mountpoint / "disk.img", 1 * MiB, 31)
+    wait_flushed(a.store)
+    assert_same_manifest(a.store, b.store)
+
+    # Behind mirrorfs's back: x extended (its 3 bytes unchanged), disk.img
+    # cut in its 6th block.
+    os.truncate(b.store / "d" / "x", 1 * MiB)
+    os.truncate(b.store / "disk.img", 5 * BLOCK + 100)
+    r = verify(a.store)
+    assert r.returncode == 1, f"sizes differ: {out(r)}"
+    assert lines_of(r) == {
+        ("b", "d/x", "size", "3", str(1 * MiB)),
+        ("b", "disk.img", "size", str(1 * MiB), str(5 * BLOCK + 100)),
+        ("b", "disk.img", str(5 * BLOCK), str(1 * MiB - 5 * BLOCK)),
+    }, out(r)
+    r, doc = verify_json(a.store)
+    assert r.returncode == 1, out(r)
+    diffs = doc["peers"][0]["differences"]
+    assert {"kind": "size", "path": "d/x", "offset": 3, "length": 1 * MiB - 3,
+            "size": 3, "peer_size": 1 * MiB} in diffs, doc
+    assert {d["kind"] for d in diffs} == {"size", "data"}, doc
+
+    # Guarantee 6: the size is fixed, and only the blocks the peer lacks
+    # travel.
+    resent = repair_and_sync(a, b)
+    assert resent == 1 * MiB - 5 * BLOCK, f"the repair sent {resent} bytes"
+    assert os.path.getsize(b.store / "d" / "x") == 3
+
+
+def test_entries_only_on_one_side_are_found_and_repaired(cluster):
+    a, b = start_pair(cluster)
+    fill(a.mountpoint / "disk.img", 2 * MiB, 41)
+    fill(a.mountpoint / "gone.img", 3 * BLOCK + 5, 42)
+    (a.mountpoint / "empty").write_bytes(b"")
+    (a.mountpoint / "keep").mkdir()
+    wait_flushed(a.store)
+    assert_same_manifest(a.store, b.store)
+
+    (b.store / "extra").write_text("x\n")
+    (b.store / "peerdir" / "sub").mkdir(parents=True)
+    (b.store / "peerdir" / "sub" / "z").write_bytes(b"z" * 5000)
+    os.symlink("disk.img", b.store / "keep" / "link")
+    os.unlink(b.store / "gone.img")
+    os.unlink(b.store / "empty")
+    r = verify(a.store)
+    assert r.returncode == 1, f"entries differ: {out(r)}"
+    assert lines_of(r) == {
+        ("b", "extra", "extra", "file"),
+        ("b", "peerdir", "extra", "folder"),
+        ("b", "peerdir/sub", "extra", "folder"),
+        ("b", "peerdir/sub/z", "extra", "file"),
+        ("b", "keep/link", "extra", "symlink"),
+        ("b", "gone.img", "missing", "file"),
+        ("b", "gone.img", "0", str(3 * BLOCK + 5)),
+        ("b", "empty", "missing", "file"),
+    }, out(r)
+    r, doc = verify_json(a.store, "--peer", "b")
+    assert r.returncode == 1, out(r)
+    diffs = doc["peers"][0]["differences"]
+    assert {"kind": "extra", "path": "peerdir/sub/z", "offset": 0, "length": 5000,
+            "peer_type": "file"} in diffs, doc
+    assert {"kind": "missing", "path": "empty", "offset": 0, "length": 0,
+            "type": "file"} in diffs, doc
+
+    # The resync removes what only the peer has and sends the missing file:
+    # nothing else.
+    resent = repair_and_sync(a, b)
+    assert resent == 3 * BLOCK + 5, f"the repair sent {resent} bytes"
+    assert not (b.store / "peerdir").exists() and not (b.store / "extra").exists()
+
+
+def test_a_file_replaced_on_the_peer_is_compared_and_written_as_it_is_now(cluster):
+    """The secondary holds its files open between changes; a file replaced
+    behind its back must not be compared (nor written) as the old one."""
+    a, b = start_pair(cluster)
+    fill(a.mountpoint / "f.img", 4 * BLOCK, 51)
+    with open(a.mountpoint / "f.img", "r+b") as f:  # b has it open now
+        f.write(b"new")
+    wait_flushed(a.store)
+    assert_same_manifest(a.store, b.store)
+
+    # Same size, other bytes in block 2: only the data can tell.
+    data = bytearray((a.store / "f.img").read_bytes())
+    data[2 * BLOCK + 7] ^= 0xFF
+    os.unlink(b.store / "f.img")
+    (b.store / "f.img").write_bytes(bytes(data))
+    r = verify(a.store)
+    assert r.returncode == 1, f"the replaced file differs: {out(r)}"
+    assert lines_of(r) == {("b", "f.img", str(2 * BLOCK), str(BLOCK))}, out(r)
+
+    resent = repair_and_sync(a, b)
+    assert resent == BLOCK, f"the repair sent {resent} bytes"
+
+    # Replaced again while b holds it open: live changes reach the new file.
+    os.unlink(b.store / "f.img")
+    (b.store / "f.img").write_bytes((a.store / "f.img").read_bytes())
+    with open(a.mountpoint / "f.img", "r+b") as f:
+        f.seek(BLOCK)
+        f.write(b"written after the replacement")
+    wait_flushed(a.store)
+    assert_same_manifest(a.store, b.store, "stores after a write to the replaced file")

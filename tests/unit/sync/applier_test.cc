@@ -10,8 +10,11 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 #include <string>
+#include <vector>
 
+#include "sync/block_sums.h"
 #include "tests/support/test_files.h"
 
 namespace mirrorfs::sync {
@@ -24,6 +27,10 @@ using testing_support::Pattern;
 using testing_support::ReadFile;
 using testing_support::TakesUncachedWrites;
 using testing_support::WaitCachedPages;
+
+void WriteFile(const std::string& path, const std::string& data) {
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << data;
+}
 
 constexpr size_t kUnaligned = (3u << 20) + 5;  // not a whole number of pages
 
@@ -109,6 +116,62 @@ TEST_F(ApplierWritesTest, FallsBackToCachedWritesWhereTheyAreRefused) {
   ApplyWrite(&applier, "image", second, 1u << 20);
   std::string expected = first.substr(0, 1u << 20) + second;
   EXPECT_TRUE(ReadFile(dir_ + "/image") == expected);
+}
+
+// A file replaced behind the Applier's back while it holds it open: changes
+// and comparisons go to the file the path names now.
+TEST_F(ApplierWritesTest, AReplacedFileIsWrittenAndComparedAsItIsNow) {
+  ASSERT_TRUE(MakeStore("/var/tmp"));
+  Applier applier(root_fd_);
+  ApplyWrite(&applier, "image", Pattern('a', 8192), 0);  // now held open
+  const std::string path = dir_ + "/image";
+  ASSERT_EQ(::unlink(path.c_str()), 0);
+  WriteFile(path, std::string(100, 'r'));
+  uint64_t size = 0;
+  std::string block = Pattern('a', 8192).substr(0, 4096);
+  auto diff = applier.DiffBlocks("image", 0, 4096, 4096,
+                                 {BlockSum(block.data(), block.size())}, &size);
+  ASSERT_TRUE(diff.ok()) << diff.status().message();
+  EXPECT_EQ(size, 100u);  // the new file's, not the open one's 8192
+  EXPECT_EQ(diff->size(), 1u);
+
+  ApplyWrite(&applier, "image", "xyz", 0);
+  EXPECT_TRUE(ReadFile(path) == "xyz" + std::string(97, 'r'));
+
+  diff = applier.DiffBlocks("none", 0, 4096, 4096,
+                            {BlockSum(block.data(), block.size())}, &size);
+  ASSERT_TRUE(diff.ok());
+  EXPECT_EQ(size, kNoFile);
+  EXPECT_EQ(diff->size(), 1u);
+}
+
+TEST_F(ApplierWritesTest, ListsTheStoreInPathOrderByParts) {
+  ASSERT_TRUE(MakeStore("/var/tmp"));
+  Applier applier(root_fd_);
+  stdfs::create_directories(dir_ + "/d/e");
+  stdfs::create_directories(dir_ + "/.mirrorfs");
+  WriteFile(dir_ + "/d/x", "abc");
+  WriteFile(dir_ + "/d.y", "");
+  stdfs::create_symlink("d", dir_ + "/l");
+  ASSERT_EQ(::mkfifo((dir_ + "/fifo").c_str(), 0600), 0);  // not mirrored
+  std::vector<meta::NamespaceEntry> part;
+  bool last = false;
+  ASSERT_TRUE(applier.List("", 100, &part, &last).ok());
+  std::vector<std::string> paths;
+  for (const auto& e : part) paths.push_back(e.path);
+  EXPECT_EQ(paths, (std::vector<std::string>{"d", "d.y", "d/e", "d/x", "l"}));
+  EXPECT_TRUE(last);
+  EXPECT_EQ(part[3].size, 3u);
+  EXPECT_EQ(part[0].type, meta::NamespaceEntry::Type::kDirectory);
+  EXPECT_EQ(part[4].type, meta::NamespaceEntry::Type::kSymlink);
+  ASSERT_TRUE(applier.List("d.y", 2, &part, &last).ok());
+  ASSERT_EQ(part.size(), 2u);
+  EXPECT_EQ(part[0].path, "d/e");
+  EXPECT_EQ(part[1].path, "d/x");
+  EXPECT_FALSE(last);
+  ASSERT_TRUE(applier.List("d/x", 2, &part, &last).ok());
+  ASSERT_EQ(part.size(), 1u);
+  EXPECT_TRUE(last);
 }
 
 }  // namespace

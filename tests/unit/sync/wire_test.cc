@@ -205,6 +205,25 @@ struct Message {
   }
 };
 
+BlockDiff SampleBlockDiff() {
+  BlockDiff d;
+  d.seq = 9;
+  d.differing = {0, 3, 65535};
+  d.size = 1u << 20;
+  return d;
+}
+
+Listing SampleListing() {
+  Listing l;
+  l.seq = 11;
+  l.last = false;
+  using Type = meta::NamespaceEntry::Type;
+  l.entries.push_back({"d", Type::kDirectory, 0, 0, 0, 0, ""});
+  l.entries.push_back({"d/x", Type::kFile, 0, 0, 0, 3, ""});
+  l.entries.push_back({"link", Type::kSymlink, 0, 0, 0, 0, ""});
+  return l;
+}
+
 // A few valid messages of every type, for the mutation tests.
 std::vector<Message> SampleMessages() {
   std::vector<Message> messages;
@@ -237,6 +256,12 @@ std::vector<Message> SampleMessages() {
   messages.push_back({f, std::nullopt});
   EncodeGoodbye(TestHeader(), Goodbye{"the secondary is stopping", 41}, &f);
   messages.push_back({f, std::nullopt});
+  EncodeBlockDiff(TestHeader(), SampleBlockDiff(), &f);
+  messages.push_back({f, std::nullopt});
+  EncodeList(TestHeader(), ListRequest{"d/x"}, &f);
+  messages.push_back({f, std::nullopt});
+  EncodeListing(TestHeader(), SampleListing(), &f);
+  messages.push_back({f, std::nullopt});
   return messages;
 }
 
@@ -268,6 +293,10 @@ std::string Reencode(const DecodedFrame& d) {
           EncodeBlockDiff(d.header, body, &out);
         } else if constexpr (std::is_same_v<T, Goodbye>) {
           EncodeGoodbye(d.header, body, &out);
+        } else if constexpr (std::is_same_v<T, ListRequest>) {
+          EncodeList(d.header, body, &out);
+        } else if constexpr (std::is_same_v<T, Listing>) {
+          EncodeListing(d.header, body, &out);
         } else {
           EncodeError(d.header, body, &out);
         }
@@ -653,6 +682,85 @@ TEST(WireTest, PayloadBitFlipIsAChecksumMismatch) {
             std::string::npos);
 }
 
+TEST(WireTest, VerifyFramesRoundTrip) {
+  std::string f;
+  EncodeBlockDiff(TestHeader(8), SampleBlockDiff(), &f);
+  auto r = DecodeFrame(f);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  ExpectSameHeader(TestHeader(8), FrameType::kBlockDiff, r->header);
+  EXPECT_EQ(std::get<BlockDiff>(r->body).seq, 9u);
+  EXPECT_EQ(std::get<BlockDiff>(r->body).differing,
+            (std::vector<uint32_t>{0, 3, 65535}));
+  EXPECT_EQ(std::get<BlockDiff>(r->body).size, 1u << 20);
+  EncodeBlockDiff(TestHeader(8), BlockDiff{3, {}, kNoFile}, &f);
+  r = DecodeFrame(f);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ(std::get<BlockDiff>(r->body).size, kNoFile);
+
+  EncodeList(TestHeader(9), ListRequest{""}, &f);
+  r = DecodeFrame(f);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  ExpectSameHeader(TestHeader(9), FrameType::kList, r->header);
+  EXPECT_EQ(std::get<ListRequest>(r->body).after, "");
+  EncodeList(TestHeader(9), ListRequest{"a/b"}, &f);
+  r = DecodeFrame(f);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ(std::get<ListRequest>(r->body).after, "a/b");
+
+  EncodeListing(TestHeader(10), SampleListing(), &f);
+  r = DecodeFrame(f);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  ExpectSameHeader(TestHeader(10), FrameType::kListing, r->header);
+  const auto& l = std::get<Listing>(r->body);
+  EXPECT_EQ(l.seq, 11u);
+  EXPECT_FALSE(l.last);
+  ASSERT_EQ(l.entries.size(), 3u);
+  EXPECT_EQ(l.entries[1].path, "d/x");
+  EXPECT_EQ(l.entries[1].type, meta::NamespaceEntry::Type::kFile);
+  EXPECT_EQ(l.entries[1].size, 3u);
+  EXPECT_EQ(l.entries[2].type, meta::NamespaceEntry::Type::kSymlink);
+  EncodeListing(TestHeader(10), Listing{5, true, {}}, &f);
+  r = DecodeFrame(f);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_TRUE(std::get<Listing>(r->body).last);
+}
+
+TEST(WireTest, BadVerifyFramesAreRejected) {
+  std::string f;
+  EncodeBlockDiff(TestHeader(), BlockDiff{1, {}, kNoFile - 1}, &f);
+  ExpectRejected(f, "is beyond the largest file");
+  EncodeList(TestHeader(), ListRequest{"../x"}, &f);
+  ExpectRejected(f, "list after");
+  EncodeList(TestHeader(), ListRequest{".mirrorfs/db"}, &f);
+  ExpectRejected(f, "private .mirrorfs folder");
+  EncodeListing(TestHeader(), Listing{1, false, {}}, &f);
+  ExpectRejected(f, "not the last has no entries");
+  Listing l = SampleListing();
+  std::swap(l.entries[0], l.entries[1]);
+  EncodeListing(TestHeader(), l, &f);
+  ExpectRejected(f, "does not sort after");
+  l = SampleListing();
+  l.entries[1].path = l.entries[0].path;
+  EncodeListing(TestHeader(), l, &f);
+  ExpectRejected(f, "does not sort after");
+  l = SampleListing();
+  l.entries[0].size = 1;  // a folder has no size
+  EncodeListing(TestHeader(), l, &f);
+  ExpectRejected(f, "not of a file");
+  l = SampleListing();
+  l.entries[0].type = static_cast<meta::NamespaceEntry::Type>(4);
+  EncodeListing(TestHeader(), l, &f);
+  ExpectRejected(f, "unknown type 4");
+  l = SampleListing();
+  l.entries[2].path = "/abs";
+  EncodeListing(TestHeader(), l, &f);
+  ExpectRejected(f, "listing entry");
+  l = SampleListing();
+  l.entries.resize(kMaxListingEntries + 1, l.entries.back());
+  EncodeListing(TestHeader(), l, &f);
+  ExpectRejected(f, "limit 4096");
+}
+
 TEST(WireTest, WrongMagicVersionAndTypeAreRejected) {
   std::string f;
   EncodePing(TestHeader(), Ping{1}, &f);
@@ -686,7 +794,12 @@ TEST(WireTest, WrongMagicVersionAndTypeAreRejected) {
   Reseal(&g);
   ExpectRejected(g, "frame version 3 is not supported");
 
-  for (uint16_t type : {0, 13, 300, 65535}) {
+  g = f;
+  g[4] = 4;  // version 4 had no list frames and no block-diff size
+  Reseal(&g);
+  ExpectRejected(g, "frame version 4 is not supported");
+
+  for (uint16_t type : {0, 15, 300, 65535}) {
     g = f;
     g[6] = static_cast<char>(type & 0xFF);
     g[7] = static_cast<char>(type >> 8);
