@@ -119,11 +119,13 @@ namespace {
 // How long a stopping primary's socket may hold its goodbye for the peer.
 constexpr std::chrono::milliseconds kGoodbyeLinger{500};
 
-// A socket monitor on a connecting socket that reports a failed TCP
-// connection attempt (refused: ZeroMQ retries it silently), so that the
-// first attempt, which a mount waits for, ends at once when the peer's
-// node is down instead of after the peer timeout. Destroy it before the
-// socket.
+// A socket monitor on a connecting socket that reports what ZeroMQ retries
+// silently: a failed TCP connection attempt (refused), so that the first
+// attempt, which a mount waits for, ends at once when the peer's node is
+// down instead of after the peer timeout; and a failed security handshake
+// (one node with --key, the other without; a key the peer does not
+// accept), so that the peer's state and the log say why. Destroy it before
+// the socket.
 class RefusalWatch {
  public:
   RefusalWatch(zmq::context_t* context, zmq::socket_t* socket, uint64_t session)
@@ -131,7 +133,10 @@ class RefusalWatch {
     const std::string address =
         "inproc://mirrorfs-connect-" + std::to_string(session);
     if (zmq_socket_monitor(socket->handle(), address.c_str(),
-                           ZMQ_EVENT_CONNECT_RETRIED) != 0) {
+                           ZMQ_EVENT_CONNECT_RETRIED |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) != 0) {
       return;  // no watch: the attempt waits its timeout, as before
     }
     watching_ = true;
@@ -153,16 +158,35 @@ class RefusalWatch {
   // For zmq::poll; null without a monitor.
   void* handle() const { return monitor_ ? monitor_->handle() : nullptr; }
 
-  // True once ZeroMQ reported a failed attempt. Never blocks.
-  bool Refused() {
-    if (!monitor_) return false;
-    bool refused = false;
+  // Reads the events so far. Never blocks.
+  void Poll() {
+    if (!monitor_) return;
     try {
       zmq::message_t event;
       while (monitor_->recv(event, zmq::recv_flags::dontwait)) {
         uint16_t id = 0;  // part 1: u16 event, u32 value; part 2: endpoint
-        if (event.size() >= sizeof(id)) std::memcpy(&id, event.data(), 2);
-        refused = refused || id == ZMQ_EVENT_CONNECT_RETRIED;
+        uint32_t value = 0;
+        if (event.size() >= 6) {
+          std::memcpy(&id, event.data(), 2);
+          std::memcpy(&value, static_cast<const char*>(event.data()) + 2, 4);
+        }
+        if (id == ZMQ_EVENT_CONNECT_RETRIED) refused_ = true;
+        if (id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+          handshake_ =
+              "the peer refused this node's key (is it in the "
+              "peer's authorized keys file under this node's name?)";
+        } else if (id == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL &&
+                   value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) {
+          handshake_ =
+              "the peer uses another security mechanism: one of "
+              "the two nodes runs with --key, the other without";
+        } else if (id == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL ||
+                   id == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) {
+          handshake_ =
+              "the connection closed during the security handshake: one "
+              "of the two nodes may run with --key and the other without, "
+              "or the peer may not accept this node's key";
+        }
         while (event.more()) {
           zmq::message_t rest;
           (void)monitor_->recv(rest);
@@ -171,13 +195,18 @@ class RefusalWatch {
       }
     } catch (const zmq::error_t&) {
     }
-    return refused;
   }
+  // A failed TCP connection attempt was seen.
+  bool refused() const { return refused_; }
+  // Why the security handshake failed; empty if it did not.
+  const std::string& handshake_failure() const { return handshake_; }
 
  private:
   zmq::socket_t* socket_;
   bool watching_ = false;
   std::unique_ptr<zmq::socket_t> monitor_;
+  bool refused_ = false;
+  std::string handshake_;
 };
 
 void Signal(int event_fd) {
@@ -880,7 +909,7 @@ bool PeerSession::Connect() {
         return false;
       }
     }
-    if (first_attempt) watch.emplace(context_, socket_.get(), session);
+    watch.emplace(context_, socket_.get(), session);
     socket_->connect(endpoint_);
   } catch (const zmq::error_t& e) {
     watch.reset();
@@ -917,12 +946,20 @@ bool PeerSession::Connect() {
     zmq::message_t msg(scratch_.data(), scratch_.size());
     bool sent = false;
     bool refused = false;
+    std::string handshake;
     while (!stopping_ && Clock::now() < deadline) {
       if (socket_->send(msg, zmq::send_flags::dontwait)) {
         sent = true;
         break;
       }
-      if (watch && watch->Refused()) {
+      if (watch) watch->Poll();
+      if (watch && !watch->handshake_failure().empty()) {
+        handshake = watch->handshake_failure();
+        break;
+      }
+      // Only the first attempt, which a mount waits for, ends early; later
+      // ones keep their rhythm (ZeroMQ retries within the attempt).
+      if (first_attempt && watch && watch->refused()) {
         refused = true;
         break;
       }
@@ -932,6 +969,22 @@ bool PeerSession::Connect() {
       zmq::poll(items, watch && watch->handle() ? 2 : 1, milliseconds(50));
     }
     watch.reset();
+    if (!sent && !handshake.empty()) {
+      std::string line =
+          "peer " + name_ + " (" + endpoint_ + "): no connection: " + handshake;
+      SetState(PeerState::kConnecting, "no connection: " + handshake);
+      {
+        // One log line per distinct refusal, not one per retry.
+        std::lock_guard<std::mutex> lock(mu_);
+        if (line == last_refusal_)
+          line.clear();
+        else
+          last_refusal_ = line;
+      }
+      if (!line.empty()) meta::LogError(line + "; retrying with backoff");
+      socket_.reset();
+      return false;
+    }
     if (!sent) {
       SetState(PeerState::kConnecting,
                "no connection to " + endpoint_ + (refused ? " (refused)" : ""));

@@ -422,3 +422,24 @@ def test_loose_secret_file_is_refused(cluster):
     assert r.returncode == 1 and "chmod 600" in r.stderr, r.stderr
     assert ka.secret not in r.stdout + r.stderr
     assert not is_mounted(mnt)
+
+
+@pytest.mark.parametrize("keyed", ["primary", "secondary"])
+def test_a_key_on_one_side_only_is_named_as_the_reason(cluster, keyed):
+    """ZeroMQ retries a failed security handshake silently; the connecting
+    node says why in its peer's state and its log."""
+    ka, kb = keygen(cluster, "a"), keygen(cluster, "b")
+    b_extra = key_args(kb, authorized_file(cluster, "b", {"a": ka})) \
+        if keyed == "secondary" else []
+    a_extra = key_args(ka, authorized_file(cluster, "a", {"b": kb})) \
+        if keyed == "primary" else []
+    b = cluster.serve("b", extra=b_extra)
+    a = cluster.mount("a", peers=[b], extra=a_extra)
+    wait_until(lambda: "--key" in (a.peer("b").get("reason") or ""), READY_SECONDS,
+               "the peer's reason to name --key")
+    assert a.peer("b")["state"] == "connecting", a.peer("b")
+    wait_until(lambda: "security handshake" in a.log() or "security mechanism" in a.log(),
+               READY_SECONDS, "a's log to say why")
+    lines = [ln for ln in a.log().splitlines() if "--key" in ln]
+    assert len(lines) == 1, f"one log line per distinct refusal, not per retry: {lines}"
+    assert a.alive() and b.alive()
