@@ -620,22 +620,25 @@ int Main(int argc, char** argv) {
   auto* peer = app.add_subcommand("peer", "Manage peers: add, remove, list");
   peer->require_subcommand(1);
   auto* peer_add = peer->add_subcommand("add", "Add peer NAME at EP");
-  peer_add->add_option("STORE", store)->required();
-  peer_add->add_option("NAME", arg1)->required();
-  peer_add->add_option("EP", arg2)->required();
+  peer_add->add_option("STORE", store, "The store directory")->required();
+  peer_add->add_option("NAME", arg1, "The peer's name")->required();
+  peer_add->add_option("EP", arg2, "Its endpoint, e.g. tcp://10.0.0.2:7790")
+      ->required();
   auto* peer_remove = peer->add_subcommand("remove", "Remove peer NAME");
-  peer_remove->add_option("STORE", store)->required();
-  peer_remove->add_option("NAME", arg1)->required();
-  peer_remove->add_flag("--force", flag);
+  peer_remove->add_option("STORE", store, "The store directory")->required();
+  peer_remove->add_option("NAME", arg1, "The peer's name")->required();
+  peer_remove->add_flag("--force", flag,
+                        "Remove it even if it is not in sync (what it "
+                        "missed is forgotten)");
   auto* peer_list = peer->add_subcommand("list", "List peers");
-  peer_list->add_option("STORE", store)->required();
-  peer_list->add_flag("--json", json);
+  peer_list->add_option("STORE", store, "The store directory")->required();
+  peer_list->add_flag("--json", json, "One JSON document on stdout");
 
   bool wait = false;
   double timeout = 0;
   auto* sync = app.add_subcommand(
       "sync", "Resync peers now (reconnect, replay their fracture logs)");
-  sync->add_option("STORE", store)->required();
+  sync->add_option("STORE", store, "The store directory")->required();
   sync->add_option("--peer", arg1, "Only this peer");
   sync->add_flag("--wait", wait, "Show progress; exit 0 once in sync");
   sync->add_option("--timeout", timeout,
@@ -654,13 +657,13 @@ int Main(int argc, char** argv) {
 
   auto* fracture = app.add_subcommand(
       "fracture", "Stop mirroring to NAME on purpose; its changes are logged");
-  fracture->add_option("STORE", store)->required();
-  fracture->add_option("NAME", arg1)->required();
+  fracture->add_option("STORE", store, "The store directory")->required();
+  fracture->add_option("NAME", arg1, "The peer to fracture")->required();
 
   std::string verify_rate;
   auto* verify = app.add_subcommand(
       "verify", "Compare block checksums with peers; exit 1 if they differ");
-  verify->add_option("STORE", store)->required();
+  verify->add_option("STORE", store, "The store directory")->required();
   verify->add_option("--peer", arg1, "Only this peer");
   verify->add_flag("--repair", flag, "Log differing ranges and resync them");
   verify->add_flag("--json", json, "One JSON document on stdout");
@@ -669,7 +672,7 @@ int Main(int argc, char** argv) {
 
   auto* promote =
       app.add_subcommand("promote", "Secondary -> primary (failover)");
-  promote->add_option("STORE", store)->required();
+  promote->add_option("STORE", store, "The store directory")->required();
   promote->add_option("--mount", arg1,
                       "Mount the store here (default: where this store was "
                       "last mounted as primary)");
@@ -680,12 +683,12 @@ int Main(int argc, char** argv) {
   std::string demote_listen;
   auto* demote = app.add_subcommand(
       "demote", "Primary -> secondary (unmounts; fails if the mount is busy)");
-  demote->add_option("STORE", store)->required();
+  demote->add_option("STORE", store, "The store directory")->required();
   demote->add_option("--listen", demote_listen,
                      "Endpoint to serve on (default: the node's --listen)");
 
   auto* resolve = app.add_subcommand("resolve", "End a split brain");
-  resolve->add_option("STORE", store)->required();
+  resolve->add_option("STORE", store, "The store directory")->required();
   bool discard_local = false, keep_local = false;
   auto* discard = resolve->add_flag(
       "--discard-local", discard_local,
@@ -697,7 +700,10 @@ int Main(int argc, char** argv) {
 
   auto* keygen = app.add_subcommand(
       "keygen", "Write a CURVE key pair: FILE (secret, 0600) and FILE.pub");
-  keygen->add_option("FILE", arg1)->required();
+  keygen
+      ->add_option("FILE", arg1,
+                   "The secret key file to write (FILE.pub beside it)")
+      ->required();
 
   try {
     app.parse(argc, argv);

@@ -1083,9 +1083,20 @@ sync::ReplicaSnapshot Node::ReplicaNow() {
 ControlReply Node::PeerList(bool json) {
   auto peers = meta_->ListPeers();
   if (!peers.ok()) return {1, "", peers.status().message() + "\n"};
-  std::map<std::string, sync::PeerSnapshot> live;
+  // name -> (state, in_sync), as `status` shows them.
+  std::map<std::string, std::pair<std::string, bool>> live;
   if (fan_out_) {
-    for (auto& p : fan_out_->Snapshot()) live[p.name] = p;
+    for (auto& p : fan_out_->Snapshot()) {
+      live[p.name] = {sync::PeerStateName(p.state), p.in_sync};
+    }
+  } else if (replica_) {
+    sync::ReplicaSnapshot r = ReplicaNow();
+    if (r.has_primary) {
+      live[r.primary_name] = {PrimaryState(r), PrimaryLive(r) && r.consistent};
+    }
+    if (!r.split_brain_with.empty()) {
+      live[r.split_brain_with] = {"split-brain", false};
+    }
   }
   if (json) {
     JsonWriter j;
@@ -1097,8 +1108,8 @@ ControlReply Node::PeerList(bool json) {
       j.Key("uuid").Value(p.uuid.IsZero() ? std::string() : p.uuid.ToString());
       auto it = live.find(p.name);
       if (it != live.end()) {
-        j.Key("state").Value(sync::PeerStateName(it->second.state));
-        j.Key("in_sync").Value(it->second.in_sync);
+        j.Key("state").Value(it->second.first);
+        j.Key("in_sync").Value(it->second.second);
       } else {
         j.Key("state").Null();
         j.Key("in_sync").Null();
@@ -1111,11 +1122,8 @@ ControlReply Node::PeerList(bool json) {
   std::string out;
   for (const auto& p : *peers) {
     auto it = live.find(p.name);
-    out +=
-        Pad(p.name, 16) + Pad(p.endpoint, 28) +
-        (it != live.end() ? std::string(sync::PeerStateName(it->second.state))
-                          : std::string("-")) +
-        "\n";
+    out += Pad(p.name, 16) + Pad(p.endpoint, 28) +
+           (it != live.end() ? it->second.first : std::string("-")) + "\n";
   }
   if (out.empty()) out = "no peers\n";
   return {0, out, ""};
