@@ -4,6 +4,7 @@ leaves the node as it was; promote's --mount is optional; a relative key path
 works for a daemon; peer names and endpoints are checked; the messages of a
 misspelt command, of libfuse and of the daemon say what is wrong."""
 
+import json
 import os
 import socket
 import time
@@ -218,3 +219,17 @@ def test_messages_name_the_problem(cluster, workdir):
     r = mirrorfs("mount", store, mnt, "-o", "no_such_fuse_option")
     assert_exit(r, 1, "no_such_fuse_option", "unknown option")
     assert not is_mounted(mnt)
+
+
+def test_peer_list_on_a_secondary_shows_its_primary_as_status_does(cluster):
+    b = cluster.serve("b")
+    a = cluster.mount("a", peers=[b])
+    wait_in_sync(a.store, "b")
+    (a.mountpoint / "f").write_bytes(b"x")
+    wait_flushed(a.store)
+    r = mirrorfs("peer", "list", b.store, "--json")
+    assert_exit(r, 0)
+    listed = {p["name"]: p for p in json.loads(r.stdout)}
+    shown = {p["name"]: p for p in status_json(b.store)["peers"]}
+    assert listed["a"]["state"] == shown["a"]["state"] == "connected", (listed, shown)
+    assert listed["a"]["in_sync"] is shown["a"]["in_sync"] is True, (listed, shown)
