@@ -441,28 +441,12 @@ meta::Status Node::StartListener(bool primary_mode) {
   auto identity = ReplicaIdentityNow(&ok);
   if (!ok) return meta_->IsConsistent().status();
   if (primary_mode && generations_) identity.generations = generations_->Get();
-  std::shared_ptr<const sync::CurveConfig> curve;
-  {
-    std::lock_guard<std::mutex> lock(curve_mu_);
-    curve = curve_;
-  }
-  replica_ = std::make_unique<sync::ReplicaServer>(
-      zmq_.get(), identity_->listen_endpoint, identity, store_fd_, this,
-      primary_mode, curve);
-  MFS_RETURN_IF_ERROR(replica_->Bind());
-  replica_->SetCachedWrites(options_.cached_writes);
-  replica_->SetBusyPoll(std::chrono::microseconds(options_.busy_poll_us));
-  if (options_.volatile_writes) {
-    meta::LogWarning(
-        "TEST MODE: applied writes are held in memory until a "
-        "flush and lost if this process is killed");
-    replica_->SetVolatileWrites(true);
-  }
+  std::vector<sync::DivergentExtent> list;
+  bool namespace_diverged = false;
   if (!primary_mode) {
     // What this node wrote as a former primary and a newer primary may
     // lack: its fracture logs (for any peer) and its write intents.
     std::map<std::string, meta::ExtentSet> divergent;
-    bool namespace_diverged = false;
     auto peers = meta_->ListPeers();
     if (peers.ok()) {
       for (const auto& p : *peers) {
@@ -487,7 +471,6 @@ meta::Status Node::StartListener(bool primary_mode) {
         }
       }
     }
-    std::vector<sync::DivergentExtent> list;
     for (const auto& [path, set] : divergent) {
       for (const auto& e : set) list.push_back({path, e.offset, e.length});
     }
@@ -500,12 +483,35 @@ meta::Status Node::StartListener(bool primary_mode) {
           "will be re-sent from it");
     }
     if (list.size() > sync::kMaxDivergentExtents) {
-      // Too many to list: the next primary compares every block instead.
+      // Too many to list: the next primary compares every block instead,
+      // as this copy now says in its hello (it is read into `identity`
+      // before: say it there too).
       list.clear();
       namespace_diverged = true;
       auto s = meta_->SetConsistent(false);
       if (!s.ok()) return s;
+      identity.consistent = false;
+      identity.resync_id = 0;
     }
+  }
+  std::shared_ptr<const sync::CurveConfig> curve;
+  {
+    std::lock_guard<std::mutex> lock(curve_mu_);
+    curve = curve_;
+  }
+  replica_ = std::make_unique<sync::ReplicaServer>(
+      zmq_.get(), identity_->listen_endpoint, identity, store_fd_, this,
+      primary_mode, curve);
+  MFS_RETURN_IF_ERROR(replica_->Bind());
+  replica_->SetCachedWrites(options_.cached_writes);
+  replica_->SetBusyPoll(std::chrono::microseconds(options_.busy_poll_us));
+  if (options_.volatile_writes) {
+    meta::LogWarning(
+        "TEST MODE: applied writes are held in memory until a "
+        "flush and lost if this process is killed");
+    replica_->SetVolatileWrites(true);
+  }
+  if (!primary_mode) {
     replica_->SetDivergent(std::move(list), namespace_diverged);
   }
   replica_->Start();
