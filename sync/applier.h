@@ -18,6 +18,7 @@
 #pragma once
 
 #include <array>
+#include <chrono>
 #include <list>
 #include <string>
 #include <unordered_map>
@@ -139,6 +140,8 @@ class Applier {
   std::unordered_map<std::string,
                      std::list<std::pair<std::string, int>>::iterator>
       files_;
+  // When the cached files are next checked for removal behind our back.
+  std::chrono::steady_clock::time_point next_check_{};
 };
 
 }  // namespace mirrorfs::sync
