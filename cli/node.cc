@@ -703,7 +703,12 @@ ControlReply Node::HandleControl(const std::vector<std::string>& words) {
     // Not lazy, as demote: a lazy detach would hide the mount from new
     // opens (they would land in the directory under it, unmirrored) while
     // the daemon waits for the open files to close.
-    if (mount_ && ::umount2(options_.mountpoint.c_str(), 0) != 0) {
+    bool mounted;
+    {
+      std::lock_guard<std::mutex> lock(stop_mu_);  // Run() resets mount_
+      mounted = mount_ != nullptr && !stop_requested_;
+    }
+    if (mounted && ::umount2(options_.mountpoint.c_str(), 0) != 0) {
       int err = errno;
       if (err == EBUSY) {
         return {1, "",
