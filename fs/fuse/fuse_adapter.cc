@@ -479,7 +479,10 @@ void LogLibfuse(enum fuse_log_level level, const char* fmt, va_list ap) {
   if (level <= FUSE_LOG_ERR) {
     meta::LogError("libfuse: " + text);
     std::lock_guard<std::mutex> lock(libfuse_errors_mu);
-    libfuse_errors += (libfuse_errors.empty() ? "" : "; ") + text;
+    // Bounded: errors while serving are only logged (Mount() takes these).
+    if (libfuse_errors.size() < 4096) {
+      libfuse_errors += (libfuse_errors.empty() ? "" : "; ") + text;
+    }
   } else if (level <= FUSE_LOG_NOTICE) {
     meta::LogInfo("libfuse: " + text);
   }
