@@ -53,7 +53,14 @@ else
   "$mirrorfs" serve "$store" --listen "$listen" || die "mirrorfs serve failed"
   status=$("$mirrorfs" status "$store" --json)
 fi
-name=$(jq -r .node <<<"$status")
+# The primary knows this node by the name it was given there (`--peer NAME=`
+# or `peer add`), which may differ from this node's own (its hostname when
+# `serve` ran without --name): look it up by this node's uuid.
+uuid=$(jq -r .uuid <<<"$status")
+name=$(on_primary status "$remote_store" --json |
+  jq -r --arg u "$uuid" '[.peers[] | select(.uuid == $u)][0].name // empty') ||
+  die "cannot read the status of $remote_store on the primary"
+[[ -n $name ]] || name=$(jq -r .node <<<"$status")
 
 say "resyncing $name from the current primary (${REMOTE:-this host}:$remote_store)"
 rc=0
