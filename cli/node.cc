@@ -686,6 +686,20 @@ meta::Status Node::Run() {
   return result;
 }
 
+std::string Node::UnmountNow(const std::string& verb, bool gone_ok) {
+  if (::umount2(options_.mountpoint.c_str(), 0) == 0) return "";
+  int err = errno;
+  if (err == EBUSY) {
+    return "mountpoint " + options_.mountpoint +
+           " is busy: processes have files or directories open there (see "
+           "`fuser -vm " +
+           options_.mountpoint + "`); close them and " + verb + " again\n";
+  }
+  if (err == EINVAL && gone_ok) return "";
+  return "cannot unmount " + options_.mountpoint + ": " + std::strerror(err) +
+         "\n";
+}
+
 ControlReply Node::HandleControl(const std::vector<std::string>& words) {
   if (words.empty()) return {2, "", "empty control request\n"};
   const std::string& verb = words[0];
@@ -700,29 +714,15 @@ ControlReply Node::HandleControl(const std::vector<std::string>& words) {
     return {0, json ? StatusJson() + "\n" : StatusText(), ""};
   }
   if (verb == "stop") {
-    // Not lazy, as demote: a lazy detach would hide the mount from new
-    // opens (they would land in the directory under it, unmirrored) while
-    // the daemon waits for the open files to close.
     bool mounted;
     {
       std::lock_guard<std::mutex> lock(stop_mu_);  // Run() resets mount_
       mounted = mount_ != nullptr && !stop_requested_;
     }
-    if (mounted && ::umount2(options_.mountpoint.c_str(), 0) != 0) {
-      int err = errno;
-      if (err == EBUSY) {
-        return {1, "",
-                "mountpoint " + options_.mountpoint +
-                    " is busy: processes have files or directories open "
-                    "there (see `fuser -vm " +
-                    options_.mountpoint + "`); close them and stop again\n"};
-      }
+    if (mounted) {
       // EINVAL: unmounted already (fusermount3 -u); the loop is ending.
-      if (err != EINVAL) {
-        return {1, "",
-                "cannot unmount " + options_.mountpoint + ": " +
-                    std::strerror(err) + "\n"};
-      }
+      std::string refused = UnmountNow("stop", /*gone_ok=*/true);
+      if (!refused.empty()) return {1, "", refused};
     }
     std::thread([this] { RequestStop(); }).detach();
     return {0, "", ""};
@@ -805,19 +805,8 @@ ControlReply Node::HandleControl(const std::vector<std::string>& words) {
   if (verb == "demote") {
     if (!mount_) return {1, "", "this node is not a mounted primary\n"};
     // Not lazy: a busy mount refuses, and says why.
-    if (::umount2(options_.mountpoint.c_str(), 0) != 0) {
-      int err = errno;
-      if (err == EBUSY) {
-        return {1, "",
-                "mountpoint " + options_.mountpoint +
-                    " is busy: processes have files or directories open "
-                    "there (see `fuser -vm " +
-                    options_.mountpoint + "`); close them and demote again\n"};
-      }
-      return {1, "",
-              "cannot unmount " + options_.mountpoint + ": " +
-                  std::strerror(err) + "\n"};
-    }
+    std::string refused = UnmountNow("demote", /*gone_ok=*/false);
+    if (!refused.empty()) return {1, "", refused};
     meta::LogInfo("demote: " + options_.mountpoint + " unmounted; stopping");
     return {0, "", ""};
   }

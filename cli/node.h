@@ -76,6 +76,12 @@ class Node : public sync::ReplicaHost {
   // The primary's state as a secondary sees it: split-brain, disconnected,
   // syncing or connected.
   const char* PrimaryState(const sync::ReplicaSnapshot& r) const;
+  // Unmounts the primary's mount at once, not lazily: a lazy detach would
+  // hide the mount from new opens (they would land in the directory under
+  // it, unmirrored) while the daemon waits for open files to close. Returns
+  // why it could not ("" once unmounted, or already gone if `gone_ok`);
+  // `verb` is the command to run again once the mount is free.
+  std::string UnmountNow(const std::string& verb, bool gone_ok);
 
   // sync::ReplicaHost (called on the replica thread).
   meta::Status AdoptStore(const meta::Uuid& store_uuid) override;

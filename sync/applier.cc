@@ -388,6 +388,28 @@ namespace {
 
 using Type = meta::NamespaceEntry::Type;
 
+// The names in `dir` (store-relative `rel`), without "." and "..", and
+// without `.mirrorfs` in the root.
+meta::Status ChildNames(int dir, const std::string& rel,
+                        std::vector<std::string>* names) {
+  int fd = ::dup(dir);
+  if (fd < 0) return Errno("dup", rel.empty() ? "store" : rel);
+  DIR* d = ::fdopendir(fd);
+  if (d == nullptr) {
+    ::close(fd);
+    return Errno("list", rel.empty() ? "store" : rel);
+  }
+  ::rewinddir(d);
+  while (struct dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    if (name == "." || name == "..") continue;
+    if (rel.empty() && name == ".mirrorfs") continue;
+    names->push_back(std::move(name));
+  }
+  ::closedir(d);
+  return meta::Status::Ok();
+}
+
 // Removes `name` in `dir` and, for a directory, everything below it.
 meta::Status RemoveTree(int dir, const std::string& name,
                         const std::string& path) {
@@ -439,24 +461,14 @@ meta::Status Prune(
     int dir, const std::string& rel,
     const std::unordered_map<std::string, const meta::NamespaceEntry*>&
         wanted) {
-  int fd = ::dup(dir);
-  if (fd < 0) return Errno("dup", rel.empty() ? "store" : rel);
-  DIR* d = ::fdopendir(fd);
-  if (d == nullptr) {
-    ::close(fd);
-    return Errno("list", rel.empty() ? "store" : rel);
-  }
-  ::rewinddir(d);
+  std::vector<std::string> names;
+  MFS_RETURN_IF_ERROR(ChildNames(dir, rel, &names));
   std::vector<std::pair<std::string, mode_t>> children;
-  while (struct dirent* e = ::readdir(d)) {
-    std::string name = e->d_name;
-    if (name == "." || name == "..") continue;
-    if (rel.empty() && name == ".mirrorfs") continue;
+  for (auto& name : names) {
     struct stat st;
     if (::fstatat(dir, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
-    children.emplace_back(name, st.st_mode);
+    children.emplace_back(std::move(name), st.st_mode);
   }
-  ::closedir(d);
   meta::Status result;
   for (const auto& [name, mode] : children) {
     std::string path = rel.empty() ? name : rel + "/" + name;
@@ -620,22 +632,8 @@ namespace {
 // does not mirror (devices, FIFOs, sockets) too.
 meta::Status ListBelow(int dir, const std::string& rel,
                        std::vector<meta::NamespaceEntry>* out) {
-  int fd = ::dup(dir);
-  if (fd < 0) return Errno("dup", rel.empty() ? "store" : rel);
-  DIR* d = ::fdopendir(fd);
-  if (d == nullptr) {
-    ::close(fd);
-    return Errno("list", rel.empty() ? "store" : rel);
-  }
-  ::rewinddir(d);
   std::vector<std::string> names;
-  while (struct dirent* e = ::readdir(d)) {
-    std::string name = e->d_name;
-    if (name == "." || name == "..") continue;
-    if (rel.empty() && name == ".mirrorfs") continue;
-    names.push_back(std::move(name));
-  }
-  ::closedir(d);
+  MFS_RETURN_IF_ERROR(ChildNames(dir, rel, &names));
   for (const auto& name : names) {
     std::string path = rel.empty() ? name : rel + "/" + name;
     struct stat st;

@@ -209,6 +209,24 @@ class RefusalWatch {
   std::string handshake_;
 };
 
+// The seq of the request (block-diff, listing) `frame` answers; 0 if it
+// answers none (seq 0 is a session's hello, never a request).
+uint64_t RequestAnswered(const DecodedFrame& frame) {
+  if (auto* diff = std::get_if<BlockDiff>(&frame.body)) return diff->seq;
+  if (auto* listing = std::get_if<Listing>(&frame.body)) return listing->seq;
+  return 0;
+}
+
+// A handler of the frame answering a request, for `on_reply` of the
+// expected kind.
+template <typename Reply>
+std::function<void(const DecodedFrame&)> OnReply(
+    std::function<void(const Reply&)> on_reply) {
+  return [on_reply = std::move(on_reply)](const DecodedFrame& frame) {
+    if (auto* reply = std::get_if<Reply>(&frame.body)) on_reply(*reply);
+  };
+}
+
 void Signal(int event_fd) {
   uint64_t one = 1;
   ssize_t ignored = ::write(event_fd, &one, sizeof(one));
@@ -551,12 +569,8 @@ std::string PeerSession::DrainLocked(int max_frames) {
           file_flushes_.erase(file);
         }
       }
-    } else if (auto* diff = std::get_if<BlockDiff>(&decoded->body)) {
-      it = in_flight_.find(diff->seq);
-      if (it == in_flight_.end()) continue;
-      if (it->second.on_reply) it->second.on_reply(*decoded);
-    } else if (auto* listing = std::get_if<Listing>(&decoded->body)) {
-      it = in_flight_.find(listing->seq);
+    } else if (uint64_t seq = RequestAnswered(*decoded); seq != 0) {
+      it = in_flight_.find(seq);
       if (it == in_flight_.end()) continue;
       if (it->second.on_reply) it->second.on_reply(*decoded);
     } else {
@@ -672,11 +686,7 @@ bool PeerSession::RequestBlockDiff(
     const std::shared_ptr<meta::Completion>& completion) {
   return Push([&](const FrameHeader& h,
                   std::string* out) { EncodeBlockSums(h, sums, out); },
-              completion, nullptr,
-              [on_reply = std::move(on_reply)](const DecodedFrame& f) {
-                if (auto* diff = std::get_if<BlockDiff>(&f.body))
-                  on_reply(*diff);
-              });
+              completion, nullptr, OnReply(std::move(on_reply)));
 }
 
 bool PeerSession::RequestListing(
@@ -684,11 +694,7 @@ bool PeerSession::RequestListing(
     const std::shared_ptr<meta::Completion>& completion) {
   return Push([&](const FrameHeader& h,
                   std::string* out) { EncodeList(h, request, out); },
-              completion, nullptr,
-              [on_reply = std::move(on_reply)](const DecodedFrame& f) {
-                if (auto* listing = std::get_if<Listing>(&f.body))
-                  on_reply(*listing);
-              });
+              completion, nullptr, OnReply(std::move(on_reply)));
 }
 
 void PeerSession::AcceptLive(bool syncing) {

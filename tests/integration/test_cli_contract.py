@@ -9,9 +9,9 @@ import os
 import socket
 import time
 
-from conftest import (adopt, assert_same_manifest, is_mounted, mirrorfs,
-                      peer_status, status_json, wait_flushed, wait_in_sync,
-                      wait_until)
+from conftest import (adopt, assert_same_manifest, free_endpoint, is_mounted,
+                      mirrorfs, peer_status, status_json, wait_flushed,
+                      wait_in_sync, wait_until)
 
 
 def assert_exit(r, code, *mentions):
@@ -21,10 +21,16 @@ def assert_exit(r, code, *mentions):
         assert str(m) in r.stderr, f"stderr does not mention {m!r}:\n{r.stderr}"
 
 
-def test_stop_refuses_a_busy_mount_and_leaves_it_mirroring(cluster):
+def in_sync_pair(cluster):
+    """Primary a mounted with its secondary b, in sync. Returns (a, b)."""
     b = cluster.serve("b")
     a = cluster.mount("a", peers=[b])
     wait_in_sync(a.store, "b")
+    return a, b
+
+
+def test_stop_refuses_a_busy_mount_and_leaves_it_mirroring(cluster):
+    a, b = in_sync_pair(cluster)
     path = a.mountpoint / "open.img"
     path.write_bytes(b"before\n")
     fd = os.open(path, os.O_RDWR)
@@ -52,9 +58,7 @@ def test_stop_refuses_a_busy_mount_and_leaves_it_mirroring(cluster):
 
 
 def test_a_refused_demote_leaves_the_primary_mounted(cluster):
-    b = cluster.serve("b")
-    a = cluster.mount("a", peers=[b])
-    wait_in_sync(a.store, "b")
+    a, b = in_sync_pair(cluster)
 
     r = mirrorfs("demote", a.store, "--listen", "tcp://0.0.0.0:7790")
     assert_exit(r, 1, "beyond loopback")
@@ -77,9 +81,7 @@ def test_a_refused_demote_leaves_the_primary_mounted(cluster):
 
 
 def test_promote_without_mount_reuses_the_stores_last_mountpoint(cluster):
-    b = cluster.serve("b")
-    a = cluster.mount("a", peers=[b])
-    wait_in_sync(a.store, "b")
+    a, b = in_sync_pair(cluster)
     (a.mountpoint / "f.txt").write_bytes(b"written as primary\n")
     wait_flushed(a.store)
     mnt = a.mountpoint
@@ -116,7 +118,7 @@ def test_relative_key_paths_work_for_a_daemon(cluster):
     (keys / "auth_a").write_text(f"b {pub['b']}\n")
     (keys / "auth_b").write_text(f"a {pub['a']}\n")
     b_store, a_store, a_mnt = (cluster.dir(n) for n in ("b.st", "a.st", "a.mt"))
-    b_ep = f"tcp://127.0.0.1:{_free_port()}"
+    b_ep = free_endpoint()
     cwd = os.getcwd()
     os.chdir(keys.parent)
     try:
@@ -142,19 +144,13 @@ def test_relative_key_paths_work_for_a_daemon(cluster):
     assert b.alive()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_peers_that_name_this_node_or_repeat_are_refused(cluster, workdir):
     store, mnt = cluster.dir("x.store"), cluster.dir("x.mnt")
-    ep = f"tcp://127.0.0.1:{_free_port()}"
-    other = f"tcp://127.0.0.1:{_free_port()}"
+    ep = free_endpoint()
+    other = free_endpoint()
     for peers, mention in (
             (["--peer", f"x={other}"], "own --name"),
-            (["--peer", f"p={other}", "--peer", f"p=tcp://127.0.0.1:{_free_port()}"],
+            (["--peer", f"p={other}", "--peer", "p=" + free_endpoint()],
              "given twice"),
             (["--peer", f"p={other}", "--peer", f"q={other}"], "same endpoint"),
             (["--peer", f"p={ep}"], "own --listen")):
@@ -165,7 +161,7 @@ def test_peers_that_name_this_node_or_repeat_are_refused(cluster, workdir):
 
     b = cluster.serve("b")
     a = cluster.mount("a", peers=[b])
-    r = mirrorfs("peer", "add", a.store, "a", f"tcp://127.0.0.1:{_free_port()}")
+    r = mirrorfs("peer", "add", a.store, "a", free_endpoint())
     assert_exit(r, 1, "own name")
     r = mirrorfs("peer", "add", a.store, "c", b.endpoint)
     assert_exit(r, 1, "peer b already has endpoint")
@@ -173,9 +169,7 @@ def test_peers_that_name_this_node_or_repeat_are_refused(cluster, workdir):
 
 
 def test_resolve_discard_local_is_refused_on_a_following_secondary(cluster):
-    b = cluster.serve("b")
-    a = cluster.mount("a", peers=[b])
-    wait_in_sync(a.store, "b")
+    a, b = in_sync_pair(cluster)
     r = mirrorfs("resolve", b.store, "--discard-local")
     assert_exit(r, 1, "no split brain")
     assert not (b.store / ".mirrorfs" / "recovery").exists()
@@ -183,9 +177,7 @@ def test_resolve_discard_local_is_refused_on_a_following_secondary(cluster):
 
 
 def test_resync_figures_are_zero_once_in_sync(cluster):
-    b = cluster.serve("b")
-    a = cluster.mount("a", peers=[b])
-    wait_in_sync(a.store, "b")
+    a, b = in_sync_pair(cluster)
     r = mirrorfs("fracture", a.store, "b")
     assert_exit(r, 0)
     (a.mountpoint / "missed.img").write_bytes(os.urandom(1 << 20))
@@ -222,9 +214,7 @@ def test_messages_name_the_problem(cluster, workdir):
 
 
 def test_peer_list_on_a_secondary_shows_its_primary_as_status_does(cluster):
-    b = cluster.serve("b")
-    a = cluster.mount("a", peers=[b])
-    wait_in_sync(a.store, "b")
+    a, b = in_sync_pair(cluster)
     (a.mountpoint / "f").write_bytes(b"x")
     wait_flushed(a.store)
     r = mirrorfs("peer", "list", b.store, "--json")

@@ -195,6 +195,19 @@ def resync_and_check(primary, backup, cluster, what="stores"):
     return backup, before["fracture_bytes"], bytes_applied(backup.store)
 
 
+def assert_outage_mib_alone_resent(primary, backup, cluster, img, offset):
+    """Writes 1 MiB of `img` at `offset` while the peer is away; its log must
+    hold exactly that MiB and the resync must apply exactly it. Returns the
+    restarted backup."""
+    write_file(img, os.urandom(MiB), offset)  # during the outage
+    peer = peer_status(primary.store, "backup")
+    assert peer["fracture_bytes"] == MiB, peer
+    backup, at_restart, applied = resync_and_check(primary, backup, cluster)
+    assert applied == MiB, (applied, at_restart)
+    assert sha256_file(img) == sha256_file(backup.store / img.name)
+    return backup
+
+
 # ------------------------------------------------------------------ 1 ----
 
 def test_kill9_secondary_mid_workload_logs_exact_damage_and_resyncs_it(cluster):
@@ -303,13 +316,7 @@ def test_o_dsync_writes_are_not_sent_again_after_a_peer_crash(cluster):
         os.close(fd)
     kill9(backup)
     notice_down(primary)
-    write_file(img, os.urandom(MiB), MiB)  # during the outage
-
-    peer = peer_status(primary.store, "backup")
-    assert peer["fracture_bytes"] == MiB, peer
-    backup, at_restart, applied = resync_and_check(primary, backup, cluster)
-    assert applied == MiB, (applied, at_restart)
-    assert sha256_file(img) == sha256_file(backup.store / "vm.img")
+    assert_outage_mib_alone_resent(primary, backup, cluster, img, MiB)
 
 
 def test_a_clean_stop_of_the_peer_logs_only_what_follows(cluster):
@@ -327,12 +334,7 @@ def test_a_clean_stop_of_the_peer_logs_only_what_follows(cluster):
         f"the peer's log holds writes it had on disk when it stopped: {peer}"
     assert "with what it applied on its disk" in primary.log()
 
-    write_file(img, os.urandom(MiB), 2 * MiB)  # during the outage
-    peer = peer_status(primary.store, "backup")
-    assert peer["fracture_bytes"] == MiB, peer
-    backup, at_restart, applied = resync_and_check(primary, backup, cluster)
-    assert applied == MiB, (applied, at_restart)
-    assert sha256_file(img) == sha256_file(backup.store / "db.img")
+    assert_outage_mib_alone_resent(primary, backup, cluster, img, 2 * MiB)
 
 
 def test_a_peer_stopping_under_writes_loses_nothing(cluster):
