@@ -36,6 +36,7 @@ Status FractureLog::Load() {
   std::lock_guard<std::mutex> lock(mu_);
   extents_.clear();
   ops_.clear();
+  touched_at_.clear();
   bytes_ = count_ = 0;
   full_sync_ = full.ok() && *full;
   auto dirty = store_->GetPeerFlag(peer_, meta::PeerFlag::kNamespaceDirty);
@@ -76,6 +77,9 @@ Status FractureLog::Record(const meta::Change& c) {
   if (IsDataChange(c.kind)) {
     if (c.length == 0) return Status::Ok();
     auto& set = extents_[c.path];
+    // Even if the range is logged already: a resync may have read it
+    // before this change (Done).
+    touched_at_[c.path] = ++epoch_;
     if (set.Contains(c.offset, c.length)) return Status::Ok();
     bytes_ -= set.TotalBytes();
     count_ -= set.Count();
@@ -154,6 +158,7 @@ void FractureLog::DropPathLocked(const std::string& path, bool with_children) {
     auto s = store_->DropFracturePath(peer_, it->first, /*sync=*/false);
     if (!s.ok()) meta::LogError(s.message());
     stale_paths_.erase(it->first);
+    touched_at_.erase(it->first);
     it = extents_.erase(it);
   }
 }
@@ -169,6 +174,7 @@ void FractureLog::MovePathLocked(const std::string& from,
     moved.emplace_back(to + it->first.substr(from.size()),
                        std::move(it->second));
     stale_paths_.erase(it->first);
+    touched_at_.erase(it->first);
     // The swap name is never persisted: only real paths reach the store.
     if (it->first[0] != '\0') {
       auto s = store_->DropFracturePath(peer_, it->first, /*sync=*/false);
@@ -177,6 +183,7 @@ void FractureLog::MovePathLocked(const std::string& from,
     it = extents_.erase(it);
   }
   for (auto& [path, set] : moved) {
+    touched_at_[path] = ++epoch_;
     auto& dest = extents_[path];
     bytes_ -= dest.TotalBytes();
     count_ -= dest.Count();
@@ -242,11 +249,18 @@ std::vector<std::pair<uint64_t, meta::Change>> FractureLog::NamespaceOps()
   return ops_;
 }
 
+uint64_t FractureLog::Epoch() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return epoch_;
+}
+
 void FractureLog::Done(const std::string& path, uint64_t offset,
-                       uint64_t length) {
+                       uint64_t length, uint64_t read_at) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = extents_.find(path);
   if (it == extents_.end()) return;
+  auto touched = touched_at_.find(path);
+  if (touched != touched_at_.end() && touched->second > read_at) return;
   bytes_ -= it->second.TotalBytes();
   count_ -= it->second.Count();
   it->second.Remove(offset, length);
@@ -255,6 +269,7 @@ void FractureLog::Done(const std::string& path, uint64_t offset,
   if (it->second.empty()) {
     extents_.erase(it);
     stale_paths_.erase(path);
+    touched_at_.erase(path);
     auto s = store_->DropFracturePath(peer_, path, /*sync=*/false);
     if (!s.ok()) meta::LogError(s.message());
   } else {
@@ -298,6 +313,7 @@ Status FractureLog::Clear() {
     extents_.clear();
     ops_.clear();
     stale_paths_.clear();
+    touched_at_.clear();
     bytes_ = count_ = 0;
     full_sync_ = false;
     namespace_dirty_ = false;

@@ -84,9 +84,15 @@ class FractureLog {
   std::map<std::string, meta::ExtentSet> Extents() const;
   std::vector<std::pair<uint64_t, meta::Change>> NamespaceOps() const;
 
+  // A mark to take before reading data for a resync, for Done.
+  uint64_t Epoch() const;
   // The peer applied [offset, offset+length) of `path` from the primary's
-  // current data: it is no longer missing.
-  void Done(const std::string& path, uint64_t offset, uint64_t length);
+  // data as it was read after Epoch() returned `read_at`: it is no longer
+  // missing, unless the path gained records (a change the peer missed, or
+  // extents renamed onto it) since then: those may be newer than what the
+  // peer got, so the path keeps its extents for the next pass.
+  void Done(const std::string& path, uint64_t offset, uint64_t length,
+            uint64_t read_at);
   // The peer replayed the namespace ops up to `seq` (inclusive).
   meta::Status NamespaceDone(uint64_t seq);
   // Persists the in-memory log exactly (compacts the on-disk records), e.g.
@@ -136,6 +142,10 @@ class FractureLog {
   uint64_t resync_id_ = 0;  // 0: none stored
   // Paths whose on-disk records are out of date with memory (Done).
   std::map<std::string, bool> stale_paths_;
+  // The Epoch() of each logged path's latest record or rename onto it (a
+  // path missing here has none since Load); erased with the path.
+  uint64_t epoch_ = 0;
+  std::map<std::string, uint64_t> touched_at_;
 };
 
 }  // namespace mirrorfs::sync

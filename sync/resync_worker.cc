@@ -213,7 +213,8 @@ bool ResyncWorker::Drain(size_t keep) {
     if (front.from_log) {
       // Applied, maybe only in the peer's page cache: out of the log once
       // a store flush of the peer says it is on its disk (TrimApplied).
-      applied_.push_back(Applied{front.path, front.offset, front.length});
+      applied_.push_back(
+          Applied{front.path, front.offset, front.length, front.read_at});
       applied_bytes_ += front.length;
     }
     AddDone(front.length);
@@ -236,7 +237,9 @@ bool ResyncWorker::TrimApplied() {
   if (!session_->EnqueueResync(flush, done)) return false;
   done->Wait();
   if (cancelled_) return false;
-  for (const auto& a : applied_) log_->Done(a.path, a.offset, a.length);
+  for (const auto& a : applied_) {
+    log_->Done(a.path, a.offset, a.length, a.read_at);
+  }
   applied_.clear();
   applied_bytes_ = 0;
   auto s = log_->PersistProgress();
@@ -308,6 +311,8 @@ bool ResyncWorker::FracturePass(bool* more) {
         Throttle(len);
         std::shared_ptr<Completion> chunk;
         meta::Status error;
+        // Before the read: a change the peer misses after it stays logged.
+        uint64_t read_at = log_->Epoch();
         if (!QueueChunk(session_, source_, path, off, len, &chunk, &error)) {
           if (!error.ok()) {
             session_->ResyncFinished(
@@ -315,7 +320,7 @@ bool ResyncWorker::FracturePass(bool* more) {
           }
           return false;
         }
-        pending_.push_back(Pending{chunk, path, off, len, true});
+        pending_.push_back(Pending{chunk, path, off, len, true, read_at});
         if (!Drain(kWindow)) return false;
       }
     }
@@ -347,7 +352,7 @@ bool ResyncWorker::FullSync() {
       hole.flags = meta::kKeepSize | meta::kReplay;
       auto done = std::make_shared<Completion>(1);
       if (!session_->EnqueueResync(hole, done)) return false;
-      pending_.push_back(Pending{done, path, from, 0, false});
+      pending_.push_back(Pending{done, path, from, 0, false, 0});
       return Drain(kWindow);
     };
     for (const auto& [off, len] : data) {
@@ -396,7 +401,7 @@ bool ResyncWorker::FullSync() {
                           &error)) {
             return false;
           }
-          pending_.push_back(Pending{chunk, path, block_off, 0, false});
+          pending_.push_back(Pending{chunk, path, block_off, 0, false, 0});
           if (!Drain(kWindow)) return false;
         }
         AddDone(len);

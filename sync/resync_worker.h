@@ -119,7 +119,8 @@ class ResyncWorker {
     std::string path;
     uint64_t offset;
     uint64_t length;
-    bool from_log;  // Done() it in the log once applied
+    bool from_log;     // Done() it in the log once applied
+    uint64_t read_at;  // the log's Epoch() before the chunk was read
   };
   std::vector<Pending> pending_;  // worker thread only
   // Log chunks the peer applied, not yet known to be on its disk (worker
@@ -128,6 +129,7 @@ class ResyncWorker {
     std::string path;
     uint64_t offset;
     uint64_t length;
+    uint64_t read_at;
   };
   std::vector<Applied> applied_;
   uint64_t applied_bytes_ = 0;
