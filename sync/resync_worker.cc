@@ -120,13 +120,15 @@ void ResyncWorker::Run() {
   finished_ = true;
   if (!ok) return;  // cancelled: the session reports why
   succeeded_ = true;
-  auto p = progress();
   char seconds[32];
   std::snprintf(seconds, sizeof(seconds), "%.2f",
                 std::chrono::duration<double>(Clock::now() - started_).count());
+  // A full sync's progress counts the bytes compared; few may be sent.
   meta::LogInfo("peer " + peer + ": resync done, " +
-                std::to_string(p.done_bytes) + " bytes sent in " + seconds +
-                " s; in sync");
+                std::to_string(sent_bytes_) + " bytes sent" +
+                (full ? " (" + std::to_string(compared_bytes_) + " compared)"
+                      : std::string()) +
+                " in " + seconds + " s; in sync");
   session_->ResyncFinished(true, "");
 }
 
@@ -320,6 +322,7 @@ bool ResyncWorker::FracturePass(bool* more) {
           }
           return false;
         }
+        sent_bytes_ += len;
         pending_.push_back(Pending{chunk, path, off, len, true, read_at});
         if (!Drain(kWindow)) return false;
       }
@@ -401,9 +404,11 @@ bool ResyncWorker::FullSync() {
                           &error)) {
             return false;
           }
+          sent_bytes_ += block_len;
           pending_.push_back(Pending{chunk, path, block_off, 0, false, 0});
           if (!Drain(kWindow)) return false;
         }
+        compared_bytes_ += len;
         AddDone(len);
       }
     }

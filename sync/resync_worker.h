@@ -133,6 +133,9 @@ class ResyncWorker {
   };
   std::vector<Applied> applied_;
   uint64_t applied_bytes_ = 0;
+  // Data read and sent, and bytes compared by checksum (worker thread only).
+  uint64_t sent_bytes_ = 0;
+  uint64_t compared_bytes_ = 0;
   std::chrono::steady_clock::time_point last_trim_;
   uint64_t resync_id_ = 0;  // the log's, in the begin mark
   // Files and sizes at the freeze, for a full sync (worker thread only).

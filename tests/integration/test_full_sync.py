@@ -5,6 +5,7 @@ that differ (DESIGN.md guarantee 6, resync proportional to the damage)."""
 
 import os
 import random
+import re
 import subprocess
 
 from conftest import (
@@ -94,3 +95,12 @@ def test_stale_copy_under_a_new_name_sends_only_changed_blocks(cluster):
          f"{5 * BLOCK}-byte short tail applied {applied} bytes (expected about {expect}; "
          f"the files hold {sum(SIZES.values())})")
     assert applied >= len(changed) * BLOCK, f"only {applied} bytes applied"
+    # The log says what went over the wire, and what was only compared.
+    done = re.findall(r"peer c: resync done, (\d+) bytes sent \((\d+) compared\)",
+                      primary.log())
+    assert done, primary.log()[-3000:]
+    sent, compared = map(int, done[-1])
+    assert sent <= expect + 2 * BLOCK, \
+        f"the primary logged {sent} bytes sent for about {expect} bytes of differences"
+    assert compared >= sum(SIZES.values()) - 5 * BLOCK, \
+        f"the primary logged {compared} bytes compared of {sum(SIZES.values())}"
