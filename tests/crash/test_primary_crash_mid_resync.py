@@ -59,18 +59,20 @@ def sent_lines(log):
             re.finditer(r"peer backup: resync done, (\d+) bytes sent", log)]
 
 
-def test_primary_killed_mid_resync_resumes_from_its_log(cluster):
+def damaged_pair(cluster, seed):
+    """A mirrored image, then the peer fractured and scattered blocks of the
+    image rewritten: returns (backup, primary, image path)."""
     backup = cluster.serve("backup")
     primary = mount_primary(cluster, backup)
     wait_peer_state(primary.store, "backup", "connected")
     img = primary.mountpoint / "disk.img"
-    write_random(img, IMAGE_BYTES, seed=1)
+    write_random(img, IMAGE_BYTES, seed=seed)
     wait_flushed(primary.store)
 
     r = mirrorfs("fracture", primary.store, "backup")
     assert r.returncode == 0, r.stderr
     wait_peer_state(primary.store, "backup", "fractured")
-    rng = random.Random(2)
+    rng = random.Random(seed + 1)
     fd = os.open(img, os.O_WRONLY)
     try:
         for _ in range(BLOCKS):
@@ -79,6 +81,11 @@ def test_primary_killed_mid_resync_resumes_from_its_log(cluster):
         os.fsync(fd)
     finally:
         os.close(fd)
+    return backup, primary, img
+
+
+def test_primary_killed_mid_resync_resumes_from_its_log(cluster):
+    backup, primary, img = damaged_pair(cluster, seed=1)
     # The damage's write intents retire (idle epochs): the restart then
     # re-adds none of them, and the bounds below are the resync's alone.
     wait_until(lambda: status_json(primary.store)["intent"]["active_extents"] == 0,
@@ -191,24 +198,7 @@ def test_writes_racing_a_resync_cut_by_a_kill_never_go_backwards(cluster):
     """Guarantees 1 and 4 across a crash: writers race the resync, the
     primary is killed with writes in flight, the resync resumes after the
     restart with writers racing it again; the copies end identical."""
-    backup = cluster.serve("backup")
-    primary = mount_primary(cluster, backup)
-    wait_peer_state(primary.store, "backup", "connected")
-    img = primary.mountpoint / "disk.img"
-    write_random(img, IMAGE_BYTES, seed=11)
-    wait_flushed(primary.store)
-
-    r = mirrorfs("fracture", primary.store, "backup")
-    assert r.returncode == 0, r.stderr
-    wait_peer_state(primary.store, "backup", "fractured")
-    rng = random.Random(12)
-    fd = os.open(img, os.O_WRONLY)
-    try:
-        for _ in range(BLOCKS):
-            off = rng.randrange(IMAGE_BYTES // BLOCK) * BLOCK
-            os.pwrite(fd, rng.randbytes(BLOCK), off)
-    finally:
-        os.close(fd)
+    backup, primary, img = damaged_pair(cluster, seed=11)
     damage = peer_status(primary.store, "backup")["fracture_bytes"]
     assert damage > 8 * MiB, damage
 
