@@ -214,7 +214,7 @@ bool ResyncWorker::Drain(size_t keep) {
     if (cancelled_) return false;
     if (front.from_log) {
       // Applied, maybe only in the peer's page cache: out of the log once
-      // a store flush of the peer says it is on its disk (TrimApplied).
+      // a store flush of the peer says it is on its disk (FinishTrim).
       applied_.push_back(
           Applied{front.path, front.offset, front.length, front.read_at});
       applied_bytes_ += front.length;
@@ -222,31 +222,53 @@ bool ResyncWorker::Drain(size_t keep) {
     AddDone(front.length);
     pending_.erase(pending_.begin());
   }
-  if (!cancelled_ &&
-      (applied_bytes_ >= kTrimBytes ||
-       (!applied_.empty() && Clock::now() - last_trim_ >= kTrimPeriod))) {
-    return TrimApplied();
+  if (!FinishTrim(/*wait=*/false)) return false;
+  if (applied_bytes_ >= kTrimBytes ||
+      (!applied_.empty() && Clock::now() - last_trim_ >= kTrimPeriod)) {
+    return StartTrim();
   }
   return !cancelled_;
 }
 
-bool ResyncWorker::TrimApplied() {
+bool ResyncWorker::StartTrim() {
+  if (cancelled_) return false;
+  if (flush_ || applied_.empty()) return true;
   last_trim_ = Clock::now();
-  if (applied_.empty()) return !cancelled_;
   Change flush;
   flush.kind = ChangeKind::kFsync;  // no path: the peer's whole store
   auto done = std::make_shared<Completion>(1);
   if (!session_->EnqueueResync(flush, done)) return false;
-  done->Wait();
-  if (cancelled_) return false;
-  for (const auto& a : applied_) {
-    log_->Done(a.path, a.offset, a.length, a.read_at);
-  }
+  // Every chunk here was acknowledged before the flush was asked for: the
+  // flush covers it.
+  flush_ = std::move(done);
+  flushing_.swap(applied_);
   applied_.clear();
   applied_bytes_ = 0;
+  return true;
+}
+
+bool ResyncWorker::FinishTrim(bool wait) {
+  if (!flush_) return !cancelled_;
+  if (wait) {
+    flush_->Wait();
+  } else if (!flush_->IsDone()) {
+    return !cancelled_;
+  }
+  // A lost peer cancels the worker before it releases the flush: a flush
+  // released by a teardown trims nothing.
+  if (cancelled_) return false;
+  for (const auto& a : flushing_) {
+    log_->Done(a.path, a.offset, a.length, a.read_at);
+  }
+  flushing_.clear();
+  flush_.reset();
   auto s = log_->PersistProgress();
   if (!s.ok()) meta::LogError("peer " + session_->name() + ": " + s.message());
   return true;
+}
+
+bool ResyncWorker::TrimAll() {
+  return FinishTrim(/*wait=*/true) && StartTrim() && FinishTrim(/*wait=*/true);
 }
 
 // Reads [offset, offset+length) of `path` under its range lock and queues
@@ -328,7 +350,7 @@ bool ResyncWorker::FracturePass(bool* more) {
       }
     }
   }
-  if (!Drain(0) || !TrimApplied()) return false;
+  if (!Drain(0) || !TrimAll()) return false;
   // Entries that remain were moved by renames meanwhile; another pass sends
   // them under their new names. A pass that frees nothing would loop.
   if (log_->bytes() >= before && !log_->Extents().empty()) {

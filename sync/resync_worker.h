@@ -26,9 +26,11 @@
 //
 // Progress and crashes (guarantees 1 and 6): a chunk leaves the fracture log
 // only once the peer has it on its disk — acknowledged chunks are trimmed
-// after a store flush of the peer answered (every kTrimBytes or kTrimPeriod,
-// and at the end of each pass), and the trim is written without a sync (a
-// lost trim re-sends data). The begin mark carries the log's resync id: if
+// after a store flush of the peer, asked for once they were acknowledged,
+// has answered (every kTrimBytes or kTrimPeriod, and at the end of each
+// pass), and the trim is written without a sync (a lost trim re-sends data).
+// Chunks go on travelling while the peer flushes: one flush is in flight at
+// a time. The begin mark carries the log's resync id: if
 // this node crashes mid-resync, the peer reports that id, and the next
 // resync resumes from what the log (and the write-intent journal) still
 // holds instead of comparing every block.
@@ -97,10 +99,16 @@ class ResyncWorker {
   bool SendMark(bool begin, uint64_t total);
   // Waits until at most `keep` chunk completions are outstanding.
   bool Drain(size_t keep);
-  // Asks the peer for a store flush, waits for it, then trims the applied
-  // log chunks from the log (and writes that down). Returns false if
+  // Asks the peer for a store flush covering the log chunks applied so far
+  // (unless one is in flight already); FinishTrim trims them once it has
+  // answered. Returns false if cancelled.
+  bool StartTrim();
+  // If the flush in flight has answered (with `wait`, once it has), trims
+  // its chunks from the log and writes that down. Returns false if
   // cancelled (the chunks stay in the log).
-  bool TrimApplied();
+  bool FinishTrim(bool wait);
+  // Flushes and trims every applied chunk, waiting for the peer.
+  bool TrimAll();
   void Throttle(uint64_t bytes);
   void AddDone(uint64_t bytes);
 
@@ -133,6 +141,10 @@ class ResyncWorker {
   };
   std::vector<Applied> applied_;
   uint64_t applied_bytes_ = 0;
+  // The store flush in flight and the chunks it makes durable (worker
+  // thread only).
+  std::shared_ptr<meta::Completion> flush_;
+  std::vector<Applied> flushing_;
   // Data read and sent, and bytes compared by checksum (worker thread only).
   uint64_t sent_bytes_ = 0;
   uint64_t compared_bytes_ = 0;
