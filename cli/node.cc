@@ -62,6 +62,13 @@ std::string Bytes(uint64_t n) {
   return buf;
 }
 
+// Permission bits as `stat -c %04a` prints them: "0640".
+std::string OctalMode(uint32_t mode) {
+  char buf[16];
+  std::snprintf(buf, sizeof(buf), "%04o", mode & 07777);
+  return buf;
+}
+
 std::string Ago(double seconds) {
   if (seconds < 0) return "never";
   char buf[32];
@@ -999,6 +1006,20 @@ ControlReply Node::Verify(const std::vector<std::string>& words) {
           j.Key("size").Value(d.size);
           j.Key("peer_size").Value(d.peer_size);
         }
+        if (d.kind == Kind::kMode) {
+          j.Key("mode").Value(OctalMode(d.mode));
+          j.Key("peer_mode").Value(OctalMode(d.peer_mode));
+        }
+        if (d.kind == Kind::kOwner) {
+          j.Key("uid").Value(uint64_t{d.uid});
+          j.Key("gid").Value(uint64_t{d.gid});
+          j.Key("peer_uid").Value(uint64_t{d.peer_uid});
+          j.Key("peer_gid").Value(uint64_t{d.peer_gid});
+        }
+        if (d.kind == Kind::kTarget) {
+          j.Key("target").Value(d.target);
+          j.Key("peer_target").Value(d.peer_target);
+        }
         j.EndObject();
       }
       j.EndArray();
@@ -1031,6 +1052,17 @@ ControlReply Node::Verify(const std::vector<std::string>& words) {
           case Kind::kType:
             out += std::string("type ") + sync::EntryTypeName(d.type) + " " +
                    sync::EntryTypeName(d.peer_type);
+            break;
+          case Kind::kMode:
+            out += "mode " + OctalMode(d.mode) + " " + OctalMode(d.peer_mode);
+            break;
+          case Kind::kOwner:
+            out += "owner " + std::to_string(d.uid) + ":" +
+                   std::to_string(d.gid) + " " + std::to_string(d.peer_uid) +
+                   ":" + std::to_string(d.peer_gid);
+            break;
+          case Kind::kTarget:
+            out += "target " + d.target + " " + d.peer_target;
             break;
         }
         out += "\n";

@@ -643,11 +643,19 @@ meta::Status ListBelow(int dir, const std::string& rel,
     }
     meta::NamespaceEntry e;
     e.path = path;
+    e.mode = st.st_mode & 07777;
+    e.uid = st.st_uid;
+    e.gid = st.st_gid;
     if (S_ISREG(st.st_mode)) {
       e.type = Type::kFile;
       e.size = static_cast<uint64_t>(st.st_size);
     } else if (S_ISLNK(st.st_mode)) {
       e.type = Type::kSymlink;
+      char target[4097];
+      ssize_t n = ::readlinkat(dir, name.c_str(), target, sizeof(target) - 1);
+      if (n < 0 && errno == ENOENT) continue;
+      if (n <= 0) return Errno("read the symlink", path);
+      e.target.assign(target, static_cast<size_t>(n));
     } else if (S_ISDIR(st.st_mode)) {
       e.type = Type::kDirectory;
     } else {
@@ -668,6 +676,7 @@ meta::Status ListBelow(int dir, const std::string& rel,
 }  // namespace
 
 meta::Status Applier::List(const std::string& after, size_t limit,
+                           size_t max_bytes,
                            std::vector<meta::NamespaceEntry>* out, bool* last) {
   std::vector<meta::NamespaceEntry> all;
   MFS_RETURN_IF_ERROR(ListBelow(root_fd_, "", &all));
@@ -684,7 +693,11 @@ meta::Status Applier::List(const std::string& after, size_t limit,
         });
   }
   out->clear();
+  size_t bytes = 0;
   for (; it != all.end() && out->size() < limit; ++it) {
+    size_t n = it->path.size() + it->target.size();
+    if (!out->empty() && bytes + n > max_bytes) break;
+    bytes += n;
     out->push_back(std::move(*it));
   }
   *last = it == all.end();

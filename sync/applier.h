@@ -83,10 +83,12 @@ class Applier {
       uint64_t* size);
 
   // Lists the store's files, folders and symlinks whose paths sort after
-  // `after` (bytewise; "" = all), in that order, at most `limit` of them
-  // (files with their sizes); `*last` says whether that was all. Returns
-  // the first error of reading the store.
-  meta::Status List(const std::string& after, size_t limit,
+  // `after` (bytewise; "" = all), in that order (each with its permission
+  // bits and owner, files with their sizes, symlinks with their targets):
+  // at most `limit` of them and, past the first, at most `max_bytes` of
+  // paths and targets. `*last` says whether that was all. Returns the
+  // first error of reading the store.
+  meta::Status List(const std::string& after, size_t limit, size_t max_bytes,
                     std::vector<meta::NamespaceEntry>* out, bool* last);
 
   // Flushes every cached file and the store (syncfs). Returns the first error.

@@ -827,8 +827,8 @@ void ReplicaServer::Handle(const std::string& routing_id,
   } else if (auto* list = std::get_if<ListRequest>(&decoded->body)) {
     Listing reply;
     reply.seq = h.seq;
-    auto listed = applier_.List(list->after, kMaxListingEntries, &reply.entries,
-                                &reply.last);
+    auto listed = applier_.List(list->after, kMaxListingEntries,
+                                kMaxListingBytes, &reply.entries, &reply.last);
     if (!listed.ok()) {
       // Not a bad frame: this store cannot be read. The primary's verify
       // fails with the reason (an error frame ends the session).

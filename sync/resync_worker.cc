@@ -167,15 +167,21 @@ bool ResyncWorker::Freeze(bool* need_data) {
           }
           last_op = seq;
         }
-        for (size_t i = 0; i < entries.size() || i == 0;
-             i += kMaxManifestEntries) {
+        // In parts that fit in a frame (at least one, maybe empty).
+        size_t i = 0;
+        do {
           Manifest part;
-          size_t end = std::min(entries.size(), i + kMaxManifestEntries);
-          part.entries.assign(entries.begin() + static_cast<long>(i),
-                              entries.begin() + static_cast<long>(end));
-          part.last = end >= entries.size();
+          size_t bytes = 0;
+          while (i < entries.size() &&
+                 part.entries.size() < kMaxManifestEntries) {
+            size_t n = entries[i].path.size() + entries[i].target.size();
+            if (!part.entries.empty() && bytes + n > kMaxManifestBytes) break;
+            bytes += n;
+            part.entries.push_back(entries[i++]);
+          }
+          part.last = i >= entries.size();
           queued = queued && session_->EnqueueManifest(part, ns_done);
-        }
+        } while (i < entries.size());
         session_->AcceptLive(/*syncing=*/true);
         return meta::Status::Ok();
       });

@@ -28,6 +28,12 @@ const char* VerifyKindName(VerifyDifference::Kind kind) {
       return "extra";
     case VerifyDifference::Kind::kType:
       return "type";
+    case VerifyDifference::Kind::kMode:
+      return "mode";
+    case VerifyDifference::Kind::kOwner:
+      return "owner";
+    case VerifyDifference::Kind::kTarget:
+      return "target";
   }
   return "unknown";
 }
@@ -43,6 +49,48 @@ const char* EntryTypeName(Entry::Type type) {
   }
   return "unknown";
 }
+
+namespace {
+
+// Adds how the peer's entry `b` differs from ours, `a`, at the same path.
+void CompareEntries(const Entry& a, const Entry& b,
+                    std::vector<VerifyDifference>* diffs) {
+  VerifyDifference d;
+  d.path = a.path;
+  d.type = a.type;
+  d.peer_type = b.type;
+  d.size = a.size;
+  d.peer_size = b.size;
+  if (a.type != b.type) {
+    d.kind = VerifyDifference::Kind::kType;
+    diffs->push_back(d);
+    return;  // nothing else of theirs is comparable
+  }
+  // A symlink's own permission bits mean nothing on Linux (and cannot be
+  // set): only its owner and target are compared.
+  if (a.type != Entry::Type::kSymlink && a.mode != b.mode) {
+    d.kind = VerifyDifference::Kind::kMode;
+    d.mode = a.mode;
+    d.peer_mode = b.mode;
+    diffs->push_back(d);
+  }
+  if (a.uid != b.uid || a.gid != b.gid) {
+    d.kind = VerifyDifference::Kind::kOwner;
+    d.uid = a.uid;
+    d.gid = a.gid;
+    d.peer_uid = b.uid;
+    d.peer_gid = b.gid;
+    diffs->push_back(d);
+  }
+  if (a.target != b.target) {
+    d.kind = VerifyDifference::Kind::kTarget;
+    d.target = a.target;
+    d.peer_target = b.target;
+    diffs->push_back(d);
+  }
+}
+
+}  // namespace
 
 Verifier::Verifier(PeerSession* session, meta::Source* source, uint64_t rate)
     : session_(session), source_(source), rate_(rate) {}
@@ -69,8 +117,16 @@ meta::Result<VerifyResult> Verifier::Run(
   MFS_RETURN_IF_ERROR(source_->ListFiles(&files));
   uint64_t total = 0;
   for (const auto& f : files) total += f.second;
+  // Paths already reported missing, extra or of another type: their sizes
+  // are not compared again.
   std::set<std::string> named;
-  for (const auto& d : result.differences) named.insert(d.path);
+  for (const auto& d : result.differences) {
+    if (d.kind == VerifyDifference::Kind::kMissing ||
+        d.kind == VerifyDifference::Kind::kExtra ||
+        d.kind == VerifyDifference::Kind::kType) {
+      named.insert(d.path);
+    }
+  }
   for (const auto& [path, size] : files) {
     MFS_RETURN_IF_ERROR(CompareFile(path, size, named.contains(path), total,
                                     &result, progress));
@@ -144,15 +200,7 @@ meta::Status Verifier::CompareNamespaces(VerifyResult* result) {
         diffs.push_back(d);
         ++j;
       } else {
-        if (a->type != b->type) {
-          d.kind = VerifyDifference::Kind::kType;
-          d.path = a->path;
-          d.type = a->type;
-          d.peer_type = b->type;
-          d.size = a->size;
-          d.peer_size = b->size;
-          diffs.push_back(d);
-        }
+        CompareEntries(*a, *b, &diffs);
         ++i;
         ++j;
       }

@@ -1,5 +1,6 @@
 // Verifier: compares the primary's store with one peer's copy, online: the
-// namespaces (which files, folders and symlinks exist, of which type), then
+// namespaces (which files, folders and symlinks exist, of which type, with
+// which permission bits, owner and group, and symlink targets), then
 // every regular file by its size and by BLAKE2b checksums of 64 KiB blocks
 // (the peer hashes its own blocks; only checksums, the list of differing
 // blocks and sizes travel).
@@ -40,6 +41,9 @@ struct VerifyDifference {
     kMissing,  // on the primary, not on the peer: `type` (a file: `size`)
     kExtra,    // on the peer only: `peer_type` (a file: `peer_size`)
     kType,     // of another type on the peer: `type` here, `peer_type` there
+    kMode,     // other permission bits: `mode` here, `peer_mode` there
+    kOwner,    // another owner or group: `uid`/`gid` here, `peer_` there
+    kTarget,   // a symlink pointing elsewhere: `target`, `peer_target`
   };
   Kind kind = Kind::kData;
   std::string path;
@@ -49,9 +53,13 @@ struct VerifyDifference {
   uint64_t peer_size = 0;
   meta::NamespaceEntry::Type type = meta::NamespaceEntry::Type::kFile;
   meta::NamespaceEntry::Type peer_type = meta::NamespaceEntry::Type::kFile;
+  uint32_t mode = 0, peer_mode = 0;
+  uint32_t uid = 0, peer_uid = 0;
+  uint32_t gid = 0, peer_gid = 0;
+  std::string target, peer_target;
 };
 
-// "data", "size", "missing", "extra", "type".
+// "data", "size", "missing", "extra", "type", "mode", "owner", "target".
 const char* VerifyKindName(VerifyDifference::Kind kind);
 // "file", "folder", "symlink".
 const char* EntryTypeName(meta::NamespaceEntry::Type type);

@@ -733,12 +733,27 @@ Status DecodeListing(std::string_view payload, Listing* m) {
                    std::to_string(type));
     }
     e.type = static_cast<meta::NamespaceEntry::Type>(type);
+    MFS_RETURN_IF_ERROR(r.U32("entry mode", &e.mode));
+    if ((e.mode & ~07777u) != 0) {
+      return Proto("listing entry " + Quote(e.path) + " mode " + Hex32(e.mode) +
+                   " has bits beyond the permissions");
+    }
+    MFS_RETURN_IF_ERROR(r.U32("entry uid", &e.uid));
+    MFS_RETURN_IF_ERROR(r.U32("entry gid", &e.gid));
     MFS_RETURN_IF_ERROR(r.U64("entry size", &e.size));
     if (e.size > kMaxFileOffset ||
         (e.type != meta::NamespaceEntry::Type::kFile && e.size != 0)) {
       return Proto("listing entry " + Quote(e.path) + " size " +
                    std::to_string(e.size) +
                    " is beyond the largest file or not of a file");
+    }
+    MFS_RETURN_IF_ERROR(r.String("entry target", kMaxPathBytes, &e.target));
+    bool is_link = e.type == meta::NamespaceEntry::Type::kSymlink;
+    if (is_link == e.target.empty() ||
+        e.target.find('\0') != std::string::npos) {
+      return Proto("listing entry " + Quote(e.path) +
+                   (is_link ? " is a symlink without a valid target"
+                            : " has a target but is not a symlink"));
     }
   }
   return r.End();
@@ -969,7 +984,9 @@ void EncodeList(const FrameHeader& header, const ListRequest& m,
 void EncodeListing(const FrameHeader& header, const Listing& m,
                    std::string* out) {
   size_t bytes = 8 + 1 + 4;
-  for (const auto& e : m.entries) bytes += StringBytes(e.path) + 1 + 8;
+  for (const auto& e : m.entries) {
+    bytes += StringBytes(e.path) + 1 + 4 + 4 + 4 + 8 + StringBytes(e.target);
+  }
   BeginFrame(header, FrameType::kListing, bytes, out);
   PutU64(out, m.seq);
   PutU8(out, m.last ? 1 : 0);
@@ -977,7 +994,11 @@ void EncodeListing(const FrameHeader& header, const Listing& m,
   for (const auto& e : m.entries) {
     PutString(out, e.path);
     PutU8(out, static_cast<uint8_t>(e.type));
+    PutU32(out, e.mode);
+    PutU32(out, e.uid);
+    PutU32(out, e.gid);
     PutU64(out, e.size);
+    PutString(out, e.target);
   }
   FinishFrame(out);
 }

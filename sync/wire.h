@@ -38,7 +38,7 @@ namespace mirrorfs::sync {
 // "MFSW" as little-endian bytes 'M','F','S','W'.
 inline constexpr uint32_t kWireMagic = 0x5753464du;
 // The only version this build speaks; see "Versioning" in WIRE_FORMAT.md.
-inline constexpr uint16_t kWireVersion = 5;
+inline constexpr uint16_t kWireVersion = 6;
 inline constexpr size_t kFrameHeaderSize = 48;
 
 // Limits enforced by the decoder (and to be respected by senders).
@@ -204,8 +204,11 @@ struct Manifest {
   bool last = true;
   std::vector<meta::NamespaceEntry> entries;
 };
-// Upper bound of one manifest part's entries (senders split larger lists).
+// Upper bounds of one manifest part: its entries and, from its second
+// entry on, the bytes of their paths and targets (senders split larger
+// lists; a part always fits in a frame).
 inline constexpr size_t kMaxManifestEntries = 4096;
+inline constexpr size_t kMaxManifestBytes = 16u << 20;
 
 // A resync begins (the copy is inconsistent until it ends) or ends.
 struct ResyncMark {
@@ -241,9 +244,13 @@ struct BlockDiff {
 struct ListRequest {
   std::string after;  // "" or a valid path
 };
-// One part of a peer's namespace, answering a kList frame. Only the path,
-// the type and a file's size of each entry travel.
+// One part of a peer's namespace, answering a kList frame: each entry's
+// path, type, permission bits, owner, a file's size and a symlink's target.
+// A part holds at most kMaxListingEntries entries and, from its second
+// entry on, at most kMaxListingBytes of entry paths and targets (senders
+// split larger lists; a part always fits in a frame).
 inline constexpr size_t kMaxListingEntries = 4096;
+inline constexpr size_t kMaxListingBytes = 16u << 20;
 struct Listing {
   uint64_t seq = 0;  // the kList frame's seq
   bool last = true;  // nothing sorts after the last entry

@@ -24,7 +24,7 @@ from conftest import (POLL_SECONDS, assert_same_manifest, status_json, store_man
                       wait_in_sync, wait_until)
 
 MAGIC = 0x5753464D  # b"MFSW" little-endian
-VERSION = 5
+VERSION = 6
 HEADER = struct.Struct("<IHH16sQQII")
 assert HEADER.size == 48
 T_HELLO, T_HELLO_REPLY, T_CHANGE, T_ACK, T_PING, T_PONG, T_ERROR = range(1, 8)

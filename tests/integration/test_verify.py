@@ -3,9 +3,9 @@ each connected peer, online: identical copies under a steady write load give
 no false alarm (exit 0); blocks changed behind mirrorfs's back on the
 secondary are listed exactly (exit 1, "PEER PATH OFFSET LENGTH" or --json);
 `--repair` logs them for the peer and resyncs, after which verify is clean
-and the stores are identical. Sizes, entries only on one side and files
-replaced behind the secondary's back are found too, and repaired by sending
-only what differs."""
+and the stores are identical. Sizes, entries only on one side, permission
+bits, owners, symlink targets and files replaced behind the secondary's back
+are found too, and repaired by sending only what differs."""
 
 import json
 import os
@@ -355,3 +355,55 @@ def test_a_file_replaced_on_the_peer_is_compared_and_written_as_it_is_now(cluste
         return marker in (b.store / "f.img").read_bytes()
     wait_until(write_reaches_the_new_file, 10, "a write to reach b's replaced file")
     assert_same_manifest(a.store, b.store, "stores after a write to the replaced file")
+
+
+def test_modes_owners_and_symlink_targets_changed_on_the_peer_are_found_and_repaired(cluster):
+    a, b = start_pair(cluster)
+    fill(a.mountpoint / "disk.img", 1 * MiB, 51)
+    (a.mountpoint / "vm").mkdir(mode=0o755)
+    os.chmod(a.mountpoint / "vm", 0o755)  # whatever the umask
+    fill(a.mountpoint / "vm" / "base.img", 2 * BLOCK, 52)
+    os.chmod(a.mountpoint / "disk.img", 0o640)
+    os.chown(a.mountpoint / "vm" / "base.img", 1000, 100)
+    os.symlink("vm/base.img", a.mountpoint / "current")
+    os.symlink("disk.img", a.mountpoint / "alias")
+    wait_flushed(a.store)
+    assert_same_manifest(a.store, b.store)
+    r = verify(a.store)
+    assert r.returncode == 0 and r.stdout == "", f"mirrored modes and owners: {out(r)}"
+
+    # Behind mirrorfs's back, on the peer: the data stays identical.
+    os.chmod(b.store / "disk.img", 0o644)
+    os.chmod(b.store / "vm", 0o700)
+    os.chown(b.store / "vm" / "base.img", 0, 0)
+    os.unlink(b.store / "current")
+    os.symlink("disk.img", b.store / "current")
+    os.lchown(b.store / "alias", 1000, 1000)
+    r = verify(a.store)
+    assert r.returncode == 1, f"attributes differ: {out(r)}"
+    assert lines_of(r) == {
+        ("b", "disk.img", "mode", "0640", "0644"),
+        ("b", "vm", "mode", "0755", "0700"),
+        ("b", "vm/base.img", "owner", "1000:100", "0:0"),
+        ("b", "current", "target", "vm/base.img", "disk.img"),
+        ("b", "alias", "owner", "0:0", "1000:1000"),
+    }, out(r)
+    r, doc = verify_json(a.store)
+    assert r.returncode == 1, out(r)
+    diffs = doc["peers"][0]["differences"]
+    assert {"kind": "mode", "path": "disk.img", "offset": 0, "length": 0,
+            "mode": "0640", "peer_mode": "0644"} in diffs, doc
+    assert {"kind": "owner", "path": "vm/base.img", "offset": 0, "length": 0,
+            "uid": 1000, "gid": 100, "peer_uid": 0, "peer_gid": 0} in diffs, doc
+    assert {"kind": "target", "path": "current", "offset": 0, "length": 0,
+            "target": "vm/base.img", "peer_target": "disk.img"} in diffs, doc
+    assert len(diffs) == 5, doc
+
+    # The resync's namespace reconcile sets them back; no data travels.
+    resent = repair_and_sync(a, b)
+    assert resent == 0, f"the repair sent {resent} bytes"
+    st = os.lstat(b.store / "vm" / "base.img")
+    assert (st.st_uid, st.st_gid) == (1000, 100)
+    assert os.readlink(b.store / "current") == "vm/base.img"
+    assert os.lstat(b.store / "alias").st_uid == 0
+    assert os.stat(b.store / "disk.img").st_mode & 0o7777 == 0o640

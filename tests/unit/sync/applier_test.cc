@@ -156,22 +156,37 @@ TEST_F(ApplierWritesTest, ListsTheStoreInPathOrderByParts) {
   ASSERT_EQ(::mkfifo((dir_ + "/fifo").c_str(), 0600), 0);  // not mirrored
   std::vector<meta::NamespaceEntry> part;
   bool last = false;
-  ASSERT_TRUE(applier.List("", 100, &part, &last).ok());
+  ASSERT_EQ(::chmod((dir_ + "/d/x").c_str(), 0640), 0);
+  ASSERT_EQ(::lchown((dir_ + "/l").c_str(), 1234, 5678), 0);
+  ASSERT_TRUE(applier.List("", 100, kMaxListingBytes, &part, &last).ok());
   std::vector<std::string> paths;
   for (const auto& e : part) paths.push_back(e.path);
   EXPECT_EQ(paths, (std::vector<std::string>{"d", "d.y", "d/e", "d/x", "l"}));
   EXPECT_TRUE(last);
   EXPECT_EQ(part[3].size, 3u);
+  EXPECT_EQ(part[3].mode, 0640u);
+  EXPECT_EQ(part[3].target, "");
   EXPECT_EQ(part[0].type, meta::NamespaceEntry::Type::kDirectory);
   EXPECT_EQ(part[4].type, meta::NamespaceEntry::Type::kSymlink);
-  ASSERT_TRUE(applier.List("d.y", 2, &part, &last).ok());
+  EXPECT_EQ(part[4].target, "d");
+  EXPECT_EQ(part[4].uid, 1234u);
+  EXPECT_EQ(part[4].gid, 5678u);
+  ASSERT_TRUE(applier.List("d.y", 2, kMaxListingBytes, &part, &last).ok());
   ASSERT_EQ(part.size(), 2u);
   EXPECT_EQ(part[0].path, "d/e");
   EXPECT_EQ(part[1].path, "d/x");
   EXPECT_FALSE(last);
-  ASSERT_TRUE(applier.List("d/x", 2, &part, &last).ok());
+  ASSERT_TRUE(applier.List("d/x", 2, kMaxListingBytes, &part, &last).ok());
   ASSERT_EQ(part.size(), 1u);
   EXPECT_TRUE(last);
+  // The byte budget ("d" 1, "d.y" 3, "d/e" 3): a part is never empty.
+  ASSERT_TRUE(applier.List("", 100, 4, &part, &last).ok());
+  ASSERT_EQ(part.size(), 2u);
+  EXPECT_FALSE(last);
+  ASSERT_TRUE(applier.List("", 100, 0, &part, &last).ok());
+  ASSERT_EQ(part.size(), 1u);
+  EXPECT_EQ(part[0].path, "d");
+  EXPECT_FALSE(last);
 }
 
 }  // namespace

@@ -218,9 +218,9 @@ Listing SampleListing() {
   l.seq = 11;
   l.last = false;
   using Type = meta::NamespaceEntry::Type;
-  l.entries.push_back({"d", Type::kDirectory, 0, 0, 0, 0, ""});
-  l.entries.push_back({"d/x", Type::kFile, 0, 0, 0, 3, ""});
-  l.entries.push_back({"link", Type::kSymlink, 0, 0, 0, 0, ""});
+  l.entries.push_back({"d", Type::kDirectory, 0755, 0, 0, 0, ""});
+  l.entries.push_back({"d/x", Type::kFile, 04640, 1000, 100, 3, ""});
+  l.entries.push_back({"link", Type::kSymlink, 0777, 0, 7, 0, "d/x"});
   return l;
 }
 
@@ -367,7 +367,7 @@ TEST(WireTest, HeaderLayoutIsFixedLittleEndian) {
              &f);
   ASSERT_EQ(f.size(), kFrameHeaderSize + 8);
   EXPECT_EQ(f.substr(0, 4), "MFSW");
-  EXPECT_EQ(f[4], 5);  // version
+  EXPECT_EQ(f[4], 6);  // version
   EXPECT_EQ(f[5], 0);
   EXPECT_EQ(f[6], 5);  // type kPing
   EXPECT_EQ(f[7], 0);
@@ -718,7 +718,13 @@ TEST(WireTest, VerifyFramesRoundTrip) {
   EXPECT_EQ(l.entries[1].path, "d/x");
   EXPECT_EQ(l.entries[1].type, meta::NamespaceEntry::Type::kFile);
   EXPECT_EQ(l.entries[1].size, 3u);
+  EXPECT_EQ(l.entries[1].mode, 04640u);
+  EXPECT_EQ(l.entries[1].uid, 1000u);
+  EXPECT_EQ(l.entries[1].gid, 100u);
+  EXPECT_EQ(l.entries[1].target, "");
   EXPECT_EQ(l.entries[2].type, meta::NamespaceEntry::Type::kSymlink);
+  EXPECT_EQ(l.entries[2].target, "d/x");
+  EXPECT_EQ(l.entries[2].gid, 7u);
   EncodeListing(TestHeader(10), Listing{5, true, {}}, &f);
   r = DecodeFrame(f);
   ASSERT_TRUE(r.ok()) << r.status().message();
@@ -756,6 +762,18 @@ TEST(WireTest, BadVerifyFramesAreRejected) {
   EncodeListing(TestHeader(), l, &f);
   ExpectRejected(f, "listing entry");
   l = SampleListing();
+  l.entries[1].mode = 010644;  // a type bit
+  EncodeListing(TestHeader(), l, &f);
+  ExpectRejected(f, "has bits beyond the permissions");
+  l = SampleListing();
+  l.entries[2].target.clear();
+  EncodeListing(TestHeader(), l, &f);
+  ExpectRejected(f, "is a symlink without a valid target");
+  l = SampleListing();
+  l.entries[0].target = "x";
+  EncodeListing(TestHeader(), l, &f);
+  ExpectRejected(f, "has a target but is not a symlink");
+  l = SampleListing();
   l.entries.resize(kMaxListingEntries + 1, l.entries.back());
   EncodeListing(TestHeader(), l, &f);
   ExpectRejected(f, "limit 4096");
@@ -770,12 +788,12 @@ TEST(WireTest, WrongMagicVersionAndTypeAreRejected) {
   ExpectRejected(g, "not a mirrorfs frame: magic");
 
   g = f;
-  g[4] = 6;  // version 6
+  g[4] = 7;  // version 7
   Reseal(&g);
-  ExpectRejected(g, "frame version 6 is newer than this node's wire version 5");
+  ExpectRejected(g, "frame version 7 is newer than this node's wire version 6");
   auto h = DecodeFrameHeader(g);  // the header is still readable
   ASSERT_TRUE(h.ok()) << h.status().message();
-  EXPECT_EQ(h->version, 6);
+  EXPECT_EQ(h->version, 7);
   EXPECT_EQ(h->seq, 42u);
   EXPECT_EQ(h->session, TestHeader().session);
 
@@ -798,6 +816,11 @@ TEST(WireTest, WrongMagicVersionAndTypeAreRejected) {
   g[4] = 4;  // version 4 had no list frames and no block-diff size
   Reseal(&g);
   ExpectRejected(g, "frame version 4 is not supported");
+
+  g = f;
+  g[4] = 5;  // version 5's listing had no modes, owners or targets
+  Reseal(&g);
+  ExpectRejected(g, "frame version 5 is not supported");
 
   for (uint16_t type : {0, 15, 300, 65535}) {
     g = f;
