@@ -1035,16 +1035,25 @@ meta::Status Volume::DataExtents(
 
 meta::Status Volume::ReadRange(
     const std::string& path, uint64_t offset, uint64_t length,
-    const std::function<void(const meta::Change&)>& emit) {
-  return ReadRangeLocked(path, offset, length, /*to_end=*/false,
-                         [&emit](const std::string&, uint64_t,
-                                 const std::vector<meta::Change>& pieces) {
-                           for (const auto& c : pieces) emit(c);
-                         });
+    std::string* buffer, const std::function<void(const meta::Change&)>& emit) {
+  return ReadLocked(path, offset, length, /*to_end=*/false, buffer,
+                    [&emit](const std::string&, uint64_t,
+                            const std::vector<meta::Change>& pieces) {
+                      for (const auto& c : pieces) emit(c);
+                    });
 }
 
 meta::Status Volume::ReadRangeLocked(
     const std::string& path, uint64_t offset, uint64_t length, bool to_end,
+    const std::function<void(const std::string& current_path, uint64_t size,
+                             const std::vector<meta::Change>& pieces)>& fn) {
+  std::string buffer;
+  return ReadLocked(path, offset, length, to_end, &buffer, fn);
+}
+
+meta::Status Volume::ReadLocked(
+    const std::string& path, uint64_t offset, uint64_t length, bool to_end,
+    std::string* buffer,
     const std::function<void(const std::string& current_path, uint64_t size,
                              const std::vector<meta::Change>& pieces)>& fn) {
   if (length == 0 && !to_end) return meta::Status::Ok();
@@ -1099,7 +1108,6 @@ meta::Status Volume::ReadRangeLocked(
         bool data;
       };
       std::vector<Piece> pieces;
-      std::string buffer;
       uint64_t at = offset;
       while (at < end && result.ok()) {
         off_t data = ::lseek(fd, static_cast<off_t>(at), SEEK_DATA);
@@ -1113,11 +1121,12 @@ meta::Status Volume::ReadRangeLocked(
       }
       uint64_t data_bytes = 0;
       for (const auto& p : pieces) data_bytes += p.data ? p.length : 0;
-      buffer.resize(data_bytes);
+      // Grown, never shrunk: a reused buffer is not cleared again.
+      if (buffer->size() < data_bytes) buffer->resize(data_bytes);
       uint64_t filled = 0;
       for (const auto& p : pieces) {
         if (!p.data) continue;
-        auto read = writer_.Pread(fd, &buffer[filled], p.length, p.offset,
+        auto read = writer_.Pread(fd, &(*buffer)[filled], p.length, p.offset,
                                   path + " for resync");
         if (!read.ok()) {
           result = read.status();
@@ -1125,7 +1134,7 @@ meta::Status Volume::ReadRangeLocked(
         }
         if (*read < p.length) {
           // Shrunk meanwhile? Not possible under the range lock, but be safe.
-          std::memset(&buffer[filled + *read], 0, p.length - *read);
+          std::memset(&(*buffer)[filled + *read], 0, p.length - *read);
         }
         filled += p.length;
       }
@@ -1155,7 +1164,7 @@ meta::Status Volume::ReadRangeLocked(
             c.length = p.length;
             if (p.data) {
               c.kind = meta::ChangeKind::kWrite;
-              c.data = buffer.data() + consumed;
+              c.data = buffer->data() + consumed;
               consumed += p.length;
             } else {
               c.kind = meta::ChangeKind::kPunchHole;

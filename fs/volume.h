@@ -221,6 +221,7 @@ class Volume : public meta::Source {
           meta::Status(const std::vector<meta::NamespaceEntry>&)>& fn) override;
   meta::Status ReadRange(
       const std::string& path, uint64_t offset, uint64_t length,
+      std::string* buffer,
       const std::function<void(const meta::Change&)>& emit) override;
   meta::Status ReadRangeLocked(
       const std::string& path, uint64_t offset, uint64_t length, bool to_end,
@@ -256,6 +257,13 @@ class Volume : public meta::Source {
   using Waits = std::vector<std::shared_ptr<meta::Completion>>;
 
   Volume(meta::Mirror* mirror, std::string root);
+
+  // ReadRangeLocked, reading into `*buffer` (see ReadRange).
+  meta::Status ReadLocked(
+      const std::string& path, uint64_t offset, uint64_t length, bool to_end,
+      std::string* buffer,
+      const std::function<void(const std::string& current_path, uint64_t size,
+                               const std::vector<meta::Change>& pieces)>& fn);
 
   Inode& InodeOf(Ino ino);
   Ino InoOf(Inode* inode) const;

@@ -41,12 +41,14 @@ class Source {
   // Reads [offset, offset + length) of the regular file at `path` while
   // holding that range's lock (so no write to it runs meanwhile), and calls
   // `emit` for each piece, in order, still under the lock: kWrite changes
-  // (data borrowed for the call) for data, kPunchHole for holes. Nothing is
+  // for data, kPunchHole for holes. The data is read into `*buffer` (grown
+  // if too small, never shrunk, so a buffer reused across calls is neither
+  // reallocated nor cleared), which the kWrite changes point into. Nothing is
   // emitted beyond the end of the file. A missing file or a path that is no
   // longer a regular file emits nothing and returns OK (the namespace
   // reconcile covers it).
   virtual Status ReadRange(const std::string& path, uint64_t offset,
-                           uint64_t length,
+                           uint64_t length, std::string* buffer,
                            const std::function<void(const Change&)>& emit) = 0;
 
   // Like ReadRange, but hands every piece at once to `fn` while the range

@@ -3,10 +3,13 @@
 // keeps a reference per queued message and releases it (on its I/O thread)
 // once the bytes are on the wire or the message is dropped.
 //
-// The bytes are held one of two ways:
+// The bytes are held one of three ways:
 // - borrowed: the caller's buffer, never copied. Each reference is a hold
 //   on the caller's Completion (AddHold/ReleaseHold), so Completion::Wait()
 //   returns only once ZeroMQ no longer reads the buffer.
+// - owned: inside a buffer that a shared owner keeps alive, never copied.
+//   Each reference holds the owner, so the buffer outlives every message
+//   that references it (the owner's deleter may recycle it).
 // - copied: one private copy, made by the first reference taken, shared by
 //   every peer's frame and freed with the last reference.
 //
@@ -17,6 +20,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -39,6 +43,8 @@ class FrameData {
   // waited for with Completion::Wait before the buffer is reused), else
   // copied at the first Take().
   FrameData(const char* data, size_t size, meta::Completion* borrower);
+  // `data[0, size)` inside a buffer that `owner` keeps alive.
+  FrameData(const char* data, size_t size, std::shared_ptr<const void> owner);
   ~FrameData();
   FrameData(const FrameData&) = delete;
   FrameData& operator=(const FrameData&) = delete;
@@ -62,12 +68,14 @@ class FrameData {
   };
   static void ReleaseCopy(void* data, void* hint);
   static void ReleaseBorrowed(void* data, void* hint);
+  static void ReleaseOwned(void* data, void* hint);
 
   const char* const data_;
   const size_t size_;
   std::optional<uint32_t> crc_;
-  meta::Completion* const borrower_;
-  Copy* copy_ = nullptr;  // made by the first Take() when not borrowed
+  meta::Completion* const borrower_ = nullptr;
+  const std::shared_ptr<const void> owner_;
+  Copy* copy_ = nullptr;  // made by the first Take() when not borrowed or owned
 };
 
 }  // namespace mirrorfs::sync

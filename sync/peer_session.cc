@@ -633,8 +633,8 @@ bool PeerSession::Enqueue(const meta::Change& change,
 
 bool PeerSession::EnqueueResync(
     const meta::Change& change,
-    const std::shared_ptr<meta::Completion>& completion) {
-  return PushChange(change, completion, /*attended=*/false, nullptr);
+    const std::shared_ptr<meta::Completion>& completion, FrameData* data) {
+  return PushChange(change, completion, /*attended=*/false, data);
 }
 
 bool PeerSession::PushChange(

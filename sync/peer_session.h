@@ -218,8 +218,10 @@ class PeerSession {
   const std::string& name() const { return name_; }
 
   // --- For the ResyncWorker (queue frames of the resync) ---
+  // `data`: a kWrite's bytes, not copied (null: this session copies them).
   bool EnqueueResync(const meta::Change& change,
-                     const std::shared_ptr<meta::Completion>& completion);
+                     const std::shared_ptr<meta::Completion>& completion,
+                     FrameData* data = nullptr);
   bool EnqueueManifest(const Manifest& manifest,
                        const std::shared_ptr<meta::Completion>& completion);
   bool EnqueueMark(const ResyncMark& mark,

@@ -1,11 +1,16 @@
 #include "sync/resync_worker.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "meta/log.h"
 #include "sync/block_sums.h"
 #include "sync/fracture_log.h"
+#include "sync/frame_data.h"
 #include "sync/peer_session.h"
 #include "sync/wire.h"
 
@@ -16,12 +21,64 @@ using meta::ChangeKind;
 using meta::Completion;
 using Clock = std::chrono::steady_clock;
 
+// Chunk buffers of `bytes`, reused: a buffer comes back once the last frame
+// that sends from it is released (by ZeroMQ once the bytes are on the wire,
+// or by a teardown), so a steady resync neither allocates nor clears memory
+// per chunk. At most `keep` idle buffers are kept.
+class ChunkBuffers : public std::enable_shared_from_this<ChunkBuffers> {
+ public:
+  ChunkBuffers(size_t keep, size_t bytes) : keep_(keep), bytes_(bytes) {}
+
+  std::shared_ptr<std::string> Get() {
+    std::unique_ptr<std::string> buffer;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!free_.empty()) {
+        buffer = std::move(free_.back());
+        free_.pop_back();
+      }
+    }
+    if (!buffer) {
+      buffer = std::make_unique<std::string>();
+      buffer->reserve(bytes_);
+      // Its pages in one call rather than a fault each (a fault is dear in
+      // a VM); on kernels before 5.14 they fault in as it is cleared.
+      auto at = reinterpret_cast<uintptr_t>(buffer->data());
+      uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+      uintptr_t from = (at + page - 1) & ~(page - 1);
+      uintptr_t to = (at + bytes_) & ~(page - 1);
+      if (to > from) {
+        (void)::madvise(reinterpret_cast<void*>(from), to - from,
+                        MADV_POPULATE_WRITE);
+      }
+      buffer->resize(bytes_);
+    }
+    // The deleter keeps the pool alive while a buffer is out.
+    return std::shared_ptr<std::string>(
+        buffer.release(),
+        [pool = shared_from_this()](std::string* b) { pool->Put(b); });
+  }
+
+ private:
+  void Put(std::string* buffer) {
+    std::unique_ptr<std::string> owned(buffer);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (free_.size() < keep_) free_.push_back(std::move(owned));
+  }
+
+  const size_t keep_;
+  const size_t bytes_;
+  std::mutex mu_;
+  std::vector<std::unique_ptr<std::string>> free_;
+};
+
 ResyncWorker::ResyncWorker(PeerSession* session, FractureLog* log,
                            meta::Source* source, uint64_t rate_bytes_per_second,
                            bool copy_consistent)
     : session_(session),
       log_(log),
       source_(source),
+      buffers_(std::make_shared<ChunkBuffers>(kWindow + 2, kChunkBytes)),
       rate_(rate_bytes_per_second),
       copy_consistent_(copy_consistent) {}
 
@@ -32,7 +89,10 @@ ResyncWorker::~ResyncWorker() {
 
 void ResyncWorker::Start() {
   started_ = throttle_start_ = Clock::now();
-  thread_ = std::thread([this] { Run(); });
+  thread_ = std::thread([this] {
+    Run();
+    buffers_.reset();  // the idle ones now, the others once released
+  });
 }
 
 void ResyncWorker::Cancel() { cancelled_ = true; }
@@ -277,23 +337,26 @@ bool ResyncWorker::TrimAll() {
   return FinishTrim(/*wait=*/true) && StartTrim() && FinishTrim(/*wait=*/true);
 }
 
-// Reads [offset, offset+length) of `path` under its range lock and queues
-// it; the chunk's completion counts its pieces.
-static bool QueueChunk(PeerSession* session, meta::Source* source,
-                       const std::string& path, uint64_t offset,
-                       uint64_t length, std::shared_ptr<Completion>* out,
-                       meta::Status* error) {
+bool ResyncWorker::QueueChunk(const std::string& path, uint64_t offset,
+                              uint64_t length, std::shared_ptr<Completion>* out,
+                              meta::Status* error) {
   auto chunk = std::make_shared<Completion>(1);
   bool queued = true;
-  *error = source->ReadRange(path, offset, length, [&](const Change& data) {
-    Change piece = data;
-    piece.flags |= meta::kResyncData;
-    chunk->AddPending();
-    if (!session->EnqueueResync(piece, chunk)) {
-      queued = false;
-      chunk->Done();
-    }
-  });
+  std::shared_ptr<std::string> buffer = buffers_->Get();
+  *error = source_->ReadRange(
+      path, offset, length, buffer.get(), [&](const Change& data) {
+        Change piece = data;
+        piece.flags |= meta::kResyncData;
+        chunk->AddPending();
+        std::optional<FrameData> bytes;
+        if (piece.kind == ChangeKind::kWrite) {
+          bytes.emplace(piece.data, piece.length, buffer);
+        }
+        if (!session_->EnqueueResync(piece, chunk, bytes ? &*bytes : nullptr)) {
+          queued = false;
+          chunk->Done();
+        }
+      });
   chunk->Done();
   *out = chunk;
   return queued && error->ok();
@@ -343,7 +406,7 @@ bool ResyncWorker::FracturePass(bool* more) {
         meta::Status error;
         // Before the read: a change the peer misses after it stays logged.
         uint64_t read_at = log_->Epoch();
-        if (!QueueChunk(session_, source_, path, off, len, &chunk, &error)) {
+        if (!QueueChunk(path, off, len, &chunk, &error)) {
           if (!error.ok()) {
             session_->ResyncFinished(
                 false, "reading " + path + ": " + error.message());
@@ -428,8 +491,7 @@ bool ResyncWorker::FullSync() {
           Throttle(block_len);
           std::shared_ptr<Completion> chunk;
           meta::Status error;
-          if (!QueueChunk(session_, source_, path, block_off, block_len, &chunk,
-                          &error)) {
+          if (!QueueChunk(path, block_off, block_len, &chunk, &error)) {
             return false;
           }
           sent_bytes_ += block_len;

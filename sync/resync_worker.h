@@ -56,6 +56,7 @@
 
 namespace mirrorfs::sync {
 
+class ChunkBuffers;
 class FractureLog;
 class PeerSession;
 
@@ -112,9 +113,18 @@ class ResyncWorker {
   void Throttle(uint64_t bytes);
   void AddDone(uint64_t bytes);
 
+  // Reads [offset, offset + length) of `path` under its range lock into a
+  // buffer of buffers_ and queues it, the data sent from that buffer (not
+  // copied); `*out` counts its pieces. Returns false (with `*error` set if
+  // reading failed) if it could not be queued.
+  bool QueueChunk(const std::string& path, uint64_t offset, uint64_t length,
+                  std::shared_ptr<meta::Completion>* out, meta::Status* error);
+
   PeerSession* session_;
   FractureLog* log_;
   meta::Source* source_;
+  // The chunks' buffers, reused (worker thread; released when Run ends).
+  std::shared_ptr<ChunkBuffers> buffers_;
   const uint64_t rate_;
   const bool copy_consistent_;
   std::thread thread_;

@@ -1,10 +1,12 @@
 // Unit tests of sync/frame_data.h: how a write's bytes are held for the
-// frames of every peer (borrowed with holds, or one shared copy).
+// frames of every peer (borrowed with holds, owned by a shared buffer, or
+// one shared copy).
 #include "sync/frame_data.h"
 
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <memory>
 #include <string>
 
 #include "sync/crc32c.h"
@@ -31,6 +33,34 @@ TEST(FrameDataTest, BorrowedBytesAreNotCopiedAndHoldTheCompletion) {
   b.release(const_cast<char*>(b.data), b.hint);
   EXPECT_TRUE(completion.IsDone());
   completion.Wait();  // returns: nothing holds the buffer any more
+}
+
+TEST(FrameDataTest, OwnedBytesAreNotCopiedAndKeepTheirBufferAlive) {
+  bool recycled = false;
+  std::shared_ptr<std::string> buffer(new std::string(8192, 'o'),
+                                      [&recycled](std::string* b) {
+                                        recycled = true;
+                                        delete b;
+                                      });
+  const char* bytes = buffer->data() + 4096;  // a piece of the buffer
+  FrameData::Ref a, b;
+  {
+    FrameData data(bytes, 4096, buffer);
+    EXPECT_EQ(data.crc(), Crc32c(std::string(4096, 'o')));
+    a = data.Take();
+    b = data.Take();
+  }
+  buffer.reset();  // the caller is done with it; the references are not
+  EXPECT_FALSE(recycled);
+  EXPECT_EQ(a.data, bytes);  // the buffer itself, not a copy
+  EXPECT_EQ(b.data, bytes);
+  EXPECT_EQ(a.size, 4096u);
+  FrameData::Release(&a);
+  EXPECT_FALSE(recycled);
+  EXPECT_EQ(std::string(b.data, b.size), std::string(4096, 'o'));
+  // ZeroMQ releases through the function and hint it was given.
+  b.release(const_cast<char*>(b.data), b.hint);
+  EXPECT_TRUE(recycled);  // the last reference gave the buffer back
 }
 
 TEST(FrameDataTest, CopiedBytesAreCopiedOnceAndOutliveTheCaller) {
