@@ -4,7 +4,9 @@
 #   scripts/build.sh                      # build/, RelWithDebInfo
 #   scripts/build.sh build-asan -DMIRRORFS_SANITIZE=address,undefined
 # BUILD_DIR may also come from the environment; a first argument that starts
-# with '-' is taken as a cmake argument.
+# with '-' is taken as a cmake argument. BUILD_TARGET builds one target
+# only (e.g. unit_tests: every unit test binary, no daemon).
+#   BUILD_TARGET=unit_tests scripts/build.sh build-asan -DMIRRORFS_SANITIZE=address,undefined
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,4 +29,4 @@ if ! cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   echo "build: cmake configure failed (log: $build_dir/configure.log)" >&2
   exit 1
 fi
-cmake --build "$build_dir" -j "$(nproc)"
+cmake --build "$build_dir" -j "$(nproc)" ${BUILD_TARGET:+--target "$BUILD_TARGET"}

@@ -7,7 +7,8 @@
 #   3. the Debian package (scripts/package.sh: build-release/, no test
 #      seams) and its tests (tests/package: fields, files, then installed
 #      with dpkg, a mirror through `mount -t mirrorfs`, and purged)
-#   4. build-asan/ (-DMIRRORFS_SANITIZE=address,undefined) and its unit tests
+#   4. build-asan/ (-DMIRRORFS_SANITIZE=address,undefined): its unit test
+#      binaries (target unit_tests) and their tests
 # Exits non-zero if any step fails; the last line is "summary: N passed, N failed".
 # SKIP_PACKAGE=1 and SKIP_ASAN=1 skip steps 3 and 4 (local iterations only;
 # CI runs them).
@@ -112,7 +113,9 @@ if [[ ${SKIP_PACKAGE:-0} != 1 ]]; then
 fi
 
 if [[ ${SKIP_ASAN:-0} != 1 ]]; then
-  if step "sanitizer build (build-asan/)" \
+  # Only the unit test binaries: they are all that runs under the sanitizers.
+  if step "sanitizer build (build-asan/, unit tests)" \
+    env BUILD_TARGET=unit_tests \
     bash scripts/build.sh build-asan -DMIRRORFS_SANITIZE=address,undefined; then
     ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1} \
       UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
