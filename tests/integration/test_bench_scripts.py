@@ -116,11 +116,21 @@ def test_memory_bench_reports_both_measures(bench_env):
     assert_scratch_cleaned(env)
 
 
-def test_resync_bench_resyncs_the_damage_alone(bench_env):
+@pytest.mark.parametrize("peer_apart", [False, True], ids=["peer-beside", "peer-apart"])
+def test_resync_bench_resyncs_the_damage_alone(bench_env, workdir, peer_apart):
     env = dict(bench_env, BENCH_IMAGE_MIB="64", BENCH_DAMAGE_MIB="16", BENCH_REPS="1")
+    peer_dir = ""
+    if peer_apart:  # the peer's store elsewhere (BENCH_PEER_DIR), as on two machines
+        peer_dir = tempfile.mkdtemp(prefix="p", dir=workdir)
+        env["BENCH_PEER_DIR"] = peer_dir
     out = run_script("resync_bench.sh", env)
     doc = json.loads((Path(env["BENCH_RESULTS"]) / "resync.json").read_text())
     assert (doc["image_mib"], doc["damage_mib"], doc["reps"]) == (64, 16, 1)
+    assert doc["peer_dir"] == peer_dir
+    if peer_apart:
+        assert f"peer store: {peer_dir}/mirrorfs-resync-peer." in out, out
+        assert not list(Path(peer_dir).iterdir()), "the peer's store was left behind"
+
     # Guarantee 6: the resync sends the damage and nothing else.
     assert doc["peer_applied_mib"] == 16, out
     assert 16 <= doc["primary_read_mib"] <= 17, out
