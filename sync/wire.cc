@@ -590,6 +590,33 @@ Status ValidateChangeFields(const meta::Change& c) {
   return Status::Ok();
 }
 
+// A manifest or listing entry's permission bits and owner (`what` names
+// the entry kind in messages).
+Status ReadEntryModeAndOwner(PayloadReader& r, const char* what,
+                             meta::NamespaceEntry* e) {
+  MFS_RETURN_IF_ERROR(r.U32("entry mode", &e->mode));
+  if ((e->mode & ~07777u) != 0) {
+    return Proto(std::string(what) + " " + Quote(e->path) + " mode " +
+                 Hex32(e->mode) + " has bits beyond the permissions");
+  }
+  MFS_RETURN_IF_ERROR(r.U32("entry uid", &e->uid));
+  return r.U32("entry gid", &e->gid);
+}
+
+// A manifest or listing entry's symlink target: set exactly for symlinks.
+Status ReadEntryTarget(PayloadReader& r, const char* what,
+                       meta::NamespaceEntry* e) {
+  MFS_RETURN_IF_ERROR(r.String("entry target", kMaxPathBytes, &e->target));
+  bool is_link = e->type == meta::NamespaceEntry::Type::kSymlink;
+  if (is_link == e->target.empty() ||
+      e->target.find('\0') != std::string::npos) {
+    return Proto(std::string(what) + " " + Quote(e->path) +
+                 (is_link ? " is a symlink without a valid target"
+                          : " has a target but is not a symlink"));
+  }
+  return Status::Ok();
+}
+
 Status DecodeManifest(std::string_view payload, Manifest* m) {
   PayloadReader r(payload);
   MFS_RETURN_IF_ERROR(r.Bool("last", &m->last));
@@ -610,26 +637,13 @@ Status DecodeManifest(std::string_view payload, Manifest* m) {
                    std::to_string(type));
     }
     e.type = static_cast<meta::NamespaceEntry::Type>(type);
-    MFS_RETURN_IF_ERROR(r.U32("entry mode", &e.mode));
-    if ((e.mode & ~07777u) != 0) {
-      return Proto("manifest entry " + Quote(e.path) + " mode " +
-                   Hex32(e.mode) + " has bits beyond the permissions");
-    }
-    MFS_RETURN_IF_ERROR(r.U32("entry uid", &e.uid));
-    MFS_RETURN_IF_ERROR(r.U32("entry gid", &e.gid));
+    MFS_RETURN_IF_ERROR(ReadEntryModeAndOwner(r, "manifest entry", &e));
     MFS_RETURN_IF_ERROR(r.U64("entry size", &e.size));
     if (e.size > kMaxFileOffset) {
       return Proto("manifest entry " + Quote(e.path) + " size " +
                    std::to_string(e.size) + " is beyond the largest file");
     }
-    MFS_RETURN_IF_ERROR(r.String("entry target", kMaxPathBytes, &e.target));
-    bool is_link = e.type == meta::NamespaceEntry::Type::kSymlink;
-    if (is_link == e.target.empty() ||
-        e.target.find('\0') != std::string::npos) {
-      return Proto("manifest entry " + Quote(e.path) +
-                   (is_link ? " is a symlink without a valid target"
-                            : " has a target but is not a symlink"));
-    }
+    MFS_RETURN_IF_ERROR(ReadEntryTarget(r, "manifest entry", &e));
   }
   return r.End();
 }
@@ -733,13 +747,7 @@ Status DecodeListing(std::string_view payload, Listing* m) {
                    std::to_string(type));
     }
     e.type = static_cast<meta::NamespaceEntry::Type>(type);
-    MFS_RETURN_IF_ERROR(r.U32("entry mode", &e.mode));
-    if ((e.mode & ~07777u) != 0) {
-      return Proto("listing entry " + Quote(e.path) + " mode " + Hex32(e.mode) +
-                   " has bits beyond the permissions");
-    }
-    MFS_RETURN_IF_ERROR(r.U32("entry uid", &e.uid));
-    MFS_RETURN_IF_ERROR(r.U32("entry gid", &e.gid));
+    MFS_RETURN_IF_ERROR(ReadEntryModeAndOwner(r, "listing entry", &e));
     MFS_RETURN_IF_ERROR(r.U64("entry size", &e.size));
     if (e.size > kMaxFileOffset ||
         (e.type != meta::NamespaceEntry::Type::kFile && e.size != 0)) {
@@ -747,14 +755,7 @@ Status DecodeListing(std::string_view payload, Listing* m) {
                    std::to_string(e.size) +
                    " is beyond the largest file or not of a file");
     }
-    MFS_RETURN_IF_ERROR(r.String("entry target", kMaxPathBytes, &e.target));
-    bool is_link = e.type == meta::NamespaceEntry::Type::kSymlink;
-    if (is_link == e.target.empty() ||
-        e.target.find('\0') != std::string::npos) {
-      return Proto("listing entry " + Quote(e.path) +
-                   (is_link ? " is a symlink without a valid target"
-                            : " has a target but is not a symlink"));
-    }
+    MFS_RETURN_IF_ERROR(ReadEntryTarget(r, "listing entry", &e));
   }
   return r.End();
 }
