@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import is_mounted, mirrorfs, mirrorfs_pids
+from conftest import free_endpoint, is_mounted, mirrorfs, mirrorfs_pids
 
 VERBS = ["mount", "serve", "stop", "status", "peer", "sync", "fracture", "verify",
          "promote", "demote", "resolve", "keygen"]
@@ -133,3 +133,44 @@ def test_second_daemon_on_same_store_exits_1(cluster):
     assert not is_mounted(mnt2)
     assert first.alive()
     assert os.path.ismount(first.mountpoint)
+
+
+def _db_files(root):
+    """The database's files and bytes, but RocksDB's own info log (LOG,
+    LOG.old.*), which every open attempt writes."""
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.startswith("LOG")}
+
+
+@pytest.mark.parametrize("verb", ["mount", "serve"])
+def test_corrupt_state_database_is_refused_and_loses_nothing(cluster, verb):
+    # Guarantee 9: a corrupt state database gets a precise message and exit
+    # 1; the daemon does not start on it, does not "repair" it and does not
+    # touch the images. Moving it aside, as the message says, starts over.
+    node = cluster.mount("a", listen=False)
+    (node.mountpoint / "disk.img").write_bytes(os.urandom(1 << 20))
+    cluster.stop(node)
+    store, mnt = node.store, node.mountpoint
+    image = (store / "disk.img").read_bytes()
+    db = store / ".mirrorfs" / "db"
+    manifest = next(db.glob("MANIFEST-*"))
+    raw = bytearray(manifest.read_bytes())
+    for i in range(16, min(len(raw), 116)):
+        raw[i] ^= 0x5A
+    manifest.write_bytes(bytes(raw))
+    before = _db_files(db)
+
+    if verb == "mount":
+        r = mirrorfs("mount", store, mnt, "--name", "a")
+    else:
+        r = mirrorfs("serve", store, "--listen", free_endpoint(), "--name", "a")
+    assert_failed(r, f"state database {db} is corrupt", "move it aside")
+    assert not is_mounted(mnt)
+    assert not mirrorfs_pids(cluster.root), "a daemon stayed behind on a corrupt database"
+    assert mirrorfs("status", store).returncode == 1
+    assert _db_files(db) == before, "the corrupt database was changed"
+    assert (store / "disk.img").read_bytes() == image
+
+    db.rename(db.with_name("db.corrupt"))
+    again = cluster.mount("a", store=store, mountpoint=mnt, listen=False)
+    assert (again.mountpoint / "disk.img").read_bytes() == image
