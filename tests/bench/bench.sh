@@ -66,6 +66,9 @@
 # write once both bricks have it, as mirrorfs' sync mode does, where by
 # default it answers first and sends later, up to the next fsync),
 # BENCH_DIR (parent of the scratch folder, default /var/tmp),
+# BENCH_PEER_DIR (parent of a second scratch folder for the peers' stores,
+# e.g. another disk or /dev/shm, as on two machines; default: beside the
+# primaries', on the same disk),
 # BENCH_RESULTS (where the results go, default tests/bench/results),
 # MIRRORFS_BIN (default build/cli/mirrorfs; built if missing).
 # If GlusterFS cannot be installed or started, the gluster row is skipped
@@ -120,8 +123,18 @@ if [[ ! -x $bin && " ${rows[*]}" == *" mirrorfs"* ]]; then
   bash scripts/build.sh >/dev/null
 fi
 
+if [[ -n ${BENCH_PEER_DIR:-} && ! -d $BENCH_PEER_DIR ]]; then
+  echo "bench: BENCH_PEER_DIR is not a folder: $BENCH_PEER_DIR" >&2
+  exit 2
+fi
 work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/mirrorfs-bench.XXXXXX")
 echo $$ >"$work/bench.pid"
+# The peers' stores: beside the primaries', or apart (BENCH_PEER_DIR).
+peers=$work
+if [[ -n ${BENCH_PEER_DIR:-} ]]; then
+  peers=$(mktemp -d "$BENCH_PEER_DIR/mirrorfs-bench-peers.XXXXXX")
+fi
+echo "bench: peer stores in $peers"
 mkdir -p "$results/fio"
 rm -f "$results"/fio/*.json
 pids=()
@@ -135,9 +148,9 @@ declare -A mstore=(
   [mirrorfs-down]=$work/mfsd-store [mirrorfs-curve]=$work/mfsc-store
 )
 declare -A mcopies=(
-  [mirrorfs]="" [mirrorfs-peer]=$work/mfsp-copy
-  [mirrorfs-2peers]="$work/mfs2-copy1 $work/mfs2-copy2" [mirrorfs-wb]=$work/mfsw-copy
-  [mirrorfs-down]="" [mirrorfs-curve]=$work/mfsc-copy
+  [mirrorfs]="" [mirrorfs-peer]=$peers/mfsp-copy
+  [mirrorfs-2peers]="$peers/mfs2-copy1 $peers/mfs2-copy2" [mirrorfs-wb]=$peers/mfsw-copy
+  [mirrorfs-down]="" [mirrorfs-curve]=$peers/mfsc-copy
 )
 declare -A dir=(
   [store]=$work/store [passthrough_ll]=$work/pll-mnt [gluster]=$work/gluster-mnt
@@ -199,7 +212,7 @@ cleanup() {
   for m in "${fuse_mnts[@]}" "$work/gluster-mnt"; do
     mountpoint -q "$m" 2>/dev/null && umount -l "$m"
   done
-  rm -rf "$work"
+  rm -rf "$work" "$peers"
   [[ $rc -ne 0 ]] && echo "bench: failed (exit $rc)" >&2
   exit "$rc"
 }
@@ -351,9 +364,9 @@ if has_row mirrorfs-curve; then
   echo "copy1 $(cat "$work/keys/c.key.pub")" >"$work/keys/p.auth"
   echo "bench $(cat "$work/keys/p.key.pub")" >"$work/keys/c.auth"
   ep_ccopy=tcp://127.0.0.1:$(free_port)
-  "$bin" serve "$work/mfsc-copy" --listen "$ep_ccopy" --name copy1 \
+  "$bin" serve "${mcopies[mirrorfs-curve]}" --listen "$ep_ccopy" --name copy1 \
     --key "$work/keys/c.key" --authorized-keys "$work/keys/c.auth"
-  remember_pids "mirrorfs serve $work/mfsc-copy( |$)"
+  remember_pids "mirrorfs serve ${mcopies[mirrorfs-curve]}( |$)"
   "$bin" mount "$work/mfsc-store" "$work/mfsc-mnt" --name bench \
     --peer "copy1=$ep_ccopy" --key "$work/keys/p.key" \
     --authorized-keys "$work/keys/p.auth"
@@ -530,6 +543,7 @@ fio_version = subprocess.run(["fio", "--version"], capture_output=True, text=Tru
 doc = {"size": size, "runtime_seconds": int(runtime), "repetitions": reps,
        "passthrough_ll_glibc_tunables": os.environ.get("PLL_TUNABLES", ""),
        "gluster_options": os.environ.get("BENCH_GLUSTER_OPTIONS", ""),
+       "peer_dir": os.environ.get("BENCH_PEER_DIR", ""),
        "statistic": "median", "rows": rows, "tests": tests,
        "cold_cache_tests": [t for t in tests if t in READS],
        "mirror_verified": all(mirror.values()) if mirror else None,

@@ -69,6 +69,31 @@ def test_bench_runs_its_rows_and_tests(bench_env):
     assert_scratch_cleaned(env)
 
 
+def test_bench_puts_the_peers_stores_apart_when_asked(bench_env, workdir):
+    # BENCH_PEER_DIR: the peers' stores on another disk (here another folder),
+    # as on two machines; the primaries' stay in BENCH_DIR.
+    peer_dir = tempfile.mkdtemp(prefix="p", dir=workdir)
+    env = dict(bench_env, BENCH_ROWS="mirrorfs-2peers", BENCH_TESTS="seqwrite_1M",
+               BENCH_SIZE="8M", BENCH_REPS="1", BENCH_PEER_DIR=peer_dir)
+    out = run_script("bench.sh", env)
+    doc = json.loads((Path(env["BENCH_RESULTS"]) / "bench.json").read_text())
+    assert doc["peer_dir"] == peer_dir
+    assert f"bench: peer stores in {peer_dir}/mirrorfs-bench-peers." in out, out
+    assert doc["mirror_verified_rows"] == {"mirrorfs-2peers": True}
+    assert doc["resources"]["mirrorfs-2peers"]["peak_rss_mib_peers"] > 0
+    assert not list(Path(peer_dir).iterdir()), "the peers' stores were left behind"
+    assert_scratch_cleaned(env)
+
+
+def test_bench_refuses_a_peer_dir_that_is_not_a_folder(bench_env, workdir):
+    env = dict(bench_env, BENCH_ROWS="mirrorfs-peer", BENCH_PEER_DIR=str(workdir / "none"))
+    r = subprocess.run(["bash", str(BENCH / "bench.sh")], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert f"bench: BENCH_PEER_DIR is not a folder: {workdir / 'none'}" in r.stderr
+    assert_scratch_cleaned(env)
+
+
 def test_bench_refuses_an_unknown_row(bench_env):
     env = dict(bench_env, BENCH_ROWS="passthrough_ll nfs")
     r = subprocess.run(["bash", str(BENCH / "bench.sh")], env=env,
