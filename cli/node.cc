@@ -1085,6 +1085,29 @@ ControlReply Node::Verify(const std::vector<std::string>& words) {
   return {code, out, summary + errors};
 }
 
+std::string Node::SplitBrainWith(const sync::ReplicaSnapshot& r) const {
+  if (replica_ && !r.split_brain_with.empty()) return r.split_brain_with;
+  if (fan_out_) {
+    for (const auto& p : fan_out_->Snapshot()) {
+      if (p.state == sync::PeerState::kSplitBrain) return p.name;
+    }
+  }
+  return "";
+}
+
+bool Node::ShowsRefusedPrimary(const sync::ReplicaSnapshot& r) const {
+  if (!replica_ || r.split_brain_with.empty() ||
+      r.split_brain_with == r.primary_name) {
+    return false;
+  }
+  if (fan_out_) {
+    for (const auto& p : fan_out_->Snapshot()) {
+      if (p.name == r.split_brain_with) return false;
+    }
+  }
+  return true;
+}
+
 bool Node::PrimaryLive(const sync::ReplicaSnapshot& r) const {
   return r.has_primary && !r.primary_left && r.last_seen_seconds_ago >= 0 &&
          r.last_seen_seconds_ago < options_.peer_timeout.count() / 1000.0;
@@ -1254,12 +1277,7 @@ std::string Node::StatusJson() {
   j.Key("generation_history").BeginArray();
   for (const auto& g : gens.history) j.Value(g.ToString());
   j.EndArray();
-  std::string split_with = replica_ ? replica.split_brain_with : "";
-  if (fan_out_ && split_with.empty()) {
-    for (const auto& p : fan_out_->Snapshot()) {
-      if (p.state == sync::PeerState::kSplitBrain) split_with = p.name;
-    }
-  }
+  std::string split_with = SplitBrainWith(replica);
   if (split_with.empty()) {
     j.Key("split_brain").Value(false);
   } else {
@@ -1329,16 +1347,13 @@ std::string Node::StatusJson() {
       j.EndObject();
     }
   }
-  bool listed = false;
-  if (fan_out_) {
-    for (const auto& p : fan_out_->Snapshot()) {
-      listed = listed || p.name == replica.split_brain_with;
-    }
-  }
-  if (replica_ && !replica.split_brain_with.empty() && !listed &&
-      replica.split_brain_with != replica.primary_name) {
+  if (ShowsRefusedPrimary(replica)) {
     j.BeginObject();
     j.Key("name").Value(replica.split_brain_with);
+    j.Key("endpoint").Value(replica.split_brain_endpoint);
+    j.Key("uuid").Value(replica.split_brain_uuid.IsZero()
+                            ? std::string()
+                            : replica.split_brain_uuid.ToString());
     j.Key("role").Value("primary");
     j.Key("state").Value("split-brain");
     j.Key("in_sync").Value(false);
@@ -1346,7 +1361,7 @@ std::string Node::StatusJson() {
     j.Key("fracture_extents").Value(uint64_t{0});
     j.Key("pending_namespace_ops").Value(uint64_t{0});
     write_resync(0, 0, 0);
-    j.Key("last_seen_seconds_ago").Null();
+    j.Key("last_seen_seconds_ago").Value(replica.split_brain_seen_seconds_ago);
     j.EndObject();
   }
   if (replica_ && !options_.primary && replica.has_primary) {
@@ -1363,7 +1378,8 @@ std::string Node::StatusJson() {
     j.Key("pending_namespace_ops").Value(uint64_t{0});
     // A resync into this copy shows while it runs (consistent: false).
     write_resync(replica.consistent ? 0 : replica.resync_total_bytes,
-                 replica.consistent ? 0 : replica.resync_done_bytes, 0);
+                 replica.consistent ? 0 : replica.resync_done_bytes,
+                 replica.consistent ? 0 : replica.resync_bytes_per_second);
     j.Key("last_seen_seconds_ago").Value(replica.last_seen_seconds_ago);
     j.Key("changes_applied").Value(replica.changes_applied);
     j.Key("bytes_applied").Value(replica.bytes_applied);
@@ -1413,6 +1429,18 @@ std::string Node::StatusText() {
       (consistent ? std::string("yes")
                   : std::string("no (a resync is under way or unfinished)")) +
       "\n";
+  std::string split_with = SplitBrainWith(replica);
+  if (!split_with.empty()) {
+    out += Pad("split brain", 12) + "with " + split_with +
+           ": both wrote as primary; pick the survivor with mirrorfs resolve "
+           "(--discard-local or --keep-local)\n";
+  }
+  {
+    std::lock_guard<std::mutex> lock(recovery_mu_);
+    if (!recovery_folder_.empty()) {
+      out += Pad("recovery", 12) + recovery_folder_ + "\n";
+    }
+  }
   std::vector<std::vector<std::string>> rows;
   if (fan_out_) {
     for (const auto& p : fan_out_->Snapshot()) {
@@ -1433,6 +1461,11 @@ std::string Node::StatusText() {
                       p.in_sync ? "yes" : "no", missed, p.endpoint,
                       Ago(p.last_seen_seconds_ago), detail});
     }
+  }
+  if (ShowsRefusedPrimary(replica)) {
+    rows.push_back({replica.split_brain_with + " (primary)", "split-brain",
+                    "no", "-", replica.split_brain_endpoint,
+                    Ago(replica.split_brain_seen_seconds_ago), ""});
   }
   if (replica_ && replica.has_primary) {
     // As in status --json: in sync while connected and consistent.

@@ -76,6 +76,12 @@ class Node : public sync::ReplicaHost {
   // The primary's state as a secondary sees it: split-brain, disconnected,
   // syncing or connected.
   const char* PrimaryState(const sync::ReplicaSnapshot& r) const;
+  // The node this one is in split brain with ("" if none): the primary a
+  // secondary refuses, or a peer of a primary.
+  std::string SplitBrainWith(const sync::ReplicaSnapshot& r) const;
+  // A secondary refusing a diverged primary that is neither one of its own
+  // peers nor its current primary: status lists it as a peer of its own.
+  bool ShowsRefusedPrimary(const sync::ReplicaSnapshot& r) const;
   // Unmounts the primary's mount at once, not lazily: a lazy detach would
   // hide the mount from new opens (they would land in the directory under
   // it, unmirrored) while the daemon waits for open files to close. Returns

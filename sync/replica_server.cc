@@ -243,11 +243,23 @@ ReplicaSnapshot ReplicaServer::Snapshot() const {
   s.resyncing = resyncing_;
   s.resync_total_bytes = resync_total_;
   s.resync_done_bytes = resync_done_;
+  if (resyncing_) {
+    double seconds =
+        std::chrono::duration<double>(Clock::now() - resync_started_).count();
+    if (seconds > 0.05) {
+      s.resync_bytes_per_second =
+          static_cast<uint64_t>(static_cast<double>(resync_done_) / seconds);
+    }
+  }
   // A note of a split brain holds while that node keeps asking (it retries
   // at least every few seconds); once resolved it stops asking.
   if (!split_brain_with_.empty() &&
       Clock::now() - split_brain_seen_ < std::chrono::seconds(15)) {
     s.split_brain_with = split_brain_with_;
+    s.split_brain_endpoint = split_brain_endpoint_;
+    s.split_brain_uuid = split_brain_uuid_;
+    s.split_brain_seen_seconds_ago =
+        std::chrono::duration<double>(Clock::now() - split_brain_seen_).count();
   }
   s.recovery_folder = recovery_folder_;
   s.discard_local = discard_local_;
@@ -612,6 +624,8 @@ void ReplicaServer::HandleHello(const std::string& routing_id,
       if (namespace_diverged_) reply.flags |= kHelloNamespaceDiverged;
     } else if (reply.flags & kHelloSplitBrain) {
       split_brain_with_ = hello.node_name;
+      split_brain_endpoint_ = hello.endpoint;
+      split_brain_uuid_ = hello.node_uuid;
       split_brain_seen_ = Clock::now();
     }
     reply.flags |= (identity_.consistent ? kHelloConsistent : 0) |
@@ -792,6 +806,7 @@ void ReplicaServer::Handle(const std::string& routing_id,
       resyncing_ = true;
       resync_total_ = mark->total_bytes;
       resync_done_ = 0;
+      resync_started_ = Clock::now();
       ++resync_begun_;
     }
     meta::LogInfo("resync from the primary started (" +

@@ -108,8 +108,13 @@ struct ReplicaSnapshot {
   bool resyncing = false;
   uint64_t resync_total_bytes = 0;
   uint64_t resync_done_bytes = 0;
+  uint64_t resync_bytes_per_second = 0;  // since the resync began
   std::string split_brain_with;  // "" unless refusing a diverged primary
-  std::string recovery_folder;   // where a discarded side's changes went
+  // That primary, as its last refused hello described it.
+  std::string split_brain_endpoint;
+  meta::Uuid split_brain_uuid;
+  double split_brain_seen_seconds_ago = -1;
+  std::string recovery_folder;  // where a discarded side's changes went
   bool discard_local = false;
   Generations generations;
 };
@@ -273,6 +278,8 @@ class ReplicaServer {
   uint64_t apply_errors_ = 0;
   bool resyncing_ = false;
   std::string split_brain_with_;
+  std::string split_brain_endpoint_;
+  meta::Uuid split_brain_uuid_;
   Clock::time_point split_brain_seen_{};
   std::string recovery_folder_;
   std::string last_refusal_;
@@ -282,6 +289,7 @@ class ReplicaServer {
   uint64_t resync_total_ = 0;
   uint64_t resync_done_ = 0;
   uint64_t resync_begun_ = 0;  // begin marks taken, ever
+  Clock::time_point resync_started_{};
   Clock::time_point log_window_{};
   int logs_in_window_ = 0;
 };

@@ -57,6 +57,13 @@ def test_promote_refuses_an_inconsistent_copy_unless_forced(cluster):
                "b to report consistent: false during its resync")
     wait_until(lambda: (peer_status(a.store, "b")["resync"]["done_bytes"] or 0) > 0,
                READY_SECONDS, "the resync to b to make progress")
+    # The copy shows the resync's progress too, rate included.
+    wait_until(lambda: ((primary_entry(b.store) or {}).get("resync") or {}).get(
+        "done_bytes", 0) > 0,
+               READY_SECONDS, "b to show the resync's progress")
+    resync = primary_entry(b.store)["resync"]
+    assert resync["total_bytes"] >= 8 * MiB, resync
+    assert 0 < resync["bytes_per_second"] < 4 * MiB, resync  # at 256 KiB/s
 
     # The primary dies mid-resync: b stays inconsistent.
     kill9(a)

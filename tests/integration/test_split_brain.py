@@ -165,6 +165,14 @@ def test_split_brain_is_detected_and_resolved_by_discarding_the_loser(cluster):
                "the demoted a to report its split brain with b")
     entry = [p for p in status_json(a.store)["peers"] if p.get("name") == "b"]
     assert entry and entry[0]["state"] == "split-brain", status_json(a.store)["peers"]
+    # Every field of the contract, as for any peer: where b is, and when
+    # it last asked.
+    assert entry[0]["endpoint"] == b.endpoint and entry[0]["uuid"], entry[0]
+    assert isinstance(entry[0]["last_seen_seconds_ago"], (int, float)), entry[0]
+    text = checked("status", a.store).stdout
+    assert "split brain with b: both wrote as primary" in text, text
+    row = [line for line in text.splitlines() if line.startswith("b (primary)")]
+    assert row and "split-brain" in row[0] and b.endpoint in row[0], text
     assert store_manifest(a.store) == a_view, "a's copy changed before the operator chose"
 
     r = checked("resolve", a.store, "--discard-local")
