@@ -25,6 +25,7 @@
 #include <tuple>
 
 #include "cli/control.h"
+#include "cli/format.h"
 #include "cli/node.h"
 #include "cli/options.h"
 #include "meta/log.h"
@@ -144,8 +145,9 @@ void PrintDaemonErrors(const std::string& err) {
 }
 
 // Prints a daemon's reply and returns its exit code.
-int Relay(const std::string& store, const std::vector<std::string>& words) {
-  auto reply = CallDaemon(store, words);
+int Relay(const std::string& store, const std::vector<std::string>& words,
+          int timeout_ms = 30000) {
+  auto reply = CallDaemon(store, words, timeout_ms);
   if (!reply.ok()) return Fail(reply.status().message());
   std::cout << reply->out << std::flush;
   PrintDaemonErrors(reply->err);
@@ -370,18 +372,6 @@ std::optional<uint64_t> ParseBytes(const std::string& text) {
   return n * scale;
 }
 
-std::string HumanBytes(uint64_t n) {
-  char buf[32];
-  if (n >= (1ull << 30)) {
-    std::snprintf(buf, sizeof(buf), "%.1f GiB", n / 1073741824.0);
-  } else if (n >= (1u << 20)) {
-    std::snprintf(buf, sizeof(buf), "%.1f MiB", n / 1048576.0);
-  } else {
-    std::snprintf(buf, sizeof(buf), "%.1f KiB", n / 1024.0);
-  }
-  return buf;
-}
-
 // Polls the daemon until every peer (or `peer`) is in sync. A progress bar
 // on a terminal, a plain line every 5 s otherwise. Exit 0 in sync, 3 on
 // timeout, 1 if the daemon goes away.
@@ -459,8 +449,11 @@ int WaitInSync(const std::string& store, const std::string& peer,
     char text[256];
     double fraction =
         total > 0 ? std::min(1.0, double(done) / double(total)) : 0;
+    // No estimate until the resync has moved and the estimate means
+    // something (the first moments' average rate can be a few bytes/s).
     std::string eta = "?";
-    if (rate > 0 && total > done) {
+    if (rate > 0 && done > 0 && total > done &&
+        (total - done) / rate < 10 * 24 * 3600) {
       eta = std::to_string((total - done) / rate + 1) + " s";
     }
     std::snprintf(text, sizeof(text), "%s / %s  %s/s  left %s  (%s; %s missed)",
@@ -627,9 +620,6 @@ int Main(int argc, char** argv) {
   auto* peer_remove = peer->add_subcommand("remove", "Remove peer NAME");
   peer_remove->add_option("STORE", store, "The store directory")->required();
   peer_remove->add_option("NAME", arg1, "The peer's name")->required();
-  peer_remove->add_flag("--force", flag,
-                        "Remove it even if it is not in sync (what it "
-                        "missed is forgotten)");
   auto* peer_list = peer->add_subcommand("list", "List peers");
   peer_list->add_option("STORE", store, "The store directory")->required();
   peer_list->add_flag("--json", json, "One JSON document on stdout");
@@ -918,11 +908,7 @@ int Main(int argc, char** argv) {
       }
       words.insert(words.end(), {"--rate", std::to_string(*rate)});
     }
-    auto reply = CallDaemon(store, words, 24 * 3600 * 1000);
-    if (!reply.ok()) return Fail(reply.status().message());
-    std::cout << reply->out << std::flush;
-    std::cerr << reply->err << std::flush;
-    return reply->exit_code;
+    return Relay(store, words, 24 * 3600 * 1000);
   }
   if (peer_add->parsed()) {
     if (!ValidPeerName(arg1) || !ValidEndpoint(arg2)) {
@@ -933,9 +919,7 @@ int Main(int argc, char** argv) {
     return Relay(store, {"peer-add", arg1, arg2});
   }
   if (peer_remove->parsed()) {
-    std::vector<std::string> words = {"peer-remove", arg1};
-    if (flag) words.push_back("--force");
-    return Relay(store, words);
+    return Relay(store, {"peer-remove", arg1});
   }
   if (peer_list->parsed()) {
     return Relay(store, json ? std::vector<std::string>{"peer-list", "--json"}
@@ -1018,6 +1002,17 @@ int Main(int argc, char** argv) {
         return Fail("refusing to promote: primary " + kv["primary_connected"] +
                     " is connected to this node; demote it first, or use "
                     "--force (two primaries make a split brain)");
+      }
+      if (!kv["split_brain"].empty() && !flag) {
+        // The other primary is alive (it keeps knocking; the note lapses
+        // seconds after it stops): promoting here makes two writable mounts.
+        return Fail("refusing to promote: this node is in split brain with " +
+                    kv["split_brain"] +
+                    ", a primary that is still running; end the split brain "
+                    "first (demote " +
+                    kv["split_brain"] +
+                    ", then mirrorfs resolve), or use --force (two primaries, "
+                    "both writing)");
       }
       if (kv["consistent"] != "1" && !flag) {
         return Fail(

@@ -15,6 +15,7 @@
 #include <unordered_map>
 #include <zmq.hpp>
 
+#include "cli/format.h"
 #include "cli/json.h"
 #include "fs/fuse/fuse_adapter.h"
 #include "fs/volume.h"
@@ -47,21 +48,6 @@ std::string Pad(const std::string& s, size_t width) {
   return s.size() >= width ? s + " " : s + std::string(width - s.size(), ' ');
 }
 
-std::string Bytes(uint64_t n) {
-  char buf[32];
-  if (n >= (1ull << 30)) {
-    std::snprintf(buf, sizeof(buf), "%.1f GiB", n / 1073741824.0);
-  } else if (n >= (1u << 20)) {
-    std::snprintf(buf, sizeof(buf), "%.1f MiB", n / 1048576.0);
-  } else if (n >= 1024) {
-    std::snprintf(buf, sizeof(buf), "%.1f KiB", n / 1024.0);
-  } else {
-    std::snprintf(buf, sizeof(buf), "%llu B",
-                  static_cast<unsigned long long>(n));
-  }
-  return buf;
-}
-
 // Permission bits as `stat -c %04a` prints them: "0640".
 std::string OctalMode(uint32_t mode) {
   char buf[16];
@@ -92,6 +78,22 @@ Node::~Node() {
   if (zap_) zap_->Stop();
   zap_.reset();
   zmq_.reset();
+  if (meta_ && restore_on_exit_) {
+    // A start that failed leaves the node's name, endpoint, role and
+    // mountpoint as they were (a port taken now must not become the
+    // endpoint of every later start). What the attempt may have shown a
+    // peer stays: the generation and the store's identity.
+    auto stored = meta_->LoadIdentity();
+    meta::Status s = stored.status();
+    if (s.ok()) {
+      stored->name = restore_on_exit_->name;
+      stored->listen_endpoint = restore_on_exit_->listen_endpoint;
+      stored->role = restore_on_exit_->role;
+      stored->mountpoint = restore_on_exit_->mountpoint;
+      s = meta_->SaveIdentity(*stored);
+    }
+    if (!s.ok()) meta::LogError(s.message());
+  }
   meta_.reset();
   if (store_fd_ >= 0) ::close(store_fd_);
 }
@@ -112,6 +114,13 @@ meta::Status Node::Start() {
   auto identity = meta_->LoadIdentity();
   if (!identity.ok()) return identity.status();
   *identity_ = std::move(identity.value());
+  restore_on_exit_ = std::make_unique<meta::NodeIdentity>(*identity_);
+  meta::Status started = StartServing();
+  if (started.ok()) restore_on_exit_.reset();
+  return started;
+}
+
+meta::Status Node::StartServing() {
   if (!options_.name.empty()) identity_->name = options_.name;
   if (identity_->name.empty()) identity_->name = HostName();
   if (!options_.listen.empty()) identity_->listen_endpoint = options_.listen;
@@ -369,12 +378,12 @@ meta::Status Node::RecoverFromCrash() {
   MFS_RETURN_IF_ERROR(meta_->SyncWal());
   MFS_RETURN_IF_ERROR(meta_->ClearIntents());
   recovered_ = true;
-  meta::LogWarning(std::string(clean.ok() && *clean
-                                   ? "write intents left by the last run"
-                                   : "unclean stop detected") +
-                   ": " + std::to_string(recovered_regions_) +
-                   " regions that may have had writes in flight (" +
-                   Bytes(recovered_bytes_) + ") are re-sent to every peer");
+  meta::LogWarning(
+      std::string(clean.ok() && *clean ? "write intents left by the last run"
+                                       : "unclean stop detected") +
+      ": " + std::to_string(recovered_regions_) +
+      " regions that may have had writes in flight (" +
+      HumanBytes(recovered_bytes_) + ") are re-sent to every peer");
   return meta::Status::Ok();
 }
 
@@ -744,7 +753,8 @@ ControlReply Node::HandleControl(const std::vector<std::string>& words) {
         "pid=" + std::to_string(::getpid()) + "\n" + "consistent=" +
         ((replica_ && !options_.primary && !r.consistent) ? "0" : "1") + "\n" +
         "primary_connected=" + (primary_connected ? r.primary_name : "") +
-        "\n" + "mountpoint=" + identity_->mountpoint + "\n" +
+        "\n" + "split_brain=" + SplitBrainWith(r) + "\n" +
+        "mountpoint=" + identity_->mountpoint + "\n" +
         "mode=" + (options_.async ? "async" : "sync") + "\n" +
         "key=" + options_.key_file + "\n" +
         "authorized=" + options_.authorized_file + "\n" +
@@ -899,15 +909,21 @@ ControlReply Node::Verify(const std::vector<std::string>& words) {
   }
   std::vector<sync::VerifyResult> results;
   std::string errors;
+  // Peers not compared, and why (listed in --json too: a script must not
+  // read a peer left out as one without differences).
+  std::vector<std::pair<std::string, std::string>> skipped;
+  auto skip = [&](const std::string& peer, const std::string& why) {
+    errors += "peer " + peer + ": " + why + "\n";
+    skipped.emplace_back(peer, why);
+  };
   bool any_peer = false;
   for (const auto& p : fan_out_->Snapshot()) {
     if (!only.empty() && p.name != only) continue;
     any_peer = true;
     if (!p.in_sync) {
-      errors += "peer " + p.name + " is not in sync (" +
-                sync::PeerStateName(p.state) +
-                "); verify compares in-sync copies: `mirrorfs sync --wait` "
-                "first\n";
+      skip(p.name, std::string("not in sync (") + sync::PeerStateName(p.state) +
+                       "); verify compares in-sync copies: `mirrorfs sync "
+                       "--wait` first");
       continue;
     }
     auto* session = fan_out_->Find(p.name);
@@ -917,23 +933,23 @@ ControlReply Node::Verify(const std::vector<std::string>& words) {
     auto result = verifier.Run([&](uint64_t done, uint64_t total) {
       auto now = std::chrono::steady_clock::now();
       if (now - last >= std::chrono::seconds(5)) {
-        meta::LogInfo("verify " + p.name + ": " + Bytes(done) + " of " +
-                      Bytes(total));
+        meta::LogInfo("verify " + p.name + ": " + HumanBytes(done) + " of " +
+                      HumanBytes(total));
         last = now;
       }
     });
     if (!result.ok()) {
-      errors += "peer " + p.name + ": " + result.status().message() + "\n";
+      skip(p.name, result.status().message());
       continue;
     }
     uint64_t differing = 0;
     for (const auto& d : result->differences) {
       if (d.kind == sync::VerifyDifference::Kind::kData) differing += d.length;
     }
-    meta::LogInfo("verify " + p.name + ": " + Bytes(result->compared_bytes) +
-                  " compared, " + std::to_string(result->differences.size()) +
-                  " differences (" + Bytes(differing) +
-                  " in differing blocks)");
+    meta::LogInfo(
+        "verify " + p.name + ": " + HumanBytes(result->compared_bytes) +
+        " compared, " + std::to_string(result->differences.size()) +
+        " differences (" + HumanBytes(differing) + " in differing blocks)");
     if (repair && !result->differences.empty()) {
       // Differing blocks are logged as missed writes: the resync sends the
       // primary's data there (a file missing on the peer has all its
@@ -982,9 +998,19 @@ ControlReply Node::Verify(const std::vector<std::string>& words) {
     JsonWriter j;
     j.BeginObject();
     j.Key("peers").BeginArray();
+    for (const auto& [peer, why] : skipped) {
+      j.BeginObject();
+      j.Key("name").Value(peer);
+      j.Key("verified").Value(false);
+      j.Key("identical").Null();
+      j.Key("error").Value(why);
+      j.Key("differences").BeginArray().EndArray();
+      j.EndObject();
+    }
     for (const auto& r : results) {
       j.BeginObject();
       j.Key("name").Value(r.peer);
+      j.Key("verified").Value(true);
       j.Key("identical").Value(r.differences.empty());
       j.Key("compared_bytes").Value(r.compared_bytes);
       j.Key("repaired").Value(repair && !r.differences.empty());
@@ -1071,7 +1097,7 @@ ControlReply Node::Verify(const std::vector<std::string>& words) {
   }
   std::string summary;
   for (const auto& r : results) {
-    summary += "peer " + r.peer + ": " + Bytes(r.compared_bytes) +
+    summary += "peer " + r.peer + ": " + HumanBytes(r.compared_bytes) +
                " compared, " +
                (r.differences.empty()
                     ? std::string("identical")
@@ -1222,27 +1248,36 @@ ControlReply Node::PeerChange(const std::string& verb,
     ReloadKeys();
     return {0, "peer " + name + " added\n", ""};
   }
-  // peer-remove [--force]
-  bool force = words.size() > 2 && words[2] == "--force";
+  // peer-remove. A peer that is not in sync is removed too (most often it
+  // is removed because its machine is gone): what it missed is forgotten,
+  // and said so; were it added again, every block would be compared.
   if (!exists) return {1, "", "no peer named " + name + "\n"};
+  std::string missed;
   if (fan_out_) {
     if (auto* session = fan_out_->Find(name)) {
       auto snap = session->Snapshot();
-      if (!snap.in_sync && !force) {
-        return {1, "",
-                "peer " + name + " is not in sync (" +
-                    sync::PeerStateName(snap.state) + ", " +
-                    Bytes(snap.fracture_bytes) +
-                    " missed); removing it drops what it missed. Use --force "
-                    "to remove it anyway\n"};
+      if (!snap.in_sync) {
+        missed = std::string(sync::PeerStateName(snap.state)) + ", " +
+                 HumanBytes(snap.fracture_bytes) + " missed";
+        if (snap.pending_namespace_ops > 0) {
+          missed += " and " + std::to_string(snap.pending_namespace_ops) +
+                    " namespace changes";
+        }
       }
       fan_out_->RemoveSession(name);
     }
   }
   auto s = meta_->RemovePeer(name);
   if (!s.ok()) return {1, "", s.message() + "\n"};
-  meta::LogInfo("peer " + name + " removed");
-  return {0, "peer " + name + " removed\n", ""};
+  if (missed.empty()) {
+    meta::LogInfo("peer " + name + " removed");
+    return {0, "peer " + name + " removed\n", ""};
+  }
+  std::string note = "peer " + name + " removed while not in sync (" + missed +
+                     "): its copy is out of date; added again, it gets every "
+                     "block compared";
+  meta::LogWarning(note);
+  return {0, note + "\n", ""};
 }
 
 std::string Node::StatusJson() {
@@ -1416,12 +1451,13 @@ std::string Node::StatusText() {
     out += Pad("intents", 12) + std::to_string(journal_->active_extents()) +
            " active of " +
            std::to_string(journal_->budget_bytes() / journal_->extent_bytes()) +
-           " (" + Bytes(journal_->extent_bytes()) + " regions)\n";
+           " (" + HumanBytes(journal_->extent_bytes()) + " regions)\n";
   }
   if (recovered_) {
     out += Pad("recovered", 12) +
            "from an unclean stop: " + std::to_string(recovered_regions_) +
-           " regions (" + Bytes(recovered_bytes_) + ") queued for every peer\n";
+           " regions (" + HumanBytes(recovered_bytes_) +
+           ") queued for every peer\n";
   }
   bool consistent = replica_ ? replica.consistent : true;
   out +=
@@ -1446,7 +1482,7 @@ std::string Node::StatusText() {
     for (const auto& p : fan_out_->Snapshot()) {
       std::string missed = "-";
       if (p.fracture_bytes > 0 || p.pending_namespace_ops > 0 || p.full_sync) {
-        missed = Bytes(p.fracture_bytes) +
+        missed = HumanBytes(p.fracture_bytes) +
                  (p.pending_namespace_ops
                       ? " + " + std::to_string(p.pending_namespace_ops) + " ops"
                       : "") +
@@ -1454,8 +1490,8 @@ std::string Node::StatusText() {
       }
       std::string detail = p.reason;
       if (p.state == sync::PeerState::kSyncing && p.resync.total_bytes > 0) {
-        detail = "resync " + Bytes(p.resync.done_bytes) + " / " +
-                 Bytes(p.resync.total_bytes);
+        detail = "resync " + HumanBytes(p.resync.done_bytes) + " / " +
+                 HumanBytes(p.resync.total_bytes);
       }
       rows.push_back({p.name, sync::PeerStateName(p.state),
                       p.in_sync ? "yes" : "no", missed, p.endpoint,

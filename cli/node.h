@@ -64,6 +64,9 @@ class Node : public sync::ReplicaHost {
   // Loads the CURVE keys and starts the ZAP handler (before anything binds
   // or connects), or checks that a keyless listen stays on loopback.
   meta::Status SetUpSecurity();
+  // Start() after the identity is loaded: applies the options, starts the
+  // role and the control socket.
+  meta::Status StartServing();
   meta::Status StartPrimary();
   meta::Status StartSecondary();
   // Binds the listen endpoint: as a secondary's replication server, or, on
@@ -115,6 +118,10 @@ class Node : public sync::ReplicaHost {
   NodeOptions options_;
   std::unique_ptr<meta::MetaStore> meta_;
   std::unique_ptr<meta::NodeIdentity> identity_;
+  // The identity as stored before Start(), while a start is unfinished or
+  // failed: the destructor puts its name, endpoint, role and mountpoint
+  // back.
+  std::unique_ptr<meta::NodeIdentity> restore_on_exit_;
   std::unique_ptr<zmq::context_t> zmq_;
   std::mutex curve_mu_;  // guards curve_ (replaced whole on reload)
   std::shared_ptr<const sync::CurveConfig> curve_;  // null: plain links

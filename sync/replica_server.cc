@@ -47,9 +47,19 @@ meta::Status ReplicaServer::Bind() {
     socket_->bind(endpoint_);
   } catch (const zmq::error_t& e) {
     socket_.reset();
-    return meta::Status::Error(
-        e.num() == EADDRINUSE ? EADDRINUSE : EINVAL,
-        "cannot listen on " + endpoint_ + ": " + e.what());
+    std::string why = e.what();
+    if (e.num() == ENODEV) {
+      // ZeroMQ binds to an address or an interface name, never to a host
+      // name it would have to look up ("localhost" included).
+      why =
+          "no address or interface of this host has that name (give an "
+          "IP address, e.g. tcp://127.0.0.1:PORT, an interface such as "
+          "tcp://eth0:PORT, or tcp://*:PORT for all)";
+    } else if (e.num() == EADDRNOTAVAIL) {
+      why += " (the address is not one of this host's)";
+    }
+    return meta::Status::Error(e.num() == EADDRINUSE ? EADDRINUSE : EINVAL,
+                               "cannot listen on " + endpoint_ + ": " + why);
   }
   return meta::Status::Ok();
 }

@@ -82,7 +82,6 @@ _mirrorfs() {
       fi
       case $sub in
         list) opts="--json" ;;
-        remove) opts="--force" ;;
       esac
       ;;
   esac

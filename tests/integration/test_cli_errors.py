@@ -174,3 +174,25 @@ def test_corrupt_state_database_is_refused_and_loses_nothing(cluster, verb):
     db.rename(db.with_name("db.corrupt"))
     again = cluster.mount("a", store=store, mountpoint=mnt, listen=False)
     assert (again.mountpoint / "disk.img").read_bytes() == image
+
+
+def test_a_failed_start_leaves_the_stored_options_as_they_were(cluster):
+    # The port asked for is taken: the mount fails, and its --listen and
+    # --name are not remembered for the next start.
+    node = cluster.mount("a", listen=False)
+    cluster.stop(node)
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    try:
+        r = mirrorfs("mount", node.store, node.mountpoint, "--name", "renamed",
+                     "--listen", f"tcp://127.0.0.1:{port}")
+        assert_failed(r, port)
+        assert not is_mounted(node.mountpoint)
+    finally:
+        holder.close()
+    again = cluster.mount("a", store=node.store, mountpoint=node.mountpoint,
+                          listen=False, name_flag=False)
+    doc = again.status()
+    assert doc["node"] == "a" and doc["listen"] == "", doc

@@ -174,6 +174,14 @@ def test_split_brain_is_detected_and_resolved_by_discarding_the_loser(cluster):
     row = [line for line in text.splitlines() if line.startswith("b (primary)")]
     assert row and "split-brain" in row[0] and b.endpoint in row[0], text
     assert store_manifest(a.store) == a_view, "a's copy changed before the operator chose"
+    # Promoting it back while b runs as primary would make two writable
+    # mounts again: refused without --force, and a stays as it was.
+    a2_mnt = cluster.dir("a2.mnt")
+    r = mirrorfs("promote", a.store, "--mount", a2_mnt)
+    assert r.returncode == 1 and "in split brain with b" in r.stderr and "--force" in r.stderr, \
+        f"promote of a node in split brain: exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+    assert not os.path.ismount(a2_mnt) and a.alive()
+    assert status_json(a.store)["role"] == "secondary"
 
     r = checked("resolve", a.store, "--discard-local")
     folder = status_json(a.store).get("recovery_folder")

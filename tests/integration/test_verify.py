@@ -209,15 +209,26 @@ def test_verify_errors(cluster):
     (a.mountpoint / "f").write_bytes(b"x" * 1000)
     wait_flushed(a.store)
     r = verify(a.store, "--peer", "nosuch")
-    assert r.returncode == 1 and "nosuch" in r.stderr, out(r)
+    assert r.returncode == 1 and r.stderr == "mirrorfs: no peer named nosuch\n", out(r)
     r = verify(b.store)
-    assert r.returncode == 1 and "secondary" in r.stderr, f"verify on a secondary: {out(r)}"
+    assert r.returncode == 1 and r.stderr.startswith("mirrorfs: this node is a secondary"), \
+        f"verify on a secondary: {out(r)}"
     r = mirrorfs("fracture", a.store, "b")
     assert r.returncode == 0, out(r)
     wait_peer_state(a.store, "b", "fractured")
     (a.mountpoint / "f").write_bytes(b"y" * 1000)
     r = verify(a.store)
-    assert r.returncode == 1 and "not in sync" in r.stderr, f"verify of a fractured peer: {out(r)}"
+    assert r.returncode == 1 and "mirrorfs: peer b: not in sync (fractured)" in r.stderr, \
+        f"verify of a fractured peer: {out(r)}"
+    # --json lists the peer it could not compare, so that a script does not
+    # take it for one without differences.
+    r = verify(a.store, "--json")
+    assert r.returncode == 1, out(r)
+    doc = json.loads(r.stdout)
+    assert [p["name"] for p in doc["peers"]] == ["b"], doc
+    peer = doc["peers"][0]
+    assert peer["verified"] is False and peer["identical"] is None, peer
+    assert "not in sync (fractured)" in peer["error"] and peer["differences"] == [], peer
 
 
 # ---- What blocks alone do not show: sizes, names, replaced files ----------
