@@ -1141,6 +1141,7 @@ bool Node::PrimaryLive(const sync::ReplicaSnapshot& r) const {
 
 const char* Node::PrimaryState(const sync::ReplicaSnapshot& r) const {
   if (r.split_brain_with == r.primary_name) return "split-brain";
+  if (r.primary_fractured) return "fractured";
   if (!PrimaryLive(r)) return "disconnected";
   return r.resyncing ? "syncing" : "connected";
 }

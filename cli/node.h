@@ -76,8 +76,8 @@ class Node : public sync::ReplicaHost {
   // On a secondary: its primary has a session and spoke within the peer
   // timeout (and did not say goodbye).
   bool PrimaryLive(const sync::ReplicaSnapshot& r) const;
-  // The primary's state as a secondary sees it: split-brain, disconnected,
-  // syncing or connected.
+  // The primary's state as a secondary sees it: split-brain, fractured,
+  // disconnected, syncing or connected.
   const char* PrimaryState(const sync::ReplicaSnapshot& r) const;
   // The node this one is in split brain with ("" if none): the primary a
   // secondary refuses, or a peer of a primary.

@@ -1317,6 +1317,8 @@ void PeerSession::Serve() {
   }
   if (lost.empty() && stopping_) {
     SayGoodbye("the primary is stopping");
+  } else if (next == PeerState::kFractured) {
+    SayGoodbye(kGoodbyeFractured);  // it shows itself as fractured
   } else if (peer_left_) {
     SayGoodbye("goodbye");  // the peer waits for it before it closes
   }

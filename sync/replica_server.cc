@@ -238,6 +238,7 @@ ReplicaSnapshot ReplicaServer::Snapshot() const {
   s.store_uuid = identity_.store_uuid;
   s.has_primary = session_ != 0 || primary_left_;
   s.primary_left = primary_left_;
+  s.primary_fractured = primary_left_ && primary_fractured_;
   s.primary_name = primary_name_;
   s.primary_uuid = primary_uuid_;
   s.primary_endpoint = primary_endpoint_;
@@ -882,6 +883,7 @@ void ReplicaServer::Handle(const std::string& routing_id,
     std::lock_guard<std::mutex> lock(mu_);
     session_ = 0;
     primary_left_ = true;
+    primary_fractured_ = bye->reason == kGoodbyeFractured;
     meta::LogInfo("primary " + primary_name_ + " left: " + bye->Said());
   } else {
     BadFrame("an unexpected " + std::string(FrameTypeName(h.type)) + " frame");

@@ -96,6 +96,7 @@ struct ReplicaSnapshot {
   // goodbye (primary_left; it stopped or was demoted).
   bool has_primary = false;
   bool primary_left = false;
+  bool primary_fractured = false;  // it left saying it fractured this copy
   std::string primary_name;
   meta::Uuid primary_uuid;
   std::string primary_endpoint;
@@ -263,10 +264,11 @@ class ReplicaServer {
 
   mutable std::mutex mu_;  // guards everything below
   ReplicaIdentity identity_;
-  uint64_t session_ = 0;       // current primary session, 0 = none
-  bool primary_left_ = false;  // it said goodbye; no session until a hello
-  uint64_t expected_seq_ = 0;  // seq of the primary's next frame
-  uint64_t reply_seq_ = 0;     // seq of our next frame in the session
+  uint64_t session_ = 0;            // current primary session, 0 = none
+  bool primary_left_ = false;       // it said goodbye; no session until a hello
+  bool primary_fractured_ = false;  // ... with kGoodbyeFractured
+  uint64_t expected_seq_ = 0;       // seq of the primary's next frame
+  uint64_t reply_seq_ = 0;          // seq of our next frame in the session
   std::string primary_routing_id_;
   std::string primary_name_;
   meta::Uuid primary_uuid_;

@@ -183,6 +183,10 @@ struct ErrorFrame {
   std::string message;
 };
 
+// A primary's goodbye with this reason: it fractured the receiver on
+// purpose (`mirrorfs fracture`); its changes are logged for it from now on.
+inline constexpr char kGoodbyeFractured[] = "fractured on purpose";
+
 // Either side ends the session on purpose (a clean stop, a demote): the
 // other knows at once that it is gone, instead of after its timeout.
 struct Goodbye {

@@ -309,6 +309,10 @@ def test_fracture_and_rejoin(cluster):
     r = mirrorfs("fracture", a.store, "b")
     assert r.returncode == 0, out(r)
     wait_peer_state(a.store, "b", "fractured")
+    # The secondary is told: it shows its primary as fractured, not in sync.
+    wait_until(lambda: (primary_entry(b.store) or {}).get("state") == "fractured",
+               READY_SECONDS, "b to show its primary a as fractured")
+    assert primary_entry(b.store)["in_sync"] is False
     before = status_json(b.store)
     with open(a.mountpoint / "f.img", "r+b") as f:
         f.seek(MiB)
