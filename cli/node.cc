@@ -258,6 +258,7 @@ meta::Status Node::StartPrimary() {
   MFS_RETURN_IF_ERROR(RecoverFromCrash());
   fan_out_ = std::make_unique<sync::FanOut>(
       options_.async ? sync::MirrorMode::kAsync : sync::MirrorMode::kSync);
+  generations_->SetOnAdvance([this] { fan_out_->FollowNewGeneration(); });
   if (options_.intent_journal) {
     intent_store_ = std::make_unique<sync::MetaIntentStore>(meta_.get());
     // Regions retire after 5 idle epochs (seconds): a region written again

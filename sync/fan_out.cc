@@ -206,6 +206,11 @@ std::shared_ptr<meta::Completion> FanOut::SubmitAll(const meta::Change& change,
   return taken == 0 ? nullptr : completion;
 }
 
+void FanOut::FollowNewGeneration() {
+  std::shared_lock<std::shared_mutex> lock(sessions_mu_);
+  for (auto& s : sessions_) s->FollowNewGeneration();
+}
+
 PeerSession* FanOut::Find(const std::string& name) const {
   std::shared_lock<std::shared_mutex> lock(sessions_mu_);
   for (auto& s : sessions_) {

@@ -65,6 +65,9 @@ class FanOut : public meta::Mirror {
   bool RemoveSession(const std::string& name);
   // Stops every session (pending completions are Done()).
   void StopAll();
+  // The primary started a new generation: every connected peer follows it
+  // (PeerSession::FollowNewGeneration).
+  void FollowNewGeneration();
 
   std::shared_ptr<meta::Completion> Submit(const meta::Change& change) override;
   // Waits for a Completion that Submit returned, receiving the peers'

@@ -57,6 +57,14 @@ class GenerationKeeper {
                    std::function<meta::Status(const Generations&)> persist)
       : gens_(std::move(initial)), persist_(std::move(persist)) {}
 
+  // Called (without mu_ held) after PeerLost() started a new generation,
+  // so that the peers still connected learn it: they shared the old one,
+  // and one of them promoted later must count as this node's successor,
+  // not as a split brain. Set before any peer session starts.
+  void SetOnAdvance(std::function<void()> on_advance) {
+    on_advance_ = std::move(on_advance);
+  }
+
   Generations Get() const {
     std::lock_guard<std::mutex> lock(mu_);
     return gens_;
@@ -70,11 +78,16 @@ class GenerationKeeper {
   // writes from now on is a new history (so that a peer promoted meanwhile
   // is recognised as a split brain, not as an ancestor).
   meta::Status PeerLost() {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!shared_) return meta::Status::Ok();
-    shared_ = false;
-    gens_.Advance();
-    return persist_(gens_);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!shared_) return meta::Status::Ok();
+      shared_ = false;
+      gens_.Advance();
+      auto s = persist_(gens_);
+      if (!s.ok()) return s;
+    }
+    if (on_advance_) on_advance_();
+    return meta::Status::Ok();
   }
 
  private:
@@ -82,6 +95,7 @@ class GenerationKeeper {
   Generations gens_;
   bool shared_ = false;
   std::function<meta::Status(const Generations&)> persist_;
+  std::function<void()> on_advance_;
 };
 
 }  // namespace mirrorfs::sync

@@ -119,6 +119,9 @@ namespace {
 // How long a stopping primary's socket may hold its goodbye for the peer.
 constexpr std::chrono::milliseconds kGoodbyeLinger{500};
 
+// Why a session restarts on purpose (Resync(), FollowNewGeneration()).
+constexpr char kResyncRequested[] = "resync requested";
+
 // A socket monitor on a connecting socket that reports what ZeroMQ retries
 // silently: a failed TCP connection attempt (refused), so that the first
 // attempt, which a mount waits for, ends at once when the peer's node is
@@ -752,6 +755,18 @@ void PeerSession::Resync() {
   Rejoin();
 }
 
+void PeerSession::FollowNewGeneration() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!up_ || fractured_ || stopping_) return;
+    resync_requested_ = true;
+  }
+  meta::LogInfo("peer " + name_ +
+                ": this primary started a new generation; reconnecting so "
+                "that the peer follows it");
+  Wake();
+}
+
 void PeerSession::DiscardPeerChanges() {
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -1260,7 +1275,7 @@ void PeerSession::Serve() {
     }
     if (lost.empty() && restart_flush &&
         (restart_flush->IsDone() || Clock::now() >= restart_by)) {
-      lost = "resync requested";
+      lost = kResyncRequested;
       next = PeerState::kConnecting;
     }
     if (!lost.empty()) break;
@@ -1322,7 +1337,7 @@ void PeerSession::Serve() {
   } else if (peer_left_) {
     SayGoodbye("goodbye");  // the peer waits for it before it closes
   }
-  if (lost == "resync requested") {
+  if (lost == kResyncRequested) {
     meta::LogInfo("peer " + name_ + ": resync requested; reconnecting");
     TearDown(next, lost);
     return;
@@ -1376,7 +1391,9 @@ void PeerSession::TearDown(PeerState next, const std::string& reason) {
   // The resync stops first, so that releasing its completions below does
   // not let it mark anything as done.
   if (worker) worker->Cancel();
-  if (was_up && !stopping_) {
+  // A restart asked for (a resync, a new generation) loses nothing: the
+  // peer flushed first and follows the history at its next hello.
+  if (was_up && !stopping_ && reason != kResyncRequested) {
     auto s = generations_->PeerLost();
     if (!s.ok()) meta::LogError("recording a new generation: " + s.message());
   }

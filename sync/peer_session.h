@@ -206,6 +206,10 @@ class PeerSession {
   // that the restart does not log (and resend) its writes since its last
   // store flush. Returns at once.
   void Resync();
+  // This primary started a new generation (another peer was lost) while
+  // this peer is connected: the session restarts as for Resync(), and its
+  // hello hands the peer the new generation. Nothing if it is not up.
+  void FollowNewGeneration();
   // After a split brain, the operator kept this node's data (`resolve
   // --keep-local`): the next hello asks the peer to discard its changes
   // (saved to its recovery folder) and take a full sync.

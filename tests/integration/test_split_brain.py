@@ -237,3 +237,43 @@ def test_keep_local_on_the_survivor_makes_the_loser_discard(cluster):
     for rel, data in a_files.items():
         with open(os.path.join(folder, rel), "rb") as f:
             assert f.read() == data, f"the recovery folder's {rel} is not a's version"
+
+
+def test_a_failover_after_the_primary_lost_another_peer_is_no_split_brain(cluster):
+    """a mirrors to b and c; c dies, so a starts a new generation and goes
+    on writing, mirrored to b. a dies; b takes over and writes; a comes back
+    as a secondary. a wrote nothing b lacks: b must resync a, not call it a
+    split brain (b has to have followed a's new generation while it was
+    connected)."""
+    b = cluster.serve("b")
+    c = cluster.serve("c")
+    a = cluster.mount("a", peers=[b, c], listen=True)
+    wait_peer_state(a.store, "b", "connected")
+    wait_peer_state(a.store, "c", "connected")
+    write_at(a.mountpoint / "disk.img", os.urandom(1 * MiB), 0)
+    wait_flushed(a.store)
+
+    c.signal(9)
+    c.wait_exit()
+    wait_peer_state(a.store, "c", ("disconnected", "connecting"), timeout=30)
+    write_at(a.mountpoint / "disk.img", b"after c" * 1000, 64 * KiB)
+    wait_until(lambda: status_json(b.store)["generation"] == status_json(a.store)["generation"],
+               READY_SECONDS, "b to follow a's new generation")
+    assert (b.store / "disk.img").read_bytes() == (a.store / "disk.img").read_bytes()
+
+    a.signal(9)
+    a.wait_exit()
+    os.system(f"fusermount3 -uz {a.mountpoint} 2>/dev/null")
+    b_mnt = cluster.dir("b.mnt")
+    checked("promote", b.store, "--mount", b_mnt, timeout=60)
+    b.wait_exit()
+    b = adopt(cluster, "b", "promote", b.store, b_mnt, b.endpoint)
+    write_at(b_mnt / "disk.img", b"B" * (64 * KiB), 0)
+
+    a = cluster.serve("a", store=a.store, listen=a.endpoint)
+    assert_sync_wait(b.store, peer="a", timeout=60)
+    peer = peer_status(b.store, "a")
+    assert peer["state"] == "connected" and peer["in_sync"] is True, peer
+    assert status_json(b.store)["split_brain"] is False
+    assert status_json(a.store)["split_brain"] is False
+    assert sha256_file(a.store / "disk.img") == sha256_file(b.store / "disk.img")
