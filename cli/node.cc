@@ -226,14 +226,18 @@ meta::Status Node::StartPrimary() {
   if (identity_->store_uuid.IsZero()) {
     identity_->store_uuid = meta::Uuid::Generate();
   }
-  // Becoming primary starts a new generation: what this node writes from
-  // now on is a history of its own (split brain detection, fencing).
+  // What this node writes as primary from now on may be a history of its
+  // own (a peer may have been promoted meanwhile): its first change starts
+  // a new generation, unless every peer follows it live then. Until it
+  // writes, a newer node sees it as stale, not as a split brain. A store
+  // without any history gets its first one now.
   sync::Generations gens = sync::Generations::Parse(identity_->generation);
-  gens.Advance();
+  if (gens.current.IsZero()) gens.Advance();
   identity_->generation = gens.Format();
   MFS_RETURN_IF_ERROR(meta_->SaveIdentity(*identity_));
   generations_ = std::make_unique<sync::GenerationKeeper>(
       gens, [this](const sync::Generations& g) { return SetGenerations(g); });
+  generations_->MarkDue();
   MFS_RETURN_IF_ERROR(meta_->SetCleanShutdown(false));
   auto known = meta_->ListPeers();
   if (!known.ok()) return known.status();
@@ -258,7 +262,12 @@ meta::Status Node::StartPrimary() {
   MFS_RETURN_IF_ERROR(RecoverFromCrash());
   fan_out_ = std::make_unique<sync::FanOut>(
       options_.async ? sync::MirrorMode::kAsync : sync::MirrorMode::kSync);
-  generations_->SetOnAdvance([this] { fan_out_->FollowNewGeneration(); });
+  generations_->SetOnAdvance([this] {
+    // The listener recognises stale primaries and split brains by it.
+    if (replica_) replica_->SetGenerations(generations_->Get());
+    fan_out_->FollowNewGeneration();
+  });
+  fan_out_->SetGenerations(generations_.get());
   if (options_.intent_journal) {
     intent_store_ = std::make_unique<sync::MetaIntentStore>(meta_.get());
     // Regions retire after 5 idle epochs (seconds): a region written again

@@ -54,7 +54,21 @@ void FanOut::FlushEpoch(bool final) {
   }
 }
 
+meta::Status FanOut::StartGenerationIfDue() {
+  if (generations_ == nullptr || !generations_->due()) {
+    return meta::Status::Ok();
+  }
+  bool all_live = true;
+  {
+    std::shared_lock<std::shared_mutex> lock(sessions_mu_);
+    for (const auto& s : sessions_) all_live = all_live && s->FollowsLive();
+  }
+  return generations_->BeforeChange(all_live).Context(
+      "cannot record a new generation");
+}
+
 meta::Status FanOut::Prepare(const meta::Change& change) {
+  MFS_RETURN_IF_ERROR(StartGenerationIfDue());
   if (journal_ == nullptr || !meta::ChangesFileData(change.kind)) {
     return meta::Status::Ok();
   }
@@ -143,6 +157,9 @@ void FanOut::RunLogSyncs() {
 }
 
 std::shared_ptr<meta::Completion> FanOut::Submit(const meta::Change& change) {
+  // Changes that had no Prepare() (namespace and attribute changes) start
+  // a due generation here; an error leaves it due for the next one.
+  if (auto s = StartGenerationIfDue(); !s.ok()) meta::LogError(s.message());
   const bool sync = mode_ == MirrorMode::kSync;
   auto completion = SubmitAll(change, /*waited=*/sync, /*attended=*/sync);
   return sync ? completion : nullptr;

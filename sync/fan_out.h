@@ -65,6 +65,11 @@ class FanOut : public meta::Mirror {
   bool RemoveSession(const std::string& name);
   // Stops every session (pending completions are Done()).
   void StopAll();
+  // The primary's generations (may stay unset: no generation checks).
+  // `*generations` must outlive the FanOut.
+  void SetGenerations(GenerationKeeper* generations) {
+    generations_ = generations;
+  }
   // The primary started a new generation: every connected peer follows it
   // (PeerSession::FollowNewGeneration).
   void FollowNewGeneration();
@@ -73,6 +78,8 @@ class FanOut : public meta::Mirror {
   // Waits for a Completion that Submit returned, receiving the peers'
   // acknowledgements on this thread (see PeerSession::Await).
   void Wait(const std::shared_ptr<meta::Completion>& completion) override;
+  // Also starts a due generation (GenerationKeeper::BeforeChange): a write
+  // fails rather than land under a generation that is not on disk.
   meta::Status Prepare(const meta::Change& change) override;
   void Finished(const meta::Change& change) override;
   void Diverged(const meta::Change& change) override;
@@ -95,6 +102,9 @@ class FanOut : public meta::Mirror {
 
   const MirrorMode mode_;
   IntentJournal* journal_ = nullptr;
+  GenerationKeeper* generations_ = nullptr;
+  // Starts a due generation before a change, unless every peer follows live.
+  meta::Status StartGenerationIfDue();
   int store_fd_ = -1;
   std::chrono::milliseconds period_{1000};
   std::thread epoch_thread_;

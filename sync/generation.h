@@ -1,7 +1,10 @@
 // Generations: the identifier of a copy's data history and its ancestors
-// (like DRBD's generation UUIDs). A node gets a new current generation when
-// it becomes primary, and when, as primary, it goes on writing after losing
-// a peer that knew its current one; the previous one moves into the history.
+// (like DRBD's generation UUIDs). A primary gets a new current generation
+// when it writes after becoming primary, or after losing a peer that knew
+// its current one, unless every peer follows it live at that moment (then
+// none can have diverged); the previous one moves into the history. A
+// primary that has not written since keeps its generation: a newer node
+// then sees it as stale, not as a split brain.
 // Comparing two nodes' generations tells who is newer, or that both wrote as
 // primary since their last common one (split brain).
 //
@@ -11,6 +14,7 @@
 // Thread-safety: a value type.
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <mutex>
 #include <string>
@@ -57,10 +61,10 @@ class GenerationKeeper {
                    std::function<meta::Status(const Generations&)> persist)
       : gens_(std::move(initial)), persist_(std::move(persist)) {}
 
-  // Called (without mu_ held) after PeerLost() started a new generation,
-  // so that the peers still connected learn it: they shared the old one,
-  // and one of them promoted later must count as this node's successor,
-  // not as a split brain. Set before any peer session starts.
+  // Called (without mu_ held) after BeforeChange() started a new
+  // generation, so that the peers still connected learn it: they shared
+  // the old one, and one of them promoted later must count as this node's
+  // successor, not as a split brain. Set before any peer session starts.
   void SetOnAdvance(std::function<void()> on_advance) {
     on_advance_ = std::move(on_advance);
   }
@@ -74,17 +78,39 @@ class GenerationKeeper {
     std::lock_guard<std::mutex> lock(mu_);
     shared_ = true;
   }
+  // This node just became primary: what it writes from now on may be a
+  // history of its own (a peer may have been promoted meanwhile).
+  void MarkDue() { due_.store(true, std::memory_order_release); }
   // A peer that knew the current generation was lost: what this primary
   // writes from now on is a new history (so that a peer promoted meanwhile
   // is recognised as a split brain, not as an ancestor).
-  meta::Status PeerLost() {
+  void PeerLost() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!shared_) return;
+    shared_ = false;
+    due_.store(true, std::memory_order_release);
+  }
+  // Whether the next change must first go through BeforeChange().
+  bool due() const { return due_.load(std::memory_order_acquire); }
+  // Before this primary applies a change: if a new generation is due, it
+  // starts it, durably, and tells on_advance, unless `all_live` (every
+  // peer follows the current generation live, so none can have diverged:
+  // nothing is due any more). On error nothing changed and it stays due.
+  meta::Status BeforeChange(bool all_live) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (!shared_) return meta::Status::Ok();
-      shared_ = false;
-      gens_.Advance();
-      auto s = persist_(gens_);
+      if (!due_.load(std::memory_order_relaxed)) return meta::Status::Ok();
+      if (all_live) {
+        due_.store(false, std::memory_order_release);
+        return meta::Status::Ok();
+      }
+      Generations next = gens_;
+      next.Advance();
+      auto s = persist_(next);
       if (!s.ok()) return s;
+      gens_ = std::move(next);
+      shared_ = false;
+      due_.store(false, std::memory_order_release);
     }
     if (on_advance_) on_advance_();
     return meta::Status::Ok();
@@ -96,6 +122,7 @@ class GenerationKeeper {
   bool shared_ = false;
   std::function<meta::Status(const Generations&)> persist_;
   std::function<void()> on_advance_;
+  std::atomic<bool> due_{false};
 };
 
 }  // namespace mirrorfs::sync

@@ -755,6 +755,12 @@ void PeerSession::Resync() {
   Rejoin();
 }
 
+bool PeerSession::FollowsLive() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return up_ && !fractured_ && !resync_requested_ &&
+         (state_ == PeerState::kConnected || state_ == PeerState::kSyncing);
+}
+
 void PeerSession::FollowNewGeneration() {
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -1394,8 +1400,7 @@ void PeerSession::TearDown(PeerState next, const std::string& reason) {
   // A restart asked for (a resync, a new generation) loses nothing: the
   // peer flushed first and follows the history at its next hello.
   if (was_up && !stopping_ && reason != kResyncRequested) {
-    auto s = generations_->PeerLost();
-    if (!s.ok()) meta::LogError("recording a new generation: " + s.message());
+    generations_->PeerLost();  // the next write starts a new generation
   }
   // Guarantees 2 and 3: everything the peer may not have on disk — queued,
   // unanswered, or applied since its last completed flush — is logged, in

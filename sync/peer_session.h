@@ -210,6 +210,9 @@ class PeerSession {
   // this peer is connected: the session restarts as for Resync(), and its
   // hello hands the peer the new generation. Nothing if it is not up.
   void FollowNewGeneration();
+  // Mirrored live in the primary's current generation: connected (or
+  // resyncing) since a hello that carried it.
+  bool FollowsLive() const;
   // After a split brain, the operator kept this node's data (`resolve
   // --keep-local`): the next hello asks the peer to discard its changes
   // (saved to its recovery folder) and take a full sync.

@@ -537,6 +537,14 @@ void ReplicaServer::HandleHello(const std::string& routing_id,
       reply.reason = "this node (" + identity_.name +
                      ") is a primary with OLDER data than " + hello.node_name +
                      "; demote it (mirrorfs demote STORE)";
+    } else if (relation == GenerationRelation::kPeerOlder) {
+      // Fencing: a primary that has not written since this node took over.
+      reply.flags |= kHelloStale;
+      reply.reason =
+          "stale primary: " + hello.node_name + " has not written since " +
+          identity_.name + " became primary with newer data; demote " +
+          hello.node_name + " (mirrorfs demote STORE) and it resyncs from " +
+          identity_.name;
     } else {
       reply.reason = "this node (" + identity_.name + ") is a primary too";
     }

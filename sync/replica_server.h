@@ -168,6 +168,12 @@ class ReplicaServer {
   void Start();
   // What this node wrote as a former primary that a newer primary may lack
   // (sent in every accepted hello until a resync settles it).
+  // On a primary: its generations changed (it started a new one); hellos
+  // from other nodes are compared with these from now on.
+  void SetGenerations(const Generations& generations) {
+    std::lock_guard<std::mutex> lock(mu_);
+    identity_.generations = generations;
+  }
   void SetDivergent(std::vector<DivergentExtent> divergent,
                     bool namespace_diverged);
   // `resolve --discard-local`: the next diverged primary wins.

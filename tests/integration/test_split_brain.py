@@ -277,3 +277,51 @@ def test_a_failover_after_the_primary_lost_another_peer_is_no_split_brain(cluste
     assert status_json(b.store)["split_brain"] is False
     assert status_json(a.store)["split_brain"] is False
     assert sha256_file(a.store / "disk.img") == sha256_file(b.store / "disk.img")
+
+
+def test_an_old_primary_mounted_again_is_stale_until_it_writes(cluster):
+    """a (primary) dies; b is promoted and writes; a is mounted again as
+    primary (a boot script, say). Until a writes, nothing split: b fences a
+    as stale and says how to bring it back. Once a writes, both did: a
+    split brain."""
+    b = cluster.serve("b")
+    a = cluster.mount("a", peers=[b], listen=True)
+    wait_peer_state(a.store, "b", "connected")
+    write_at(a.mountpoint / "disk.img", os.urandom(1 * MiB), 0)
+    wait_flushed(a.store)
+    a_mnt, a_endpoint = a.mountpoint, a.endpoint
+    a.signal(9)
+    a.wait_exit()
+    os.system(f"fusermount3 -uz {a_mnt} 2>/dev/null")
+    b_mnt = cluster.dir("b.mnt")
+    checked("promote", b.store, "--mount", b_mnt, timeout=60)
+    b.wait_exit()
+    b = adopt(cluster, "b", "promote", b.store, b_mnt, b.endpoint)
+    write_at(b_mnt / "disk.img", b"B" * (64 * KiB), 0)
+
+    a = cluster.mount("a", store=a.store, mountpoint=a_mnt, listen=a_endpoint,
+                      peers=[("b", b.endpoint)])
+    peer = wait_until_peer_reason(a.store, "b", "stale primary")
+    assert peer["state"] != "split-brain", peer
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        assert split_brain_with(a.store) is None and split_brain_with(b.store) is None
+        time.sleep(0.2)
+
+    write_at(a_mnt / "a-only.txt", b"written by the stale primary\n", 0)
+    wait_peer_state(a.store, "b", "split-brain")
+    wait_until(lambda: split_brain_with(b.store) == "a", READY_SECONDS,
+               "b's status split_brain.with == a")
+
+
+def wait_until_peer_reason(store, name, text):
+    seen = {}
+
+    def check():
+        seen["peer"] = peer_status(store, name) or {}
+        return text in (seen["peer"].get("reason") or "")
+    try:
+        wait_until(check, READY_SECONDS, f"peer {name} of {store} to say {text!r}")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last seen: {seen.get('peer')}") from None
+    return seen["peer"]

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <vector>
 
 namespace mirrorfs::sync {
@@ -53,54 +54,91 @@ TEST(GenerationsTest, CompareTellsOlderNewerSameAndDiverged) {
   EXPECT_EQ(a.Compare(meta::Uuid(), {}), GenerationRelation::kUnknown);
 }
 
-TEST(GenerationKeeperTest,
-     APeerLostAfterSharingStartsOneNewGenerationAndSaysSo) {
-  Generations start;
-  start.Advance();
-  std::vector<Generations> persisted;
-  GenerationKeeper keeper(start, [&](const Generations& g) {
-    persisted.push_back(g);
-    return meta::Status::Ok();
-  });
-  int advanced = 0;
-  keeper.SetOnAdvance([&] {
-    ++advanced;
-    // Called without the keeper's lock: it may read it.
-    EXPECT_EQ(keeper.Get().current, persisted.back().current);
-  });
+class GenerationKeeperTest : public ::testing::Test {
+ protected:
+  GenerationKeeperTest() {
+    start_.Advance();
+    keeper_ = std::make_unique<GenerationKeeper>(
+        start_, [this](const Generations& g) {
+          if (fail_) return meta::Status::Error(EIO, "disk gone");
+          persisted_.push_back(g);
+          return meta::Status::Ok();
+        });
+    keeper_->SetOnAdvance([this] {
+      ++advanced_;
+      // Called without the keeper's lock: it may read it.
+      EXPECT_EQ(keeper_->Get().current, persisted_.back().current);
+    });
+  }
 
-  // No peer shared the generation: losing one changes nothing.
-  ASSERT_TRUE(keeper.PeerLost().ok());
-  EXPECT_EQ(keeper.Get().current, start.current);
-  EXPECT_EQ(advanced, 0);
+  Generations start_;
+  std::unique_ptr<GenerationKeeper> keeper_;
+  std::vector<Generations> persisted_;
+  bool fail_ = false;
+  int advanced_ = 0;
+};
 
-  keeper.MarkShared();
-  ASSERT_TRUE(keeper.PeerLost().ok());
-  Generations now = keeper.Get();
-  EXPECT_NE(now.current, start.current);
-  EXPECT_EQ(now.history.front(), start.current);
-  ASSERT_EQ(persisted.size(), 1u);
-  EXPECT_EQ(persisted[0].current, now.current);
-  EXPECT_EQ(advanced, 1);
-
-  // A second loss before any peer shared the new one: no further change.
-  ASSERT_TRUE(keeper.PeerLost().ok());
-  EXPECT_EQ(keeper.Get().current, now.current);
-  EXPECT_EQ(advanced, 1);
+TEST_F(GenerationKeeperTest, NothingIsDueUntilPromotedOrASharingPeerIsLost) {
+  EXPECT_FALSE(keeper_->due());
+  ASSERT_TRUE(keeper_->BeforeChange(/*all_live=*/false).ok());
+  keeper_->PeerLost();  // no peer shared it yet
+  EXPECT_FALSE(keeper_->due());
+  ASSERT_TRUE(keeper_->BeforeChange(false).ok());
+  EXPECT_EQ(keeper_->Get().current, start_.current);
+  EXPECT_TRUE(persisted_.empty());
+  EXPECT_EQ(advanced_, 0);
 }
 
-TEST(GenerationKeeperTest, AFailedPersistIsReportedAndNotAnnounced) {
-  Generations start;
-  start.Advance();
-  GenerationKeeper keeper(start, [](const Generations&) {
-    return meta::Status::Error(EIO, "disk gone");
-  });
-  int advanced = 0;
-  keeper.SetOnAdvance([&] { ++advanced; });
-  keeper.MarkShared();
-  meta::Status s = keeper.PeerLost();
+TEST_F(GenerationKeeperTest, TheFirstChangeAfterPromotionStartsOneGeneration) {
+  keeper_->MarkDue();
+  EXPECT_TRUE(keeper_->due());
+  EXPECT_EQ(keeper_->Get().current, start_.current);  // not before a write
+  ASSERT_TRUE(keeper_->BeforeChange(/*all_live=*/false).ok());
+  Generations now = keeper_->Get();
+  EXPECT_NE(now.current, start_.current);
+  EXPECT_EQ(now.history.front(), start_.current);
+  ASSERT_EQ(persisted_.size(), 1u);
+  EXPECT_EQ(persisted_[0].current, now.current);
+  EXPECT_EQ(advanced_, 1);
+  EXPECT_FALSE(keeper_->due());
+  ASSERT_TRUE(keeper_->BeforeChange(false).ok());  // later changes: nothing
+  EXPECT_EQ(keeper_->Get().current, now.current);
+  EXPECT_EQ(advanced_, 1);
+}
+
+TEST_F(GenerationKeeperTest, NoNewGenerationWhileEveryPeerFollowsLive) {
+  keeper_->MarkDue();
+  ASSERT_TRUE(keeper_->BeforeChange(/*all_live=*/true).ok());
+  EXPECT_EQ(keeper_->Get().current, start_.current);
+  EXPECT_FALSE(keeper_->due());
+  EXPECT_EQ(advanced_, 0);
+}
+
+TEST_F(GenerationKeeperTest, ASharingPeerLostMakesTheNextChangeStartOne) {
+  keeper_->MarkShared();
+  keeper_->PeerLost();
+  EXPECT_TRUE(keeper_->due());
+  keeper_->PeerLost();  // a second loss before any write: still one
+  ASSERT_TRUE(keeper_->BeforeChange(false).ok());
+  EXPECT_NE(keeper_->Get().current, start_.current);
+  EXPECT_EQ(advanced_, 1);
+  // The new generation is shared by no peer yet: losing one starts none.
+  keeper_->PeerLost();
+  EXPECT_FALSE(keeper_->due());
+}
+
+TEST_F(GenerationKeeperTest, AFailedPersistChangesNothingAndStaysDue) {
+  keeper_->MarkDue();
+  fail_ = true;
+  meta::Status s = keeper_->BeforeChange(false);
   EXPECT_FALSE(s.ok());
-  EXPECT_EQ(advanced, 0);
+  EXPECT_EQ(keeper_->Get().current, start_.current);
+  EXPECT_TRUE(keeper_->due());
+  EXPECT_EQ(advanced_, 0);
+  fail_ = false;
+  ASSERT_TRUE(keeper_->BeforeChange(false).ok());
+  EXPECT_NE(keeper_->Get().current, start_.current);
+  EXPECT_EQ(advanced_, 1);
 }
 
 }  // namespace
