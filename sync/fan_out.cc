@@ -158,8 +158,11 @@ void FanOut::RunLogSyncs() {
 
 std::shared_ptr<meta::Completion> FanOut::Submit(const meta::Change& change) {
   // Changes that had no Prepare() (namespace and attribute changes) start
-  // a due generation here; an error leaves it due for the next one.
-  if (auto s = StartGenerationIfDue(); !s.ok()) meta::LogError(s.message());
+  // a due generation here; an error leaves it due for the next one. An
+  // fsync writes nothing.
+  if (change.kind != meta::ChangeKind::kFsync) {
+    if (auto s = StartGenerationIfDue(); !s.ok()) meta::LogError(s.message());
+  }
   const bool sync = mode_ == MirrorMode::kSync;
   auto completion = SubmitAll(change, /*waited=*/sync, /*attended=*/sync);
   return sync ? completion : nullptr;

@@ -83,7 +83,7 @@ class GenerationKeeper {
   void MarkDue() { due_.store(true, std::memory_order_release); }
   // A peer that knew the current generation was lost: what this primary
   // writes from now on is a new history (so that a peer promoted meanwhile
-  // is recognised as a split brain, not as an ancestor).
+  // is recognised as a split brain, not as an ancestor): one is due.
   void PeerLost() {
     std::lock_guard<std::mutex> lock(mu_);
     if (!shared_) return;

@@ -206,9 +206,10 @@ class PeerSession {
   // that the restart does not log (and resend) its writes since its last
   // store flush. Returns at once.
   void Resync();
-  // This primary started a new generation (another peer was lost) while
-  // this peer is connected: the session restarts as for Resync(), and its
-  // hello hands the peer the new generation. Nothing if it is not up.
+  // This primary started a new generation (its first change since it
+  // became primary or lost another peer) while this peer is connected: the
+  // session restarts as for Resync(), and its hello hands the peer the new
+  // generation. Nothing if it is not up.
   void FollowNewGeneration();
   // Mirrored live in the primary's current generation: connected (or
   // resyncing) since a hello that carried it.
