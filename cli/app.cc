@@ -668,7 +668,7 @@ int Main(int argc, char** argv) {
                       "last mounted as primary)");
   promote->add_flag("--force", flag,
                     "Promote even an inconsistent copy, or while a primary "
-                    "is connected");
+                    "is connected or in split brain with this node");
 
   std::string demote_listen;
   auto* demote = app.add_subcommand(

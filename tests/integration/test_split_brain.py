@@ -10,10 +10,11 @@ is a full sync: identical stores with b's data, a's version kept aside.
 """
 
 import os
+import subprocess
 import time
 
 from conftest import (
-    adopt,
+    adopt, kill9,
     READY_SECONDS, assert_same_manifest, assert_sync_wait, manifest_diff,
     mirrorfs, peer_status, sha256_file, status_json,
     store_manifest, wait_flushed, wait_peer_state, wait_until)
@@ -239,6 +240,20 @@ def test_keep_local_on_the_survivor_makes_the_loser_discard(cluster):
             assert f.read() == data, f"the recovery folder's {rel} is not a's version"
 
 
+def kill_primary_and_promote(cluster, a, b):
+    """kill -9 of the primary a; its secondary b is promoted (waiting out
+    the peer timeout) and writes 64 KiB at the start of disk.img. Returns
+    b's new Node and its mountpoint."""
+    kill9(a)
+    subprocess.run(["fusermount3", "-uz", str(a.mountpoint)], capture_output=True, timeout=20)
+    b_mnt = cluster.dir("b.mnt")
+    checked("promote", b.store, "--mount", b_mnt, timeout=60)
+    b.wait_exit()
+    b = adopt(cluster, "b", "promote", b.store, b_mnt, b.endpoint)
+    write_at(b_mnt / "disk.img", b"B" * (64 * KiB), 0)
+    return b, b_mnt
+
+
 def test_a_failover_after_the_primary_lost_another_peer_is_no_split_brain(cluster):
     """a mirrors to b and c; c dies, so a starts a new generation and goes
     on writing, mirrored to b. a dies; b takes over and writes; a comes back
@@ -253,22 +268,14 @@ def test_a_failover_after_the_primary_lost_another_peer_is_no_split_brain(cluste
     write_at(a.mountpoint / "disk.img", os.urandom(1 * MiB), 0)
     wait_flushed(a.store)
 
-    c.signal(9)
-    c.wait_exit()
+    kill9(c)
     wait_peer_state(a.store, "c", ("disconnected", "connecting"), timeout=30)
     write_at(a.mountpoint / "disk.img", b"after c" * 1000, 64 * KiB)
     wait_until(lambda: status_json(b.store)["generation"] == status_json(a.store)["generation"],
                READY_SECONDS, "b to follow a's new generation")
     assert (b.store / "disk.img").read_bytes() == (a.store / "disk.img").read_bytes()
 
-    a.signal(9)
-    a.wait_exit()
-    os.system(f"fusermount3 -uz {a.mountpoint} 2>/dev/null")
-    b_mnt = cluster.dir("b.mnt")
-    checked("promote", b.store, "--mount", b_mnt, timeout=60)
-    b.wait_exit()
-    b = adopt(cluster, "b", "promote", b.store, b_mnt, b.endpoint)
-    write_at(b_mnt / "disk.img", b"B" * (64 * KiB), 0)
+    b, b_mnt = kill_primary_and_promote(cluster, a, b)
 
     a = cluster.serve("a", store=a.store, listen=a.endpoint)
     assert_sync_wait(b.store, peer="a", timeout=60)
@@ -290,14 +297,7 @@ def test_an_old_primary_mounted_again_is_stale_until_it_writes(cluster):
     write_at(a.mountpoint / "disk.img", os.urandom(1 * MiB), 0)
     wait_flushed(a.store)
     a_mnt, a_endpoint = a.mountpoint, a.endpoint
-    a.signal(9)
-    a.wait_exit()
-    os.system(f"fusermount3 -uz {a_mnt} 2>/dev/null")
-    b_mnt = cluster.dir("b.mnt")
-    checked("promote", b.store, "--mount", b_mnt, timeout=60)
-    b.wait_exit()
-    b = adopt(cluster, "b", "promote", b.store, b_mnt, b.endpoint)
-    write_at(b_mnt / "disk.img", b"B" * (64 * KiB), 0)
+    b, b_mnt = kill_primary_and_promote(cluster, a, b)
 
     a = cluster.mount("a", store=a.store, mountpoint=a_mnt, listen=a_endpoint,
                       peers=[("b", b.endpoint)])
