@@ -325,3 +325,25 @@ def wait_until_peer_reason(store, name, text):
     except AssertionError as e:
         raise AssertionError(f"{e}; last seen: {seen.get('peer')}") from None
     return seen["peer"]
+
+
+def test_the_first_write_after_a_promotion_has_its_generation_on_disk(cluster):
+    """b is promoted and writes once; kill -9 right after that write
+    returns. b's new generation was stored before the write went ahead:
+    started again, b still has it (a's is its ancestor), so b's writes
+    count as a history of their own in any later comparison with a."""
+    b = cluster.serve("b")
+    a = cluster.mount("a", peers=[b], listen=True)
+    wait_peer_state(a.store, "b", "connected")
+    write_at(a.mountpoint / "disk.img", os.urandom(1 * MiB), 0)
+    wait_flushed(a.store)
+    common = status_json(a.store)["generation"]
+    assert status_json(b.store)["generation"] == common
+
+    b, b_mnt = kill_primary_and_promote(cluster, a, b)  # b's first write
+    kill9(b)
+    subprocess.run(["fusermount3", "-uz", str(b_mnt)], capture_output=True, timeout=20)
+    b = cluster.mount("b", store=b.store, mountpoint=b_mnt, listen=b.endpoint)
+    doc = status_json(b.store)
+    assert doc["generation"] != common and common in doc["generation_history"], doc
+    assert (b.store / "disk.img").read_bytes()[:64 * KiB] == b"B" * (64 * KiB)
