@@ -262,10 +262,16 @@ meta::Status Node::StartPrimary() {
   MFS_RETURN_IF_ERROR(RecoverFromCrash());
   fan_out_ = std::make_unique<sync::FanOut>(
       options_.async ? sync::MirrorMode::kAsync : sync::MirrorMode::kSync);
-  generations_->SetOnAdvance([this] {
+  generations_->SetOnAdvance([this](const sync::Generations& started) {
+    meta::LogInfo("new generation " + started.current.ToString() +
+                  " (this node writes as primary after " +
+                  (started.history.empty()
+                       ? std::string("none")
+                       : started.history.front().ToString()) +
+                  ")");
     // The listener recognises stale primaries and split brains by it.
-    if (replica_) replica_->SetGenerations(generations_->Get());
-    fan_out_->FollowNewGeneration();
+    if (replica_) replica_->SetGenerations(started);
+    fan_out_->AnnounceGeneration(started);
   });
   fan_out_->SetGenerations(generations_.get());
   if (options_.intent_journal) {

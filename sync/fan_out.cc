@@ -226,9 +226,14 @@ std::shared_ptr<meta::Completion> FanOut::SubmitAll(const meta::Change& change,
   return taken == 0 ? nullptr : completion;
 }
 
-void FanOut::FollowNewGeneration() {
-  std::shared_lock<std::shared_mutex> lock(sessions_mu_);
-  for (auto& s : sessions_) s->FollowNewGeneration();
+void FanOut::AnnounceGeneration(const Generations& started) {
+  bool told = false;
+  {
+    std::shared_lock<std::shared_mutex> lock(sessions_mu_);
+    for (auto& s : sessions_) told = s->AnnounceGeneration(started) || told;
+  }
+  // A peer that learns it and is lost later makes the next one due.
+  if (told && generations_ != nullptr) generations_->MarkShared();
 }
 
 PeerSession* FanOut::Find(const std::string& name) const {

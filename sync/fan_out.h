@@ -70,9 +70,10 @@ class FanOut : public meta::Mirror {
   void SetGenerations(GenerationKeeper* generations) {
     generations_ = generations;
   }
-  // The primary started a new generation: every connected peer follows it
-  // (PeerSession::FollowNewGeneration).
-  void FollowNewGeneration();
+  // The primary started `started` (GenerationKeeper's on_advance): every
+  // connected peer is told, ahead of any later change
+  // (PeerSession::AnnounceGeneration).
+  void AnnounceGeneration(const Generations& started);
 
   std::shared_ptr<meta::Completion> Submit(const meta::Change& change) override;
   // Waits for a Completion that Submit returned, receiving the peers'

@@ -61,11 +61,14 @@ class GenerationKeeper {
                    std::function<meta::Status(const Generations&)> persist)
       : gens_(std::move(initial)), persist_(std::move(persist)) {}
 
-  // Called (without mu_ held) after BeforeChange() started a new
-  // generation, so that the peers still connected learn it: they shared
-  // the old one, and one of them promoted later must count as this node's
-  // successor, not as a split brain. Set before any peer session starts.
-  void SetOnAdvance(std::function<void()> on_advance) {
+  // Called after BeforeChange() started a new generation, with it, so that
+  // the peers still connected learn it: they shared the old one, and one of
+  // them promoted later must count as this node's successor, not as a split
+  // brain. Until it returns, every other change waits in BeforeChange(): it
+  // must queue what tells the peers before any later change reaches them.
+  // Called without mu_ held (it may call MarkShared()). Set before any peer
+  // session starts.
+  void SetOnAdvance(std::function<void(const Generations&)> on_advance) {
     on_advance_ = std::move(on_advance);
   }
 
@@ -90,13 +93,20 @@ class GenerationKeeper {
     shared_ = false;
     due_.store(true, std::memory_order_release);
   }
-  // Whether the next change must first go through BeforeChange().
-  bool due() const { return due_.load(std::memory_order_acquire); }
+  // Whether the next change must first go through BeforeChange(): one is
+  // due, or being started (its on_advance has not returned yet).
+  bool due() const {
+    return due_.load(std::memory_order_acquire) ||
+           advancing_.load(std::memory_order_acquire);
+  }
   // Before this primary applies a change: if a new generation is due, it
-  // starts it, durably, and tells on_advance, unless `all_live` (every
+  // starts it, durably, and calls on_advance, unless `all_live` (every
   // peer follows the current generation live, so none can have diverged:
-  // nothing is due any more). On error nothing changed and it stays due.
+  // nothing is due any more). Returns once no generation is being started.
+  // On error nothing changed and it stays due.
   meta::Status BeforeChange(bool all_live) {
+    std::lock_guard<std::mutex> advancing(advance_mu_);
+    Generations started;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (!due_.load(std::memory_order_relaxed)) return meta::Status::Ok();
@@ -108,11 +118,16 @@ class GenerationKeeper {
       next.Advance();
       auto s = persist_(next);
       if (!s.ok()) return s;
-      gens_ = std::move(next);
+      gens_ = next;
+      started = std::move(next);
       shared_ = false;
+      // advancing_ first: due() stays true throughout (a change that finds
+      // due_ cleared also finds advancing_ set, and waits above).
+      advancing_.store(true, std::memory_order_release);
       due_.store(false, std::memory_order_release);
     }
-    if (on_advance_) on_advance_();
+    if (on_advance_) on_advance_(started);
+    advancing_.store(false, std::memory_order_release);
     return meta::Status::Ok();
   }
 
@@ -121,8 +136,12 @@ class GenerationKeeper {
   Generations gens_;
   bool shared_ = false;
   std::function<meta::Status(const Generations&)> persist_;
-  std::function<void()> on_advance_;
+  std::function<void(const Generations&)> on_advance_;
+  // Held while a generation is started and announced: later changes wait.
+  // Taken before mu_.
+  std::mutex advance_mu_;
   std::atomic<bool> due_{false};
+  std::atomic<bool> advancing_{false};
 };
 
 }  // namespace mirrorfs::sync

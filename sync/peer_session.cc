@@ -119,7 +119,7 @@ namespace {
 // How long a stopping primary's socket may hold its goodbye for the peer.
 constexpr std::chrono::milliseconds kGoodbyeLinger{500};
 
-// Why a session restarts on purpose (Resync(), FollowNewGeneration()).
+// Why a session restarts on purpose (Resync()).
 constexpr char kResyncRequested[] = "resync requested";
 
 // A socket monitor on a connecting socket that reports what ZeroMQ retries
@@ -761,16 +761,14 @@ bool PeerSession::FollowsLive() const {
          (state_ == PeerState::kConnected || state_ == PeerState::kSyncing);
 }
 
-void PeerSession::FollowNewGeneration() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!up_ || fractured_ || stopping_) return;
-    resync_requested_ = true;
-  }
-  meta::LogInfo("peer " + name_ +
-                ": this primary started a new generation; reconnecting so "
-                "that the peer follows it");
-  Wake();
+bool PeerSession::AnnounceGeneration(const Generations& started) {
+  GenerationUpdate update{started.current, started.history};
+  // Nobody waits for the answer: the peer applies frames in order, and one
+  // that cannot store it ends the session (its answer fails), so that what
+  // follows is logged for it.
+  return Push([&](const FrameHeader& h,
+                  std::string* out) { EncodeGeneration(h, update, out); },
+              std::make_shared<meta::Completion>(1), nullptr, nullptr);
 }
 
 void PeerSession::DiscardPeerChanges() {
@@ -1127,6 +1125,12 @@ bool PeerSession::Connect() {
         state_ = PeerState::kSyncing;
         reason_ = "reconciling";
       }
+      // A generation started since the hello was sent found this session
+      // not up yet (AnnounceGeneration): the peer learns it now, ahead of
+      // any change. Later ones find it up.
+      if (Generations now = generations_->Get(); now.current != gens.current) {
+        (void)AnnounceGeneration(now);
+      }
       if (fresh && !log_->full_sync()) {
         // A store that just met its first primary: compare everything.
         auto s = log_->SetFullSync(true);
@@ -1397,8 +1401,8 @@ void PeerSession::TearDown(PeerState next, const std::string& reason) {
   // The resync stops first, so that releasing its completions below does
   // not let it mark anything as done.
   if (worker) worker->Cancel();
-  // A restart asked for (a resync, a new generation) loses nothing: the
-  // peer flushed first and follows the history at its next hello.
+  // A restart asked for (a resync) loses nothing: the peer flushed first
+  // and follows the history at its next hello.
   if (was_up && !stopping_ && reason != kResyncRequested) {
     generations_->PeerLost();  // the next write starts a new generation
   }

@@ -207,10 +207,11 @@ class PeerSession {
   // store flush. Returns at once.
   void Resync();
   // This primary started a new generation (its first change since it
-  // became primary or lost another peer) while this peer is connected: the
-  // session restarts as for Resync(), and its hello hands the peer the new
-  // generation. Nothing if it is not up.
-  void FollowNewGeneration();
+  // became primary or lost another peer): a peer with a session up is told
+  // in it (wire frame `generation`), ahead of any change queued later, and
+  // stores it before applying them. Returns false if no session is up (the
+  // next hello carries it).
+  bool AnnounceGeneration(const Generations& started);
   // Mirrored live in the primary's current generation: connected (or
   // resyncing) since a hello that carried it.
   bool FollowsLive() const;

@@ -879,6 +879,58 @@ void ReplicaServer::Handle(const std::string& routing_id,
     numbered();
     EncodeListing(rh, reply, &scratch_);
     Reply(routing_id, scratch_);
+  } else if (auto* update = std::get_if<GenerationUpdate>(&decoded->body)) {
+    // Stored before any later frame of the session is applied: the writes
+    // that follow belong to the new history (kill -9 after one of them and
+    // this copy still counts as the primary's successor, not a split
+    // brain).
+    Ack ack;
+    ack.seq = h.seq;
+    Generations gens;
+    std::string primary;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      gens = identity_.generations;
+      primary = primary_name_;
+    }
+    GenerationRelation relation =
+        gens.Compare(update->current, update->history);
+    meta::Status s;
+    if (relation == GenerationRelation::kPeerNewer ||
+        relation == GenerationRelation::kUnknown) {
+      Generations adopted = gens;
+      adopted.Adopt(update->current, update->history);
+      s = host_->SetGenerations(adopted).Context(
+          "cannot record the generation");
+      if (s.ok()) {
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          identity_.generations = adopted;
+        }
+        meta::LogInfo("following primary " + primary +
+                      " into its new generation " + update->current.ToString());
+      }
+    } else if (relation != GenerationRelation::kSame) {
+      s = meta::Status::Error(
+          EPROTO, "the primary's new generation " + update->current.ToString() +
+                      " does not follow this "
+                      "copy's " +
+                      gens.current.ToString() + " (" +
+                      GenerationRelationName(relation) + ")");
+    }
+    if (!s.ok()) {
+      // Nothing more of this session is applied: the primary logs what
+      // follows and its next hello carries the generation.
+      ack.err = s.err() > 0 ? s.err() : EIO;
+      ack.message = s.message();
+      meta::LogError("primary " + primary + ": " + s.message() +
+                     "; session ended");
+      std::lock_guard<std::mutex> lock(mu_);
+      session_ = 0;
+    }
+    numbered();
+    EncodeAck(rh, ack, &scratch_);
+    Reply(routing_id, scratch_);
   } else if (auto* ping = std::get_if<Ping>(&decoded->body)) {
     numbered();
     EncodePong(rh, Pong{ping->nonce}, &scratch_);

@@ -478,6 +478,13 @@ Status DecodeError(std::string_view payload, ErrorFrame* m) {
   return r.End();
 }
 
+Status DecodeGenerationUpdate(std::string_view payload, GenerationUpdate* m) {
+  PayloadReader r(payload);
+  MFS_RETURN_IF_ERROR(r.Generation(&m->current, &m->history));
+  if (m->current.IsZero()) return Proto("generation is zero");
+  return r.End();
+}
+
 Status DecodeGoodbye(std::string_view payload, Goodbye* m) {
   PayloadReader r(payload);
   MFS_RETURN_IF_ERROR(r.String("reason", kMaxWireString, &m->reason));
@@ -792,6 +799,8 @@ std::string_view FrameTypeName(FrameType type) {
       return "list";
     case FrameType::kListing:
       return "listing";
+    case FrameType::kGeneration:
+      return "generation";
   }
   return "unknown";
 }
@@ -914,6 +923,15 @@ void EncodeGoodbye(const FrameHeader& header, const Goodbye& m,
   BeginFrame(header, FrameType::kGoodbye, StringBytes(m.reason) + 8, out);
   PutString(out, m.reason);
   PutU64(out, m.durable_through);
+  FinishFrame(out);
+}
+
+void EncodeGeneration(const FrameHeader& header, const GenerationUpdate& m,
+                      std::string* out) {
+  BeginFrame(header, FrameType::kGeneration,
+             16 + 1 + 16 * std::min(m.history.size(), kMaxGenerationHistory),
+             out);
+  PutGeneration(out, m.current, m.history);
   FinishFrame(out);
 }
 
@@ -1166,6 +1184,9 @@ meta::Result<DecodedFrame> DecodeFrame(std::string_view bytes,
       break;
     case FrameType::kListing:
       s = DecodeListing(payload, &f.body.emplace<Listing>());
+      break;
+    case FrameType::kGeneration:
+      s = DecodeGenerationUpdate(payload, &f.body.emplace<GenerationUpdate>());
       break;
     default:
       return Proto("unknown frame type " +

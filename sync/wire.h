@@ -38,7 +38,7 @@ namespace mirrorfs::sync {
 // "MFSW" as little-endian bytes 'M','F','S','W'.
 inline constexpr uint32_t kWireMagic = 0x5753464du;
 // The only version this build speaks; see "Versioning" in WIRE_FORMAT.md.
-inline constexpr uint16_t kWireVersion = 6;
+inline constexpr uint16_t kWireVersion = 7;
 inline constexpr size_t kFrameHeaderSize = 48;
 
 // Limits enforced by the decoder (and to be respected by senders).
@@ -55,20 +55,21 @@ inline constexpr size_t kMaxPayloadBytes = kMaxWriteBytes + 64 * 1024;
 
 // Frame type codes are fixed on the wire: append only.
 enum class FrameType : uint16_t {
-  kHello = 1,       // primary -> secondary, opens a session
-  kHelloReply = 2,  // secondary -> primary, accepts or refuses it
-  kChange = 3,      // primary -> secondary, one meta::Change
-  kAck = 4,         // secondary -> primary, a change was applied (or failed)
-  kPing = 5,        // heartbeat request, either direction
-  kPong = 6,        // heartbeat answer, echoes the nonce
-  kError = 7,       // the receiver refused a frame (e.g. wrong store)
-  kManifest = 8,    // primary -> secondary, the namespace to reconcile to
-  kResyncMark = 9,  // primary -> secondary, a resync begins or ends
-  kBlockSums = 10,  // primary -> secondary, checksums of blocks to compare
-  kBlockDiff = 11,  // secondary -> primary, which of them differ
-  kGoodbye = 12,    // primary -> secondary, it ends the session on purpose
-  kList = 13,       // primary -> secondary, asks for part of its namespace
-  kListing = 14,    // secondary -> primary, that part
+  kHello = 1,        // primary -> secondary, opens a session
+  kHelloReply = 2,   // secondary -> primary, accepts or refuses it
+  kChange = 3,       // primary -> secondary, one meta::Change
+  kAck = 4,          // secondary -> primary, a change was applied (or failed)
+  kPing = 5,         // heartbeat request, either direction
+  kPong = 6,         // heartbeat answer, echoes the nonce
+  kError = 7,        // the receiver refused a frame (e.g. wrong store)
+  kManifest = 8,     // primary -> secondary, the namespace to reconcile to
+  kResyncMark = 9,   // primary -> secondary, a resync begins or ends
+  kBlockSums = 10,   // primary -> secondary, checksums of blocks to compare
+  kBlockDiff = 11,   // secondary -> primary, which of them differ
+  kGoodbye = 12,     // primary -> secondary, it ends the session on purpose
+  kList = 13,        // primary -> secondary, asks for part of its namespace
+  kListing = 14,     // secondary -> primary, that part
+  kGeneration = 15,  // primary -> secondary, it started a new generation
 };
 
 // Returns "hello", "hello-reply", "change", ... or "unknown" for logs.
@@ -202,6 +203,15 @@ struct Goodbye {
   }
 };
 
+// Within a session: the primary started a new generation (it lost another
+// peer, or became primary, and then wrote). The secondary stores it before
+// it applies any later frame of the session, so that what it holds of the
+// new history is never filed under the old one.
+struct GenerationUpdate {
+  meta::Uuid current;               // not zero
+  std::vector<meta::Uuid> history;  // newest first, <= kMaxGenerationHistory
+};
+
 // Part of the primary's namespace; the secondary reconciles to the union
 // of the parts once it has the last one (a large store spans several).
 struct Manifest {
@@ -288,6 +298,8 @@ void EncodePing(const FrameHeader& header, const Ping& ping, std::string* out);
 void EncodePong(const FrameHeader& header, const Pong& pong, std::string* out);
 void EncodeGoodbye(const FrameHeader& header, const Goodbye& goodbye,
                    std::string* out);
+void EncodeGeneration(const FrameHeader& header, const GenerationUpdate& update,
+                      std::string* out);
 void EncodeError(const FrameHeader& header, const ErrorFrame& error,
                  std::string* out);
 void EncodeManifest(const FrameHeader& header, const Manifest& manifest,
@@ -327,7 +339,7 @@ struct DecodedFrame {
   // the use of the Change.
   std::variant<Hello, HelloReply, meta::Change, Ack, Ping, Pong, ErrorFrame,
                Manifest, ResyncMark, BlockSums, BlockDiff, Goodbye, ListRequest,
-               Listing>
+               Listing, GenerationUpdate>
       body;
 };
 

@@ -6,7 +6,7 @@ primary keeps mirroring afterwards.
 
 Frames follow sync/WIRE_FORMAT.md: one ZeroMQ message is one frame, a 48-byte
 little-endian header
-    magic u32 'MFSW' | version u16 = 5 | type u16 | store_uuid 16 bytes |
+    magic u32 'MFSW' | version u16 = 7 | type u16 | store_uuid 16 bytes |
     session u64 | seq u64 | payload_len u32 | crc32c u32
 then the payload; the CRC-32C covers the header with the crc field zero, then
 the payload. Only a write change has a second message part (its data)."""
@@ -24,7 +24,7 @@ from conftest import (POLL_SECONDS, assert_same_manifest, status_json, store_man
                       wait_in_sync, wait_until)
 
 MAGIC = 0x5753464D  # b"MFSW" little-endian
-VERSION = 6
+VERSION = 7
 HEADER = struct.Struct("<IHH16sQQII")
 assert HEADER.size == 48
 T_HELLO, T_HELLO_REPLY, T_CHANGE, T_ACK, T_PING, T_PONG, T_ERROR = range(1, 8)

@@ -255,11 +255,12 @@ def kill_primary_and_promote(cluster, a, b):
 
 
 def test_a_failover_after_the_primary_lost_another_peer_is_no_split_brain(cluster):
-    """a mirrors to b and c; c dies, so a starts a new generation and goes
-    on writing, mirrored to b. a dies; b takes over and writes; a comes back
-    as a secondary. a wrote nothing b lacks: b must resync a, not call it a
-    split brain (b has to have followed a's new generation while it was
-    connected)."""
+    """a mirrors to b and c; c dies, so a starts a new generation with its
+    next write, mirrored to b. a dies right after that write returns; b
+    takes over and writes; a comes back as a secondary. a wrote nothing b
+    lacks: b must resync a, not call it a split brain. So b must hold a's
+    new generation as soon as it holds a write made in it: a tells b in
+    the session, ahead of that write (no reconnection to wait for)."""
     b = cluster.serve("b")
     c = cluster.serve("c")
     a = cluster.mount("a", peers=[b, c], listen=True)
@@ -270,10 +271,19 @@ def test_a_failover_after_the_primary_lost_another_peer_is_no_split_brain(cluste
 
     kill9(c)
     wait_peer_state(a.store, "c", ("disconnected", "connecting"), timeout=30)
-    write_at(a.mountpoint / "disk.img", b"after c" * 1000, 64 * KiB)
-    wait_until(lambda: status_json(b.store)["generation"] == status_json(a.store)["generation"],
-               READY_SECONDS, "b to follow a's new generation")
+    before = status_json(a.store)["generation"]
+    # A plain write (no fsync, which could outlast a reconnection): in sync
+    # mode it returns once b applied it. a dies right then.
+    fd = os.open(a.mountpoint / "disk.img", os.O_WRONLY)
+    os.pwrite(fd, b"after c" * 1000, 64 * KiB)
+    kill9(a)
+    try:
+        os.close(fd)
+    except OSError:
+        pass  # the mount's daemon is gone
     assert (b.store / "disk.img").read_bytes() == (a.store / "disk.img").read_bytes()
+    started = status_json(b.store)["generation"]
+    assert started != before and before in status_json(b.store)["generation_history"]
 
     b, b_mnt = kill_primary_and_promote(cluster, a, b)
 

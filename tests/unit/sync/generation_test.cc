@@ -2,7 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <functional>
 #include <memory>
+#include <thread>
 #include <vector>
 
 namespace mirrorfs::sync {
@@ -64,10 +67,14 @@ class GenerationKeeperTest : public ::testing::Test {
           persisted_.push_back(g);
           return meta::Status::Ok();
         });
-    keeper_->SetOnAdvance([this] {
+    keeper_->SetOnAdvance([this](const Generations& started) {
       ++advanced_;
       // Called without the keeper's lock: it may read it.
       EXPECT_EQ(keeper_->Get().current, persisted_.back().current);
+      EXPECT_EQ(started.current, persisted_.back().current);
+      // Until the peers are told, every other change must wait for it.
+      EXPECT_TRUE(keeper_->due());
+      if (during_advance_) during_advance_();
     });
   }
 
@@ -76,6 +83,7 @@ class GenerationKeeperTest : public ::testing::Test {
   std::vector<Generations> persisted_;
   bool fail_ = false;
   int advanced_ = 0;
+  std::function<void()> during_advance_;
 };
 
 TEST_F(GenerationKeeperTest, NothingIsDueUntilPromotedOrASharingPeerIsLost) {
@@ -138,6 +146,45 @@ TEST_F(GenerationKeeperTest, AFailedPersistChangesNothingAndStaysDue) {
   fail_ = false;
   ASSERT_TRUE(keeper_->BeforeChange(false).ok());
   EXPECT_NE(keeper_->Get().current, start_.current);
+  EXPECT_EQ(advanced_, 1);
+}
+
+TEST_F(GenerationKeeperTest, APeerLostWhileOneIsAnnouncedMakesAnotherDue) {
+  keeper_->MarkDue();
+  during_advance_ = [this] {
+    keeper_->MarkShared();  // a connected peer was told of it
+    keeper_->PeerLost();    // and is lost before the change is sent
+  };
+  ASSERT_TRUE(keeper_->BeforeChange(false).ok());
+  EXPECT_EQ(advanced_, 1);
+  EXPECT_TRUE(keeper_->due());
+  during_advance_ = nullptr;
+  ASSERT_TRUE(keeper_->BeforeChange(false).ok());
+  EXPECT_EQ(advanced_, 2);
+  EXPECT_EQ(persisted_.size(), 2u);
+  EXPECT_FALSE(keeper_->due());
+}
+
+TEST_F(GenerationKeeperTest, AChangeOnAnotherThreadWaitsUntilItIsAnnounced) {
+  // The other thread's change starts while the announcement is under way:
+  // it must not return before on_advance has (its frames would reach the
+  // peers ahead of the new generation).
+  keeper_->MarkDue();
+  std::atomic<bool> announced{false};
+  std::atomic<bool> other_returned_early{false};
+  std::thread other;
+  during_advance_ = [&] {
+    other = std::thread([&] {
+      ASSERT_TRUE(keeper_->BeforeChange(false).ok());
+      if (!announced.load()) other_returned_early = true;
+    });
+    // Give it every chance to overtake; it must wait anyway.
+    for (int i = 0; i < 1000; ++i) std::this_thread::yield();
+    announced = true;
+  };
+  ASSERT_TRUE(keeper_->BeforeChange(false).ok());
+  other.join();
+  EXPECT_FALSE(other_returned_early.load());
   EXPECT_EQ(advanced_, 1);
 }
 

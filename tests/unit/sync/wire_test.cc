@@ -213,6 +213,13 @@ BlockDiff SampleBlockDiff() {
   return d;
 }
 
+GenerationUpdate SampleGeneration() {
+  GenerationUpdate u;
+  u.current = TestUuid(7);
+  u.history = {TestUuid(6), TestUuid(5)};
+  return u;
+}
+
 Listing SampleListing() {
   Listing l;
   l.seq = 11;
@@ -262,6 +269,8 @@ std::vector<Message> SampleMessages() {
   messages.push_back({f, std::nullopt});
   EncodeListing(TestHeader(), SampleListing(), &f);
   messages.push_back({f, std::nullopt});
+  EncodeGeneration(TestHeader(), SampleGeneration(), &f);
+  messages.push_back({f, std::nullopt});
   return messages;
 }
 
@@ -297,6 +306,8 @@ std::string Reencode(const DecodedFrame& d) {
           EncodeList(d.header, body, &out);
         } else if constexpr (std::is_same_v<T, Listing>) {
           EncodeListing(d.header, body, &out);
+        } else if constexpr (std::is_same_v<T, GenerationUpdate>) {
+          EncodeGeneration(d.header, body, &out);
         } else {
           EncodeError(d.header, body, &out);
         }
@@ -367,7 +378,7 @@ TEST(WireTest, HeaderLayoutIsFixedLittleEndian) {
              &f);
   ASSERT_EQ(f.size(), kFrameHeaderSize + 8);
   EXPECT_EQ(f.substr(0, 4), "MFSW");
-  EXPECT_EQ(f[4], 6);  // version
+  EXPECT_EQ(f[4], 7);  // version
   EXPECT_EQ(f[5], 0);
   EXPECT_EQ(f[6], 5);  // type kPing
   EXPECT_EQ(f[7], 0);
@@ -524,6 +535,42 @@ TEST(WireTest, HelloRoundTrips) {
   EXPECT_EQ(got.generation_history, h.generation_history);
   EXPECT_EQ(got.endpoint, h.endpoint);
   EXPECT_EQ(got.flags, h.flags);
+}
+
+TEST(WireTest, GenerationRoundTripsAndNeedsACurrentOne) {
+  GenerationUpdate u = SampleGeneration();
+  std::string f;
+  EncodeGeneration(TestHeader(3), u, &f);
+  auto r = DecodeFrame(f);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  ExpectSameHeader(TestHeader(3), FrameType::kGeneration, r->header);
+  EXPECT_EQ(FrameTypeName(r->header.type), "generation");
+  const auto& got = std::get<GenerationUpdate>(r->body);
+  EXPECT_EQ(got.current, u.current);
+  EXPECT_EQ(got.history, u.history);
+
+  u.history.clear();  // a first generation has no history
+  EncodeGeneration(TestHeader(3), u, &f);
+  r = DecodeFrame(f);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_TRUE(std::get<GenerationUpdate>(r->body).history.empty());
+
+  u.current = meta::Uuid();
+  EncodeGeneration(TestHeader(3), u, &f);
+  ExpectRejected(f, "generation is zero");
+
+  // More history than the limit is cut by the encoder; a sender that
+  // claims more is refused.
+  u = SampleGeneration();
+  u.history.assign(kMaxGenerationHistory + 5, TestUuid(4));
+  EncodeGeneration(TestHeader(3), u, &f);
+  r = DecodeFrame(f);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ(std::get<GenerationUpdate>(r->body).history.size(),
+            kMaxGenerationHistory);
+  f[kFrameHeaderSize + 16] = static_cast<char>(kMaxGenerationHistory + 1);
+  Reseal(&f);
+  ExpectRejected(f, "generation history has 33 entries, limit 32");
 }
 
 TEST(WireTest, HelloReplyRoundTrips) {
@@ -788,12 +835,12 @@ TEST(WireTest, WrongMagicVersionAndTypeAreRejected) {
   ExpectRejected(g, "not a mirrorfs frame: magic");
 
   g = f;
-  g[4] = 7;  // version 7
+  g[4] = 8;  // version 8
   Reseal(&g);
-  ExpectRejected(g, "frame version 7 is newer than this node's wire version 6");
+  ExpectRejected(g, "frame version 8 is newer than this node's wire version 7");
   auto h = DecodeFrameHeader(g);  // the header is still readable
   ASSERT_TRUE(h.ok()) << h.status().message();
-  EXPECT_EQ(h->version, 7);
+  EXPECT_EQ(h->version, 8);
   EXPECT_EQ(h->seq, 42u);
   EXPECT_EQ(h->session, TestHeader().session);
 
@@ -822,7 +869,12 @@ TEST(WireTest, WrongMagicVersionAndTypeAreRejected) {
   Reseal(&g);
   ExpectRejected(g, "frame version 5 is not supported");
 
-  for (uint16_t type : {0, 15, 300, 65535}) {
+  g = f;
+  g[4] = 6;  // version 6 had no generation frame
+  Reseal(&g);
+  ExpectRejected(g, "frame version 6 is not supported");
+
+  for (uint16_t type : {0, 16, 300, 65535}) {
     g = f;
     g[6] = static_cast<char>(type & 0xFF);
     g[7] = static_cast<char>(type >> 8);
