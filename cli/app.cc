@@ -30,6 +30,7 @@
 #include "cli/options.h"
 #include "meta/log.h"
 #include "sync/curve.h"
+#include "sync/replica_server.h"
 
 namespace mirrorfs::cli {
 namespace {
@@ -73,10 +74,11 @@ std::string AbsolutePath(const std::string& path) {
   return std::string(cwd) + "/" + path;
 }
 
-// Whether a process could bind `ep` now: false only when a TCP port is
-// known to be taken (another node, another program). Hosts that do not
-// resolve here (interface names) are left to ZeroMQ.
+// Whether a process could bind `ep` now: false only when a TCP port or an
+// ipc:// socket file is known to be taken (another node, another program).
+// Hosts that do not resolve here (interface names) are left to ZeroMQ.
 bool EndpointFree(const std::string& ep) {
+  if (sync::IpcEndpointTaken(ep)) return false;
   if (ep.rfind("tcp://", 0) != 0) return true;
   size_t colon = ep.rfind(':');
   std::string host = ep.substr(6, colon - 6);

@@ -2,16 +2,52 @@
 
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <optional>
+#include <string_view>
 #include <zmq.hpp>
 
 #include "meta/log.h"
 #include "sync/wire.h"
 
 namespace mirrorfs::sync {
+
+namespace {
+
+constexpr std::string_view kIpcScheme = "ipc://";
+
+// The socket file of an ipc:// endpoint, or "" (another transport, an
+// abstract socket, ZeroMQ's "*").
+std::string IpcPath(const std::string& endpoint) {
+  if (!endpoint.starts_with(kIpcScheme)) return "";
+  std::string path = endpoint.substr(kIpcScheme.size());
+  if (path.empty() || path == "*" || path.front() == '@') return "";
+  return path;
+}
+
+}  // namespace
+
+bool IpcEndpointTaken(const std::string& endpoint) {
+  const std::string path = IpcPath(endpoint);
+  sockaddr_un addr{};
+  if (path.empty() || path.size() >= sizeof(addr.sun_path)) return false;
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  // Refused or missing: a stale file, or none. Accepted: a listener.
+  const bool taken = ::connect(fd, reinterpret_cast<const sockaddr*>(&addr),
+                               sizeof(addr)) == 0;
+  ::close(fd);
+  return taken;
+}
 
 ReplicaServer::ReplicaServer(zmq::context_t* context,
                              std::string listen_endpoint,
@@ -26,7 +62,20 @@ ReplicaServer::ReplicaServer(zmq::context_t* context,
       applier_(store_root_fd),
       identity_(std::move(identity)) {}
 
-ReplicaServer::~ReplicaServer() { Stop(); }
+ReplicaServer::~ReplicaServer() {
+  Stop();
+  socket_.reset();
+  if (ipc_file_) {
+    // Not a file another server bound at the same path since.
+    struct stat st;
+    if (::lstat(ipc_file_->path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) &&
+        st.st_dev == ipc_file_->dev && st.st_ino == ipc_file_->ino &&
+        ::unlink(ipc_file_->path.c_str()) != 0) {
+      meta::LogWarning("cannot remove the socket file " + ipc_file_->path +
+                       ": " + std::strerror(errno));
+    }
+  }
+}
 
 meta::Status ReplicaServer::Bind() {
   try {
@@ -44,7 +93,15 @@ meta::Status ReplicaServer::Bind() {
         return secured.Context("cannot secure " + endpoint_);
       }
     }
+    if (IpcEndpointTaken(endpoint_)) {
+      socket_.reset();
+      return meta::Status::Error(
+          EADDRINUSE, "cannot listen on " + endpoint_ +
+                          ": Address already in use (another process "
+                          "listens on that socket file)");
+    }
     socket_->bind(endpoint_);
+    RememberIpcFile(socket_->get(zmq::sockopt::last_endpoint));
   } catch (const zmq::error_t& e) {
     socket_.reset();
     std::string why = e.what();
@@ -62,6 +119,17 @@ meta::Status ReplicaServer::Bind() {
                                "cannot listen on " + endpoint_ + ": " + why);
   }
   return meta::Status::Ok();
+}
+
+void ReplicaServer::RememberIpcFile(const std::string& bound) {
+  IpcFile file;
+  file.path = IpcPath(bound);
+  if (file.path.empty()) return;  // not ipc, or an abstract socket (no file)
+  struct stat st;
+  if (::lstat(file.path.c_str(), &st) != 0) return;
+  file.dev = st.st_dev;
+  file.ino = st.st_ino;
+  ipc_file_ = std::move(file);
 }
 
 void ReplicaServer::Start() {

@@ -26,6 +26,8 @@
 // flush_mu_ guards and its own StoreFlush.
 #pragma once
 
+#include <sys/types.h>
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -119,6 +121,12 @@ struct ReplicaSnapshot {
   bool discard_local = false;
   Generations generations;
 };
+
+// Whether `endpoint` is ipc://PATH with a process accepting connections on
+// the Unix socket PATH. ZeroMQ's bind would silently replace that socket
+// file (the other process would no longer be reachable), where a TCP port
+// in use is refused.
+bool IpcEndpointTaken(const std::string& endpoint);
 
 class ReplicaServer {
  public:
@@ -226,6 +234,9 @@ class ReplicaServer {
   // Then waits (at most kGoodbyeWait) for the primary's goodbye in answer.
   void AwaitGoodbye(uint64_t session);
   void BadFrame(const std::string& what);
+  // After Bind(): notes the socket file of `bound` (ZeroMQ's last
+  // endpoint) if it is an ipc:// path.
+  void RememberIpcFile(const std::string& bound);
 
   zmq::context_t* context_;
   const std::string endpoint_;
@@ -234,6 +245,14 @@ class ReplicaServer {
   std::shared_ptr<const CurveConfig> curve_;
   std::vector<meta::NamespaceEntry> manifest_;  // parts so far (server thread)
   std::unique_ptr<zmq::socket_t> socket_;
+  // A bound ipc:// endpoint's socket file, removed when the server goes
+  // (ZeroMQ leaves it behind): only if it is still the one bound here.
+  struct IpcFile {
+    std::string path;
+    dev_t dev = 0;
+    ino_t ino = 0;
+  };
+  std::optional<IpcFile> ipc_file_;
   Applier applier_;
   std::thread thread_;
   std::atomic<bool> stopping_{false};

@@ -142,6 +142,39 @@ def test_a_secondary_that_stops_says_goodbye(pair):
     assert_same_manifest(primary.store, backup.store)
 
 
+def test_an_ipc_endpoint_mirrors_and_its_socket_file_goes_with_the_daemon(cluster):
+    """A peer on the same host over ipc:// (a Unix socket file): the mirror
+    works, a second daemon cannot take the path over, and a clean stop
+    removes the socket file (ZeroMQ leaves it), so that nothing stale is
+    left in, say, /run; a restart binds it again."""
+    sock = cluster.root / "backup.sock"
+    backup = cluster.serve("backup", listen=f"ipc://{sock}")
+    assert sock.is_socket(), f"{sock} is not a socket while the peer serves"
+    # A second daemon on that path is refused, as a TCP port in use would be
+    # (ZeroMQ alone would replace the socket file and strand the first).
+    other = cluster.dir("other.store")
+    r = mirrorfs("serve", other, "--listen", f"ipc://{sock}", "--name", "other")
+    assert r.returncode == 1 and "in use" in r.stderr, (r.returncode, r.stderr)
+    assert not (other / ".mirrorfs" / "control.sock").exists()
+    assert status_json(backup.store)["role"] == "secondary"
+    primary = cluster.mount("primary", peers=[backup], listen=False)
+    data = os.urandom((1 << 20) + 7)
+    with open(primary.mountpoint / "disk.img", "wb") as f:
+        f.write(data)
+        os.fsync(f.fileno())
+    wait_in_sync(primary.store, "backup")
+    assert_same_manifest(primary.store, backup.store)
+    cluster.stop(backup)
+    assert not os.path.lexists(sock), f"{sock} left after a clean stop"
+    backup = restart_serve(cluster, backup)
+    assert sock.is_socket()
+    wait_in_sync(primary.store, "backup")
+    cluster.stop(primary)
+    cluster.stop(backup)
+    assert not os.path.lexists(sock)
+    assert sha256_file(backup.store / "disk.img") == sha256_file(primary.store / "disk.img")
+
+
 def test_mount_does_not_wait_for_a_peer_whose_node_is_down(cluster):
     """A mount waits for its peers' first connection attempt, so that the
     first write is mirrored. A peer whose node is down refuses the
