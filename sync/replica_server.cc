@@ -978,14 +978,15 @@ void ReplicaServer::Handle(const std::string& routing_id,
         meta::LogInfo("following primary " + primary +
                       " into its new generation " + update->current.ToString());
       }
-    } else if (relation != GenerationRelation::kSame) {
+    } else if (relation == GenerationRelation::kDiverged) {
       s = meta::Status::Error(
           EPROTO, "the primary's new generation " + update->current.ToString() +
-                      " does not follow this "
-                      "copy's " +
+                      " does not follow this copy's " +
                       gens.current.ToString() + " (" +
                       GenerationRelationName(relation) + ")");
     }
+    // kSame, or kPeerOlder: an announcement queued late (a session that
+    // came up while the primary started two), already followed.
     if (!s.ok()) {
       // Nothing more of this session is applied: the primary logs what
       // follows and its next hello carries the generation.

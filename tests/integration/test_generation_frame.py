@@ -94,9 +94,14 @@ def test_a_generation_is_stored_before_the_answer_and_a_foreign_one_ends_the_ses
         assert fake.ack(seq) == (0, "")
         doc = status_json(b.store)
         assert doc["generation"] == text(g2) and text(g1) in doc["generation_history"], doc
-        # The same one again changes nothing.
+        # The same one again changes nothing; nor does an older one of the
+        # same history, announced late (a session that came up while the
+        # primary started two).
         seq = fake.send(T_GENERATION, wire_generation(g2, [g1]))
         assert fake.ack(seq) == (0, "")
+        seq = fake.send(T_GENERATION, wire_generation(g1, []))
+        assert fake.ack(seq) == (0, "")
+        assert status_json(b.store)["generation"] == text(g2)
         seq = fake.send(T_PING, struct.pack("<Q", 7))
         fake.answer(T_PONG)
 
