@@ -12,7 +12,8 @@
 #        tests/bench/ab.sh /tmp/old-build/cli/mirrorfs build/cli/mirrorfs
 #
 # Environment: AB_TEST (randwrite_4k_fsync32, randwrite_4k_fsync1,
-# randwrite_4k, seqwrite_1M or seqread_1M (cold: caches dropped first);
+# randwrite_4k, seqwrite_1M, seqwrite_1M_cached (no final fsync: the
+# write path without the disk's flush), or seqread_1M (cold: caches dropped first);
 # default randwrite_4k_fsync32), AB_ROUNDS (5),
 # AB_PEERS (serve peers on loopback per mount, sync mode; 1), AB_SIZE (fio
 # file size, 256M), AB_RUNTIME (seconds of a random test, 3),
@@ -39,6 +40,7 @@ runtime=${AB_RUNTIME:-3}
 section="write"  # fio's result section
 case $test_name in
   seqwrite_1M) fio_args=(--rw=write --bs=1M --end_fsync=1) ;;
+  seqwrite_1M_cached) fio_args=(--rw=write --bs=1M) ;;
   seqread_1M)
     fio_args=(--rw=read --bs=1M)
     section="read"
@@ -109,11 +111,12 @@ down() {
 }
 
 echo "ab: $test_name, $rounds rounds, $peers peer(s), $size; old ${binary[old]}, new ${binary[new]}"
+echo "ab: VM state $(vm_state)"
 : >"$work/results"
 for ((r = 1; r <= rounds; r++)); do
   for row in $(printf '%s\n' passthrough_ll old new | shuf); do
     mnt=$(up "$row" "$r")
-    if [[ $test_name != seqwrite_1M ]]; then  # random writes into a laid-out file
+    if [[ $test_name != seqwrite_1M* ]]; then  # random writes into a laid-out file
       dd if=/dev/zero of="$mnt/ab.dat" bs=1M count="${size%M}" status=none
     fi
     if [[ $section == read ]]; then drop_caches; else sync; fi

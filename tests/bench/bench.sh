@@ -235,8 +235,8 @@ row_daemons() {
       pids_of client "glusterfs .*$work/gluster-mnt( |$)"
       pids_of brick "glusterfsd .*--brick-name $work/brick[12]( |$)" ;;
     mirrorfs*)
-      pids_of mount "mirrorfs mount ${mstore[$1]}( |$)"
-      for c in ${mcopies[$1]}; do pids_of peer "mirrorfs serve $c( |$)"; done ;;
+      pids_of mount "${bin##*/} mount ${mstore[$1]}( |$)"
+      for c in ${mcopies[$1]}; do pids_of peer "${bin##*/} serve $c( |$)"; done ;;
   esac
 }
 # Sum of utime+stime, in clock ticks, of the processes $@.
@@ -259,12 +259,12 @@ mount_mirrorfs() {
     n=$((n + 1))
     ep=tcp://127.0.0.1:$(free_port)
     "$bin" serve "$c" --listen "$ep" --name "copy$n"
-    remember_pids "mirrorfs serve $c( |$)"
+    remember_pids "${bin##*/} serve $c( |$)"
     peer_args+=(--peer "copy$n=$ep")
   done
   "$bin" mount "$store" "$mnt" --name bench --listen "tcp://127.0.0.1:$(free_port)" \
     "${peer_args[@]}" "$@"
-  remember_pids "mirrorfs mount $store( |$)"
+  remember_pids "${bin##*/} mount $store( |$)"
   for ((c = 1; c <= n; c++)); do wait_connected "$store" "copy$c"; done
 }
 
@@ -356,7 +356,7 @@ if has_row mirrorfs-down; then
   # A peer nobody serves: every change is logged for it.
   "$bin" mount "$work/mfsd-store" "$work/mfsd-mnt" --name bench \
     --peer "gone=tcp://127.0.0.1:$(free_port)" --peer-timeout 0.5
-  remember_pids "mirrorfs mount $work/mfsd-store( |$)"
+  remember_pids "${bin##*/} mount $work/mfsd-store( |$)"
 fi
 if has_row mirrorfs-curve; then
   "$bin" keygen "$work/keys/p.key" >/dev/null
@@ -366,11 +366,11 @@ if has_row mirrorfs-curve; then
   ep_ccopy=tcp://127.0.0.1:$(free_port)
   "$bin" serve "${mcopies[mirrorfs-curve]}" --listen "$ep_ccopy" --name copy1 \
     --key "$work/keys/c.key" --authorized-keys "$work/keys/c.auth"
-  remember_pids "mirrorfs serve ${mcopies[mirrorfs-curve]}( |$)"
+  remember_pids "${bin##*/} serve ${mcopies[mirrorfs-curve]}( |$)"
   "$bin" mount "$work/mfsc-store" "$work/mfsc-mnt" --name bench \
     --peer "copy1=$ep_ccopy" --key "$work/keys/p.key" \
     --authorized-keys "$work/keys/p.auth"
-  remember_pids "mirrorfs mount $work/mfsc-store( |$)"
+  remember_pids "${bin##*/} mount $work/mfsc-store( |$)"
   wait_connected "$work/mfsc-store" copy1
 fi
 
@@ -414,6 +414,7 @@ print("%9.1f MB/s %10.0f IOPS" % (w["bw_bytes"] / 1e6, w["iops"]))' "$out" "$sec
 }
 
 echo "bench: size $size, random tests ${runtime} s, $reps repetitions, interleaved"
+echo "bench: VM state $(vm_state) (tests/bench/lib.sh says what they do)"
 for rep in $(seq 1 "$reps"); do
   for row in "${rows[@]}"; do
     for test in "${tests[@]}"; do
@@ -539,6 +540,13 @@ target("mirrorfs-2peers seq write vs passthrough_ll",
 target("mirrorfs-peer CPU s per GiB mirrored (mount + peer)",
        resources.get("mirrorfs-peer", {}).get("cpu_seconds_per_gib_written"), 3.0, at_most=True)
 
+def sysfs(param):
+    try:
+        with open("/sys/module/" + param) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
 fio_version = subprocess.run(["fio", "--version"], capture_output=True, text=True).stdout.strip()
 doc = {"size": size, "runtime_seconds": int(runtime), "repetitions": reps,
        "passthrough_ll_glibc_tunables": os.environ.get("PLL_TUNABLES", ""),
@@ -549,7 +557,10 @@ doc = {"size": size, "runtime_seconds": int(runtime), "repetitions": reps,
        "mirror_verified": all(mirror.values()) if mirror else None,
        "mirror_verified_rows": mirror,
        "peer_drops_during_run": drops,
-       "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "fio": fio_version},
+       "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "fio": fio_version,
+                   # read at the end of the run; tests/bench/lib.sh vm_state()
+                   "page_reporting_order": sysfs("page_reporting/parameters/page_reporting_order"),
+                   "guest_halt_poll_ns": sysfs("haltpoll/parameters/guest_halt_poll_ns")},
        "results": table, "resources": resources, "targets": targets}
 with open(os.path.join(results, "bench.json"), "w") as f:
     json.dump(doc, f, indent=2)

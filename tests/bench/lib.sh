@@ -6,6 +6,24 @@
 python=/usr/bin/python3  # Debian's, with the modules the scripts use
 [[ -x $python ]] || python=python3
 
+# The two settings of this VM that move the figures most, as one line
+# (each "none" where the kernel has no such module):
+# - page_reporting_order: free page reporting (virtio-balloon) hands back
+#   to the host every free block of 2^order pages, at once here
+#   (min_free_ms 0); a page-cache page allocated from such memory then
+#   faults in from the host. At order 9 (2 MiB blocks), writing 512 MiB
+#   into the page cache with dd ran at 0.4-0.65 GB/s; at order 11 (8 MiB
+#   blocks, which hardly ever come free) 4.5-5.5 GB/s. Buffered figures
+#   from the two states are not comparable.
+# - guest_halt_poll_ns: 0 halts an idle vCPU at once, so every thread
+#   wake-up on it is an exit to the host (sync/busy_poll.h).
+vm_state() {
+  local m=/sys/module
+  printf 'page_reporting_order=%s guest_halt_poll_ns=%s\n' \
+    "$(cat $m/page_reporting/parameters/page_reporting_order 2>/dev/null || echo none)" \
+    "$(cat $m/haltpoll/parameters/guest_halt_poll_ns 2>/dev/null || echo none)"
+}
+
 # Writes back and drops the page cache: the next read is cold.
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 

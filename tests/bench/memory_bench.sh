@@ -84,9 +84,9 @@ mkdir -p "$work"/{rest-store,rest-copy,rest-mnt,frac-store,frac-mnt}
 echo "memory bench: at rest: $images sparse images of 64 MiB with one peer"
 ep_copy=tcp://127.0.0.1:$(free_port)
 "$bin" serve "$work/rest-copy" --listen "$ep_copy" --name copy
-remember_pids "mirrorfs serve $work/rest-copy( |$)"
+remember_pids "${bin##*/} serve $work/rest-copy( |$)"
 "$bin" mount "$work/rest-store" "$work/rest-mnt" --name rest --peer "copy=$ep_copy"
-remember_pids "mirrorfs mount $work/rest-store( |$)"
+remember_pids "${bin##*/} mount $work/rest-store( |$)"
 "$bin" sync "$work/rest-store" --wait --timeout 60 >/dev/null
 for ((i = 0; i < images; i++)); do
   truncate -s 64M "$work/rest-mnt/image$i"
@@ -108,7 +108,7 @@ timeout 60 "$bin" stop "$work/rest-copy" >/dev/null
 echo "memory bench: fracture log: $io_size of random 4 KiB writes over a 1 TiB image, peer down"
 "$bin" mount "$work/frac-store" "$work/frac-mnt" --name frac \
   --peer "gone=tcp://127.0.0.1:$(free_port)" --peer-timeout 0.5
-remember_pids "mirrorfs mount $work/frac-store( |$)"
+remember_pids "${bin##*/} mount $work/frac-store( |$)"
 truncate -s 1T "$work/frac-mnt/image"
 frac_pid=$(daemon_pid "$work/frac-store")
 read -r frac_rss0 _ <<<"$(mem_kib "$frac_pid")"
