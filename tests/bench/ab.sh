@@ -13,12 +13,14 @@
 #
 # Environment: AB_TEST (randwrite_4k_fsync32, randwrite_4k_fsync1,
 # randwrite_4k, seqwrite_1M, seqwrite_1M_cached (no final fsync: the
-# write path without the disk's flush), or seqread_1M (cold: caches dropped first);
+# write path without the disk's flush), seqread_1M or randread_4k (cold:
+# caches dropped first);
 # default randwrite_4k_fsync32), AB_ROUNDS (5),
 # AB_PEERS (serve peers on loopback per mount, sync mode; 1), AB_SIZE (fio
 # file size, 256M), AB_RUNTIME (seconds of a random test, 3),
-# BENCH_PLL_TUNABLES (see bench.sh), BENCH_DIR (parent of the scratch
-# folder, /var/tmp). Needs root, /dev/fuse, fio and libfuse3-dev.
+# BENCH_PLL_TUNABLES and BENCH_PAGE_REPORTING_ORDER (see bench.sh),
+# BENCH_DIR (parent of the scratch folder, /var/tmp). Needs root,
+# /dev/fuse, fio and libfuse3-dev.
 set -euo pipefail
 shopt -s inherit_errexit  # a failing step inside $(...) stops the script too
 cd "$(dirname "$0")/../.."
@@ -45,6 +47,10 @@ case $test_name in
     fio_args=(--rw=read --bs=1M)
     section="read"
     ;;
+  randread_4k)
+    fio_args=(--rw=randread --bs=4k --time_based "--runtime=$runtime")
+    section="read"
+    ;;
   randwrite_4k) fio_args=(--rw=randwrite --bs=4k --time_based "--runtime=$runtime") ;;
   randwrite_4k_fsync1) fio_args=(--rw=randwrite --bs=4k --fsync=1 --time_based "--runtime=$runtime") ;;
   randwrite_4k_fsync32) fio_args=(--rw=randwrite --bs=4k --fsync=32 --time_based "--runtime=$runtime") ;;
@@ -60,6 +66,7 @@ cleanup() {
   local rc=$? m p
   set +e
   trap - EXIT
+  restore_vm_state
   while read -r m; do
     fusermount3 -u "$m" 2>/dev/null || umount -l "$m"
   done < <(awk -v w="$work/" 'index($2, w) == 1 {print $2}' /proc/mounts)
@@ -70,6 +77,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+set_vm_state
 
 build_passthrough_ll "$work"
 

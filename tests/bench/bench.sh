@@ -70,6 +70,9 @@
 # e.g. another disk or /dev/shm, as on two machines; default: beside the
 # primaries', on the same disk),
 # BENCH_RESULTS (where the results go, default tests/bench/results),
+# BENCH_PAGE_REPORTING_ORDER (this VM's free page reporting order for the
+# run, put back at exit; unset leaves it as it is: see vm_state in
+# tests/bench/lib.sh, which the run prints and bench.json records),
 # MIRRORFS_BIN (default build/cli/mirrorfs; built if missing).
 # If GlusterFS cannot be installed or started, the gluster row is skipped
 # (said on stdout) and the ratios against it are empty.
@@ -195,6 +198,7 @@ cleanup() {
   local rc=$? s m pid
   set +e
   trap - EXIT
+  restore_vm_state
   # shellcheck disable=SC2068 # a row's copies are one space-separated word
   for s in "${mstore[@]}" ${mcopies[@]}; do
     [[ -d $s/.mirrorfs ]] && "$bin" status "$s" >/dev/null 2>&1 &&
@@ -219,6 +223,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+set_vm_state
 
 # Prints "ROLE PID" for each process matching the regex $2.
 pids_of() {

@@ -24,6 +24,32 @@ vm_state() {
     "$(cat $m/haltpoll/parameters/guest_halt_poll_ns 2>/dev/null || echo none)"
 }
 
+# BENCH_PAGE_REPORTING_ORDER, when set, is written to page_reporting_order
+# for the run, and the order found before is written back at exit
+# (restore_vm_state, from the scripts' exit traps): so that either state
+# of vm_state() can be measured on purpose. Exits 2 where the kernel has
+# no such setting or refuses the value.
+page_reporting=/sys/module/page_reporting/parameters/page_reporting_order
+saved_page_reporting_order=""
+set_vm_state() {
+  local want=${BENCH_PAGE_REPORTING_ORDER:-} was
+  [[ -n $want ]] || return 0
+  if ! was=$(cat "$page_reporting" 2>/dev/null); then
+    echo "$bench_name: BENCH_PAGE_REPORTING_ORDER: this kernel has no $page_reporting" >&2
+    exit 2
+  fi
+  if ! (echo "$want" >"$page_reporting") 2>/dev/null; then
+    echo "$bench_name: BENCH_PAGE_REPORTING_ORDER: the kernel refused order '$want' (it has $was)" >&2
+    exit 2
+  fi
+  saved_page_reporting_order=$was
+}
+restore_vm_state() {
+  if [[ -n $saved_page_reporting_order ]]; then
+    echo "$saved_page_reporting_order" >"$page_reporting" || true
+  fi
+}
+
 # Writes back and drops the page cache: the next read is cold.
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 

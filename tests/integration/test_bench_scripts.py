@@ -64,6 +64,9 @@ def test_bench_runs_its_rows_and_tests(bench_env):
     assert "| mirrorfs-peer | seqread_1M |" in out
     assert "mirrorfs-peer seq write vs passthrough_ll:" in out
     assert "peer copies identical to the primary's: true" in out
+    # The VM's state that moves buffered figures is printed and recorded.
+    assert "bench: VM state page_reporting_order=" in out
+    assert {"page_reporting_order", "guest_halt_poll_ns"} <= set(doc["machine"])
     fio_runs = list((Path(env["BENCH_RESULTS"]) / "fio").glob("*.json"))
     assert len(fio_runs) == len(rows) * len(tests)
     assert_scratch_cleaned(env)
@@ -111,7 +114,35 @@ def test_bench_refuses_gluster_options_without_values(bench_env):
     assert "BENCH_GLUSTER_OPTIONS takes KEY VALUE pairs" in r.stderr
 
 
-@pytest.mark.parametrize("test", ["seqread_1M", "randwrite_4k_fsync32"])
+PAGE_REPORTING = Path("/sys/module/page_reporting/parameters/page_reporting_order")
+
+
+def test_bench_refuses_a_page_reporting_order_the_kernel_refuses(bench_env):
+    before = PAGE_REPORTING.read_text() if PAGE_REPORTING.exists() else None
+    env = dict(bench_env, BENCH_ROWS="passthrough_ll", BENCH_PAGE_REPORTING_ORDER="99")
+    r = subprocess.run(["bash", str(BENCH / "bench.sh")], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "bench: BENCH_PAGE_REPORTING_ORDER:" in r.stderr
+    if before is not None:
+        assert PAGE_REPORTING.read_text() == before
+    assert_scratch_cleaned(env)
+
+
+@pytest.mark.skipif(not PAGE_REPORTING.exists(), reason="no free page reporting here")
+def test_ab_sets_the_page_reporting_order_for_its_run_and_puts_it_back(bench_env):
+    before = int(PAGE_REPORTING.read_text())
+    during = 10 if before != 10 else 9
+    env = dict(bench_env, AB_TEST="randwrite_4k", AB_ROUNDS="1", AB_SIZE="8M",
+               AB_RUNTIME="1", BENCH_PAGE_REPORTING_ORDER=str(during))
+    binary = bench_env["MIRRORFS_BIN"]
+    out = run_script("ab.sh", env, binary, binary)
+    assert f"ab: VM state page_reporting_order={during} " in out, out
+    assert int(PAGE_REPORTING.read_text()) == before
+
+
+@pytest.mark.parametrize("test", ["seqread_1M", "randwrite_4k_fsync32",
+                                  "seqwrite_1M_cached", "randread_4k"])
 def test_ab_compares_two_builds(bench_env, test):
     env = dict(bench_env, AB_TEST=test, AB_ROUNDS="1", AB_SIZE="8M", AB_RUNTIME="1")
     binary = bench_env["MIRRORFS_BIN"]
