@@ -552,8 +552,8 @@ int Main(int argc, char** argv) {
     cmd->add_flag("--cached-writes", o->cached_writes,
                   "Keep written and read data in the store's page cache "
                   "too (by default large writes of whole pages go "
-                  "uncached, and reads through the mount leave nothing "
-                  "there)");
+                  "uncached, and large reads through the mount leave "
+                  "nothing there)");
     cmd->add_option("--busy-poll", o->busy_poll_us,
                     "Microseconds a thread waiting on the peer link spins "
                     "before it sleeps, while answers come that fast: "

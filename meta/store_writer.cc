@@ -75,9 +75,8 @@ Status StoreWriter::Pwrite(int fd, const void* data, size_t length,
 Result<size_t> StoreWriter::Pread(int fd, void* buf, size_t length,
                                   uint64_t offset, const std::string& what) {
   const bool drop_behind = uncached() && length >= kMinUncachedBytes;
-  const int flags = uncached() && !drop_behind ? RWF_DONTCACHE : 0;
   auto read = Transfer(/*write=*/false, fd, static_cast<char*>(buf), length,
-                       offset, flags, what);
+                       offset, /*flags=*/0, what);
   if (read.ok() && drop_behind) {
     // Behind the read: from the boundary before the previous one, so that
     // a folio straddling it is whole in the range. Dirty pages are written

@@ -23,12 +23,21 @@
 // read and write is cached.
 // `cached` (the --cached-writes option) keeps every write cached.
 //
-// Reads of the store (Pread) leave it uncached too: the mount's cache keeps
-// what was read. Cached, a read left the file's range in large folios
-// (readahead), and every later small write then dirtied a whole folio: an
-// fsync after 32 random 4 KiB writes took 0.85 ms instead of 0.39 ms,
-// because it wrote back the folios instead of the pages.
-// - Small reads (below kMinUncachedBytes) go uncached (RWF_DONTCACHE).
+// Reads of the store (Pread) go through its page cache, keeping its
+// read-ahead:
+// - Small reads (below kMinUncachedBytes: an application's random reads
+//   through the mount) stay cached, with what the store's read-ahead
+//   brought in around them. Uncached (RWF_DONTCACHE, as an earlier build
+//   read them), every one went to the disk: random 4 KiB reads of a
+//   256 MiB image through a mount with one peer ran at 0.59-0.65x
+//   passthrough_ll against 0.92-0.96x cached, in both states of this VM
+//   (tests/bench/ab.sh, AB_TEST=randread_4k; alike on a 512 MiB image).
+//   That build feared that read-ahead's large folios would make later
+//   small writes dirty whole folios before an fsync; on this kernel (6.18,
+//   ext4 keeps dirty state per block) an fsync after 32 random 4 KiB
+//   writes took as long after a cached random read of the whole file as
+//   on a cold one (354-363 against 360-391 us, raw store), and through
+//   the mount as well.
 // - Large reads (the kernel's read-ahead through the mount: sequential
 //   readers) go through the page cache, keeping the store's read-ahead,
 //   and then drop what lies behind them: POSIX_FADV_DONTNEED from the
@@ -63,8 +72,8 @@ class StoreWriter {
  public:
   explicit StoreWriter(bool cached = false) : uncached_(!cached) {}
 
-  // Writes below this many bytes stay cached; reads below it go uncached,
-  // larger ones are dropped behind (see above).
+  // Writes below this many bytes stay cached, and so do reads; larger
+  // reads are dropped behind (see above).
   static constexpr size_t kMinUncachedBytes = 64 * 1024;
   // The largest folio the page cache makes for a file (a PMD on x86-64).
   static constexpr uint64_t kDropBehindBytes = 2 * 1024 * 1024;
@@ -76,9 +85,9 @@ class StoreWriter {
                 const std::string& what);
 
   // Reads up to `length` bytes at `offset` of `fd` into `buf`, retrying
-  // short reads and EINTR; fewer only at the end of the file. Leaves the
-  // store's cache while uncached() (see above). Returns the bytes read, or
-  // an error naming `what`.
+  // short reads and EINTR; fewer only at the end of the file. A large
+  // read leaves the store's cache while uncached() (see above). Returns the
+  // bytes read, or an error naming `what`.
   Result<size_t> Pread(int fd, void* buf, size_t length, uint64_t offset,
                        const std::string& what);
 

@@ -3,8 +3,9 @@ reaches the peers"): by default large writes of whole pages reach both
 stores uncached, so that once on disk neither store's page cache holds
 them, while a write of part of a page or a small one stays cached; with
 --cached-writes on both nodes every page stays cached. The two stores are
-identical either way. Reads through the mount are cached in the mount
-alone, across opens, and what a resync reads leaves the store's cache.
+identical either way. Sequential reads through the mount are cached in
+the mount alone, across opens, and what a resync reads leaves the store's
+cache.
 Page residency is read with util-linux's fincore."""
 
 import errno
@@ -109,10 +110,10 @@ def test_cached_writes_keep_every_page(cluster, fincore_ok):
 
 
 def test_reads_are_cached_in_the_mount_alone(cluster, fincore_ok):
-    """What is read through the mount stays in the mount's page cache, also
-    after the file is closed and opened again (fincore itself opens it),
-    and not in the store's: there, read-ahead's large folios would make
-    every later small write dirty and write back a whole folio."""
+    """What a sequential reader reads through the mount stays in the
+    mount's page cache, also after the file is closed and opened again
+    (fincore itself opens it), and not in the store's: its large reads
+    drop what lies behind them, so that the bytes are cached once."""
     a = cluster.mount("primary")
     data = write_image(a.mountpoint / "disk.img", 8 * MIB)
     image = a.store / "disk.img"
