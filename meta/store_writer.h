@@ -29,8 +29,8 @@
 //   through the mount) stay cached, with what the store's read-ahead
 //   brought in around them. Uncached (RWF_DONTCACHE, as an earlier build
 //   read them), every one went to the disk: random 4 KiB reads of a
-//   256 MiB image through a mount with one peer ran at 0.59-0.65x
-//   passthrough_ll against 0.92-0.96x cached, in both states of this VM
+//   256 MiB image through a mount with one peer ran at 0.59-0.78x
+//   passthrough_ll against 0.92-1.15x cached, in both states of this VM
 //   (tests/bench/ab.sh, AB_TEST=randread_4k; alike on a 512 MiB image).
 //   That build feared that read-ahead's large folios would make later
 //   small writes dirty whole folios before an fsync; on this kernel (6.18,
