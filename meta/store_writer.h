@@ -19,8 +19,8 @@
 //   small random writes are cheaper written back together at the next
 //   flush.
 // Where the kernel or file system refuses the flag (older kernels, tmpfs),
-// the first uncached read or write finds out, logs it once, and every later
-// read and write is cached.
+// the first uncached write finds out, logs it once, and every later read
+// and write is cached (reads ask for no flag: see below).
 // `cached` (the --cached-writes option) keeps every write cached.
 //
 // Reads of the store (Pread) go through its page cache, keeping its
@@ -101,8 +101,8 @@ class StoreWriter {
   static bool Uncached(uint64_t offset, size_t length);
 
  private:
-  // Whether `err` from an uncached read or write means the flag is
-  // refused here; then every later read and write is cached (logged once).
+  // Whether `err` from an uncached write means the flag is refused here;
+  // then every later read and write is cached (logged once).
   bool Refused(int err);
   // Writes (`write`) or reads `length` bytes between `buf` and `offset` of
   // `fd` with `flags`, retrying short transfers and EINTR, and once without
